@@ -1,0 +1,120 @@
+"""VideoDiT and LoRA configuration, and the size presets (one place for all of them)."""
+from __future__ import annotations
+
+import dataclasses
+from typing import Any
+
+import jax.numpy as jnp
+
+LORA_TARGETS = (
+    "self_q", "self_k", "self_v", "self_out",
+    "cross_q", "cross_k", "cross_v", "cross_out",
+    "mlp_in", "mlp_out",
+)
+
+
+@dataclasses.dataclass(frozen=True)
+class LoRAConfig:
+  """Low-rank adapter settings. `rank == 0` means no adapter variables at all.
+
+  The adapter adds `(alpha / rank) * x @ A @ B` to each targeted projection;
+  `B` starts at zero, so a fresh adapter leaves the network unchanged.
+  """
+  rank: int = 0
+  alpha: float = 0.0  # 0 -> alpha = rank (scale 1).
+  targets: tuple[str, ...] = LORA_TARGETS
+
+  def __post_init__(self):
+    unknown = set(self.targets) - set(LORA_TARGETS)
+    if unknown:
+      raise ValueError(f"LoRAConfig.targets: unknown {sorted(unknown)}; expected a subset of {LORA_TARGETS}")
+    if self.rank < 0:
+      raise ValueError(f"LoRAConfig.rank must be >= 0, got {self.rank}")
+
+  @property
+  def scale(self) -> float:
+    return (self.alpha or self.rank) / max(self.rank, 1)
+
+  def applies_to(self, target: str) -> bool:
+    return self.rank > 0 and target in self.targets
+
+
+@dataclasses.dataclass(frozen=True)
+class DiTConfig:
+  """A latent text-to-video DiT (paper Appendix A.2; Open-Sora / SD3-style blocks).
+
+  Inputs are latents `[B, T, H, W, C]` with `C == in_channels`; `T, H, W` must be
+  divisible by `patch_size = (pt, ph, pw)`. Text embeddings are `[B, L, text_dim]`.
+  """
+  patch_size: tuple[int, int, int] = (1, 4, 4)
+  in_channels: int = 3
+  width: int = 128
+  depth: int = 4
+  num_heads: int = 4
+  mlp_ratio: float = 4.0
+  text_dim: int = 64
+  time_freq_dim: int = 256
+  pooled_text_cond: bool = True  # SD3-style: masked-mean text embedding added to the adaLN condition.
+  rope_theta: float = 10000.0
+  text_dropout: float = 0.1  # Probability of the null text during training (for CFG).
+  attention_impl: str = "xla"  # 'xla' | 'cudnn' (GPU, bf16/fp16 only).
+  dtype: str = "float32"  # Compute dtype; parameters are always `param_dtype`.
+  param_dtype: str = "float32"
+  remat_policy: str = "none"  # 'none' | 'full' | a name in jax.checkpoint_policies.
+  scan_layers: bool = False
+  lora: LoRAConfig = LoRAConfig()
+
+  def __post_init__(self):
+    if self.width % self.num_heads:
+      raise ValueError(f"DiTConfig.width={self.width} is not divisible by num_heads={self.num_heads}")
+    if self.head_dim % 2 or self.head_dim < 6:
+      raise ValueError(f"DiTConfig head_dim={self.head_dim} must be even and >= 6 for 3D RoPE")
+    if self.attention_impl not in ("xla", "cudnn"):
+      raise ValueError(f"DiTConfig.attention_impl={self.attention_impl!r}; expected 'xla' or 'cudnn'")
+    if len(self.patch_size) != 3 or min(self.patch_size) < 1:
+      raise ValueError(f"DiTConfig.patch_size={self.patch_size}; expected three positive ints (pt, ph, pw)")
+    for name in ("dtype", "param_dtype"):
+      jnp.dtype(getattr(self, name))  # Raises a TypeError naming the bad dtype.
+
+  @property
+  def head_dim(self) -> int:
+    return self.width // self.num_heads
+
+  @property
+  def mlp_dim(self) -> int:
+    return int(self.width * self.mlp_ratio)
+
+  @property
+  def patch_dim(self) -> int:
+    pt, ph, pw = self.patch_size
+    return pt * ph * pw * self.in_channels
+
+  def replace(self, **kw: Any) -> "DiTConfig":
+    if isinstance(kw.get("lora"), dict):
+      kw["lora"] = LoRAConfig(**kw["lora"])
+    return dataclasses.replace(self, **kw)
+
+
+PRESETS: dict[str, DiTConfig] = {
+    # ShapesWorld: 16 x 16 x 16 RGB pixels, patch (1, 4, 4) -> 256 tokens; ~1.3M parameters.
+    "tiny": DiTConfig(),
+    "small": DiTConfig(patch_size=(1, 2, 2), in_channels=16, width=384, depth=12, num_heads=6,
+                       text_dim=512),
+    "base": DiTConfig(patch_size=(1, 2, 2), in_channels=16, width=768, depth=12, num_heads=12,
+                      text_dim=4096),
+    # The paper's denoiser depth (32 DiT blocks over a 16-channel MAGVIT-v2 latent, T5-XXL text);
+    # the width is not published: 2048 gives about 3.0B parameters (see `param_count`).
+    "paper": DiTConfig(patch_size=(1, 2, 2), in_channels=16, width=2048, depth=32, num_heads=16,
+                       text_dim=4096),
+}
+
+
+def get_dit_config(preset: str, **overrides: Any) -> DiTConfig:
+  """Returns a preset, with fields replaced by `overrides` (unknown fields are an error)."""
+  if preset not in PRESETS:
+    raise KeyError(f"Unknown model preset {preset!r}; expected one of {sorted(PRESETS)}")
+  fields = {f.name for f in dataclasses.fields(DiTConfig)}
+  unknown = set(overrides) - fields
+  if unknown:
+    raise KeyError(f"Unknown DiTConfig field(s) {sorted(unknown)}; expected among {sorted(fields)}")
+  return PRESETS[preset].replace(**overrides)

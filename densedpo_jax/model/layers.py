@@ -1,0 +1,128 @@
+"""Building blocks of the VideoDiT: patchify, 3D RoPE, timestep embedding, attention."""
+from __future__ import annotations
+
+import math
+
+import einops
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+
+from densedpo_jax.model.config import DiTConfig
+from densedpo_jax.model.lora import LoRADense
+
+Array = jax.Array
+
+
+def patchify(x: Array, patch_size: tuple[int, int, int]) -> Array:
+  """`[B, T, H, W, C]` -> `[B, T/pt, H/ph, W/pw, pt*ph*pw*C]`."""
+  pt, ph, pw = patch_size
+  _, t, h, w, _ = x.shape
+  if t % pt or h % ph or w % pw:
+    raise ValueError(f"Video latent of shape {x.shape} [B, T, H, W, C] is not divisible by "
+                     f"patch_size (pt, ph, pw) = {patch_size}")
+  return einops.rearrange(x, "b (t pt) (h ph) (w pw) c -> b t h w (pt ph pw c)", pt=pt, ph=ph, pw=pw)
+
+
+def unpatchify(x: Array, patch_size: tuple[int, int, int], channels: int) -> Array:
+  """Exact inverse of `patchify`: `[B, t, h, w, pt*ph*pw*C]` -> `[B, T, H, W, C]`."""
+  pt, ph, pw = patch_size
+  return einops.rearrange(x, "b t h w (pt ph pw c) -> b (t pt) (h ph) (w pw) c",
+                          pt=pt, ph=ph, pw=pw, c=channels)
+
+
+def rope_axis_dims(head_dim: int) -> tuple[int, int, int]:
+  """Splits the head dimension over (t, h, w): even sizes, h and w equal, t takes the rest."""
+  dhw = 2 * (head_dim // 6)
+  return head_dim - 2 * dhw, dhw, dhw
+
+
+def rope_3d(grid: tuple[int, int, int], head_dim: int, theta: float = 10000.0) -> tuple[Array, Array]:
+  """Axial 3D rotary embedding for a token grid `(t, h, w)` (row-major token order).
+
+  Returns `(cos, sin)`, each `[t*h*w, head_dim // 2]` float32. Each axis gets its own
+  band of frequencies, so the angle between two tokens depends only on their offset.
+  """
+  angles = []
+  coords = jnp.stack(jnp.meshgrid(*[jnp.arange(n, dtype=jnp.float32) for n in grid],
+                                  indexing="ij"), axis=-1).reshape(-1, 3)
+  for axis, dim in enumerate(rope_axis_dims(head_dim)):
+    inv_freq = theta ** (-jnp.arange(0, dim, 2, dtype=jnp.float32) / dim)
+    angles.append(coords[:, axis:axis + 1] * inv_freq[None, :])
+  angles = jnp.concatenate(angles, axis=-1)
+  return jnp.cos(angles), jnp.sin(angles)
+
+
+def apply_rope(x: Array, cos: Array, sin: Array) -> Array:
+  """Rotates pairs `(i, i + D/2)` of `x` `[B, N, heads, D]` by the angles of `cos, sin` `[N, D/2]`."""
+  x1, x2 = jnp.split(x.astype(jnp.float32), 2, axis=-1)
+  cos, sin = cos[None, :, None, :], sin[None, :, None, :]
+  return jnp.concatenate([x1 * cos - x2 * sin, x1 * sin + x2 * cos], axis=-1).astype(x.dtype)
+
+
+def timestep_embedding(t: Array, dim: int, max_period: float = 10000.0) -> Array:
+  """Sinusoidal embedding of `t` `[B]` in [0, 1] (scaled by 1000, as in DiT) -> `[B, dim]`."""
+  half = dim // 2
+  freqs = jnp.exp(-math.log(max_period) * jnp.arange(half, dtype=jnp.float32) / half)
+  args = 1000.0 * t.astype(jnp.float32)[:, None] * freqs[None, :]
+  return jnp.concatenate([jnp.cos(args), jnp.sin(args)], axis=-1)
+
+
+def attention(q: Array, k: Array, v: Array, mask: Array | None, implementation: str) -> Array:
+  """Multi-head attention `[B, Nq, heads, D] x [B, Nk, heads, D] -> [B, Nq, heads, D]`.
+
+  The one place attention is computed: a TPU splash-attention kernel slots in here.
+  `mask` is boolean, broadcastable to `[B, heads, Nq, Nk]` (True = attend).
+  """
+  return jax.nn.dot_product_attention(q, k, v, mask=mask, implementation=implementation)
+
+
+class Attention(nn.Module):
+  """Self-attention (with 3D RoPE) or cross-attention (to text), with RMSNorm on q and k.
+
+  `prefix` is 'self' or 'cross'; it names the LoRA targets (`self_q`, `cross_out`, ...).
+  """
+  cfg: DiTConfig
+  prefix: str
+  lora_enabled: bool = True
+
+  def _dense(self, target: str, features: int, axes):
+    cfg = self.cfg
+    return LoRADense(features, axes, lora=cfg.lora, use_lora=cfg.lora.applies_to(target),
+                     lora_enabled=self.lora_enabled, dtype=cfg.dtype, param_dtype=cfg.param_dtype,
+                     name=target.split("_")[1])
+
+  @nn.compact
+  def __call__(self, x: Array, context: Array, mask: Array | None = None,
+               rope: tuple[Array, Array] | None = None) -> Array:
+    """`x` `[B, N, width]`, `context` `[B, M, width]` (== x for self-attention) -> `[B, N, width]`."""
+    cfg, p = self.cfg, self.prefix
+    heads_shape = lambda y: y.reshape(y.shape[:2] + (cfg.num_heads, cfg.head_dim))
+    q = heads_shape(self._dense(f"{p}_q", cfg.width, ("embed", "heads"))(x))
+    k = heads_shape(self._dense(f"{p}_k", cfg.width, ("embed", "heads"))(context))
+    v = heads_shape(self._dense(f"{p}_v", cfg.width, ("embed", "heads"))(context))
+    q = nn.RMSNorm(dtype=cfg.dtype, param_dtype=cfg.param_dtype, name="q_norm")(q)
+    k = nn.RMSNorm(dtype=cfg.dtype, param_dtype=cfg.param_dtype, name="k_norm")(k)
+    if rope is not None:
+      q, k = apply_rope(q, *rope), apply_rope(k, *rope)
+    q = nn.with_logical_constraint(q, ("batch", "length", "heads", "kv"))
+    out = attention(q, k.astype(q.dtype), v.astype(q.dtype), mask, cfg.attention_impl)
+    out = out.reshape(out.shape[:2] + (cfg.width,))
+    return self._dense(f"{p}_out", cfg.width, ("heads", "embed"))(out)
+
+
+class Mlp(nn.Module):
+  """`width -> mlp_dim -> width` with tanh-GELU."""
+  cfg: DiTConfig
+  lora_enabled: bool = True
+
+  @nn.compact
+  def __call__(self, x: Array) -> Array:
+    cfg = self.cfg
+    kw = dict(lora=cfg.lora, lora_enabled=self.lora_enabled, dtype=cfg.dtype,
+              param_dtype=cfg.param_dtype)
+    h = LoRADense(cfg.mlp_dim, ("embed", "mlp"), use_lora=cfg.lora.applies_to("mlp_in"),
+                  name="fc_in", **kw)(x)
+    h = nn.with_logical_constraint(nn.gelu(h, approximate=True), ("batch", "length", "mlp"))
+    return LoRADense(cfg.width, ("mlp", "embed"), use_lora=cfg.lora.applies_to("mlp_out"),
+                     name="fc_out", **kw)(h)
