@@ -129,8 +129,9 @@ def test_scan_and_remat_agree_with_plain_loop(variant):
   g_other = jax.grad(lambda l: loss(other, {**other_vars, "lora": l}))(other_vars["lora"])
   if ocfg.scan_layers:
     g_other = unstack_blocks(g_other, cfg.depth)
-  jax.tree_util.tree_map(lambda a, b: np.testing.assert_allclose(a, b, rtol=2e-4, atol=1e-6),
-                         g_other, g_plain)
+  # float32 sums in another order: compare relative to each gradient's scale.
+  jax.tree_util.tree_map(lambda a, b: np.testing.assert_allclose(
+      a, b, rtol=2e-4, atol=1e-5 * float(np.abs(b).max())), g_other, g_plain)
 
 
 def _hand_param_count(cfg: DiTConfig) -> int:

@@ -1,0 +1,101 @@
+"""The model work of one DPO step: policy and reference errors of a batch of preference pairs.
+
+For B pairs (a, b), both members get the same `t` and (with `share_noise`, the Diffusion-DPO
+convention) the same `eps`. Model calls per step: two, each on the 2B videos `[a; b]`:
+
+  policy     apply_fn({'params', 'lora'}, ..., lora_enabled=True)     gradients flow
+  reference  apply_fn(same variables, ..., lora_enabled=False)        under stop_gradient
+
+The two cannot share one call: `lora_enabled` is a static Python bool of the model, so a 4B batch
+with LoRA on for half of it is not expressible. The reference reuses the policy's base weights (no
+second copy); its variables and output are wrapped in `stop_gradient`, so it costs a forward pass
+only.
+"""
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from densedpo_jax import flow, losses
+
+_BATCH_KEYS = ("latent_a", "latent_b", "text_emb", "text_mask")
+
+
+def _check_batch(batch):
+  missing = [k for k in _BATCH_KEYS if k not in batch]
+  if missing:
+    raise ValueError(f"batch is missing {missing}; expected keys {list(_BATCH_KEYS)}")
+  shape = np.shape(batch["latent_a"])
+  if len(shape) != 5:
+    raise ValueError(f"batch['latent_a'] must be [B, T, H, W, C], got {shape}")
+  if np.shape(batch["latent_b"]) != shape:
+    raise ValueError(f"batch['latent_b'] must have the shape of latent_a {shape}, "
+                     f"got {np.shape(batch['latent_b'])}")
+  text, mask = np.shape(batch["text_emb"]), np.shape(batch["text_mask"])
+  if len(text) != 3 or text[0] != shape[0]:
+    raise ValueError(f"batch['text_emb'] must be [B={shape[0]}, L, D], got {text}")
+  if mask != text[:2]:
+    raise ValueError(f"batch['text_mask'] must be [B, L] = {text[:2]}, got {mask}")
+
+
+def dpo_errors(apply_fn, params, lora, batch, key, *, share_noise=True,
+               t_sampler=flow.logit_normal_t):
+  """Per-frame flow-matching errors of policy and reference on both pair members.
+
+  Args:
+    apply_fn: `(variables, x, t, text, text_mask, lora_enabled=...) -> v`, like
+      `VideoDiT(cfg).apply`; `variables = {'params': params, 'lora': lora}`.
+    params: base weights; lora: adapter weights (the policy is base + LoRA).
+    batch: dict with `latent_a, latent_b [B, T, H, W, C]`, `text_emb [B, L, D]`,
+      `text_mask [B, L]` bool.
+    key: PRNG key for `t` and `eps`.
+    share_noise: the same `eps` for a and b (else independent noises). `t` is always shared.
+    t_sampler: `(key, shape) -> t` in [0, 1], e.g. `flow.logit_normal_t` or `flow.uniform_t`.
+  Returns:
+    dict of `err_theta_a, err_ref_a, err_theta_b, err_ref_b`, each `[B, T]`.
+  """
+  _check_batch(batch)
+  x0_a, x0_b = batch["latent_a"], batch["latent_b"]
+  b = x0_a.shape[0]
+  key_t, key_a, key_b = jax.random.split(key, 3)
+  t = t_sampler(key_t, (b,))
+  eps_a = jax.random.normal(key_a, x0_a.shape, x0_a.dtype)
+  eps_b = eps_a if share_noise else jax.random.normal(key_b, x0_b.shape, x0_b.dtype)
+
+  twice = lambda a: jnp.concatenate([a, a], axis=0)
+  x0 = jnp.concatenate([x0_a, x0_b], axis=0)
+  eps = jnp.concatenate([eps_a, eps_b], axis=0)
+  t2 = twice(t)
+  x_t = flow.add_noise(x0, eps, t2)
+  v_target = flow.velocity_target(x0, eps)
+  text, text_mask = twice(batch["text_emb"]), twice(batch["text_mask"])
+  call = lambda variables, lora_enabled: apply_fn(variables, x_t, t2, text, text_mask,
+                                                  lora_enabled=lora_enabled)
+
+  variables = {"params": params, "lora": lora}
+  v_theta = call(variables, lora_enabled=True)
+  v_ref = jax.lax.stop_gradient(call(jax.lax.stop_gradient(variables), lora_enabled=False))
+
+  err_theta = losses.per_frame_error(v_theta, v_target)
+  err_ref = losses.per_frame_error(v_ref, v_target)
+  return {"err_theta_a": err_theta[:b], "err_ref_a": err_ref[:b],
+          "err_theta_b": err_theta[b:], "err_ref_b": err_ref[b:]}
+
+
+def dpo_loss(apply_fn, params, lora, batch, key, *, beta, dense=True, granularity="frame",
+             share_noise=True, t_sampler=flow.logit_normal_t):
+  """DPO loss of one step: `dpo_errors` then `dense_dpo_loss` or `flow_dpo_loss`.
+
+  `batch` is as for `dpo_errors` plus `labels`: `[B, T]` latent-frame labels when `dense`, else
+  `[B]` pair labels (errors averaged over T first); and `segment_ids [B, T]` for
+  `granularity='segment'`. Returns `(loss, metrics)`; differentiate with respect to `lora`.
+  """
+  errs = dpo_errors(apply_fn, params, lora, batch, key, share_noise=share_noise,
+                    t_sampler=t_sampler)
+  if dense:
+    return losses.dense_dpo_loss(**errs, labels=batch["labels"], beta=beta,
+                                 granularity=granularity, segment_ids=batch.get("segment_ids"))
+  errs = {k: v.mean(-1) for k, v in errs.items()}
+  return losses.flow_dpo_loss(**errs, labels=batch["labels"], beta=beta)
+
+
+__all__ = ["dpo_errors", "dpo_loss"]

@@ -1,0 +1,288 @@
+"""Losses against float64 NumPy references written here from the formulas (DESIGN.md section 1)."""
+import os
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from densedpo_jax import losses
+
+RTOL, ATOL = 2e-5, 1e-6
+METRICS = ("loss", "implicit_acc", "reward_margin", "policy_err_win", "policy_err_lose",
+           "ref_err_win", "ref_err_lose", "nontie_frac")
+
+
+@pytest.fixture
+def rng():
+  seed = int.from_bytes(os.urandom(4), "little")
+  print(f"seed={seed}")
+  return np.random.default_rng(seed)
+
+
+# ----------------------------------------------------------------------------- references
+
+
+def ref_units(e, labels, valid, beta):
+  """Loss and metrics from per-unit errors e = (ta, ra, tb, rb) `[B, U]`, written as loops."""
+  ta, ra, tb, rb = (np.asarray(x, np.float64) for x in e)
+  pair_losses, zs, wins = [], [], []
+  n_valid = 0
+  for i in range(ta.shape[0]):
+    unit_losses = []
+    for j in range(ta.shape[1]):
+      if not valid[i, j]:
+        continue
+      n_valid += 1
+      s = labels[i, j]
+      if s == 0:
+        continue
+      z = -(beta / 2) * s * ((ta[i, j] - ra[i, j]) - (tb[i, j] - rb[i, j]))
+      unit_losses.append(np.logaddexp(0.0, -z))  # -log sigmoid(z)
+      zs.append(z)
+      wins.append((ta[i, j], tb[i, j], ra[i, j], rb[i, j]) if s == 1
+                  else (tb[i, j], ta[i, j], rb[i, j], ra[i, j]))
+    if unit_losses:
+      pair_losses.append(np.mean(unit_losses))
+  zs, wins = np.array(zs), np.array(wins)
+  return {
+      "loss": np.mean(pair_losses),
+      "implicit_acc": np.mean((zs > 0) + 0.5 * (zs == 0)),
+      "reward_margin": zs.mean(),
+      "policy_err_win": wins[:, 0].mean(), "policy_err_lose": wins[:, 1].mean(),
+      "ref_err_win": wins[:, 2].mean(), "ref_err_lose": wins[:, 3].mean(),
+      "nontie_frac": len(zs) / n_valid,
+  }
+
+
+def ref_dense(e, labels, beta):
+  return ref_units(e, labels, np.ones(labels.shape, bool), beta)
+
+
+def ref_flow(e, labels, beta):
+  return ref_units([np.asarray(x)[:, None] for x in e], labels[:, None], np.ones((len(labels), 1),
+                                                                                  bool), beta)
+
+
+def ref_segment(e, labels, segment_ids, beta):
+  """Averages each segment's errors, labels it s when all its frames are s, then ref_units."""
+  b, t = labels.shape
+  seg_e = [np.zeros((b, t)) for _ in e]
+  seg_labels = np.zeros((b, t), int)
+  valid = np.zeros((b, t), bool)
+  for i in range(b):
+    for k in range(t):
+      frames = [j for j in range(t) if segment_ids[i, j] == k]
+      if not frames:
+        continue
+      valid[i, k] = True
+      for out, x in zip(seg_e, e):
+        out[i, k] = np.mean([np.float64(x[i, j]) for j in frames])
+      frame_labels = {labels[i, j] for j in frames}
+      seg_labels[i, k] = frame_labels.pop() if len(frame_labels) == 1 else 0
+  return ref_units(seg_e, seg_labels, valid, beta)
+
+
+def random_errors(rng, shape):
+  return [rng.uniform(0.2, 1.5, shape).astype(np.float32) for _ in range(4)]
+
+
+def random_labels(rng, shape, ties=True):
+  labels = rng.choice([-1, 0, 1] if ties else [-1, 1], shape)
+  labels.reshape(-1)[0] = 1  # never all ties
+  return labels.astype(np.int32)
+
+
+def assert_metrics(got, want):
+  for name in METRICS:
+    np.testing.assert_allclose(got[name], want[name], rtol=RTOL, atol=ATOL, err_msg=name)
+
+
+# ----------------------------------------------------------------------------- values
+
+
+def test_flow_dpo_matches_reference(rng):
+  e, labels, beta = random_errors(rng, (7,)), random_labels(rng, (7,), ties=False), 4.0
+  loss, metrics = losses.flow_dpo_loss(*e, labels, beta)
+  want = ref_flow(e, labels, beta)
+  np.testing.assert_allclose(loss, want["loss"], rtol=RTOL)
+  assert_metrics(metrics, want)
+
+
+def test_dense_frame_matches_reference(rng):
+  e, labels, beta = random_errors(rng, (5, 6)), random_labels(rng, (5, 6)), 3.0
+  labels[2] = 0  # a pair with no non-tie frame contributes nothing and does not divide
+  loss, metrics = losses.dense_dpo_loss(*e, labels, beta)
+  want = ref_dense(e, labels, beta)
+  np.testing.assert_allclose(loss, want["loss"], rtol=RTOL)
+  assert_metrics(metrics, want)
+
+
+def test_dense_segment_matches_reference(rng):
+  b, t = 4, 8
+  e, labels, beta = random_errors(rng, (b, t)), random_labels(rng, (b, t)), 5.0
+  segment_ids = np.sort(rng.integers(-1, 4, (b, t)), axis=1)
+  segment_ids[:, -1] = 3
+  labels[0, segment_ids[0] == 3] = 1  # at least one non-tie segment
+  _, metrics = losses.dense_dpo_loss(*e, labels, beta, granularity="segment",
+                                     segment_ids=segment_ids)
+  assert_metrics(metrics, ref_segment(e, labels, segment_ids, beta))
+
+
+@pytest.mark.parametrize("s", [1, -1])
+def test_dense_one_segment_equals_flow_dpo(rng, s):
+  b, t = 5, 7
+  e, beta = random_errors(rng, (b, t)), float(rng.uniform(1, 10))
+  dense_loss, dense_metrics = losses.dense_dpo_loss(
+      *e, np.full((b, t), s), beta, granularity="segment", segment_ids=np.zeros((b, t), int))
+  flow_loss, flow_metrics = losses.flow_dpo_loss(*[x.mean(1) for x in e], np.full((b,), s), beta)
+  np.testing.assert_allclose(dense_loss, flow_loss, rtol=RTOL)
+  assert_metrics(dense_metrics, flow_metrics)
+
+
+def test_swap_members_and_negate_labels_is_invariant(rng):
+  ta, ra, tb, rb = random_errors(rng, (4, 5))
+  labels, beta = random_labels(rng, (4, 5)), 6.0
+  loss, metrics = losses.dense_dpo_loss(ta, ra, tb, rb, labels, beta)
+  loss_swapped, metrics_swapped = losses.dense_dpo_loss(tb, rb, ta, ra, -labels, beta)
+  np.testing.assert_allclose(loss_swapped, loss, rtol=RTOL)
+  assert_metrics(metrics_swapped, metrics)
+  s = random_labels(rng, (4,), ties=False)
+  flow, _ = losses.flow_dpo_loss(ta[:, 0], ra[:, 0], tb[:, 0], rb[:, 0], s, beta)
+  flow_swapped, _ = losses.flow_dpo_loss(tb[:, 0], rb[:, 0], ta[:, 0], ra[:, 0], -s, beta)
+  np.testing.assert_allclose(flow_swapped, flow, rtol=RTOL)
+
+
+def test_ties_contribute_nothing(rng):
+  e, labels, beta = random_errors(rng, (3, 6)), random_labels(rng, (3, 6)), 4.0
+  loss = losses.dense_dpo_loss(*e, labels, beta)[0]
+  changed = [np.where(labels == 0, x + rng.uniform(-5, 5, x.shape).astype(np.float32), x)
+             for x in e]
+  np.testing.assert_allclose(losses.dense_dpo_loss(*changed, labels, beta)[0], loss, rtol=RTOL)
+  grads = jax.grad(lambda *e: losses.dense_dpo_loss(*e, labels, beta)[0], argnums=(0, 1, 2, 3))(
+      *e)
+  for g in grads:
+    np.testing.assert_array_equal(np.asarray(g)[labels == 0], 0.0)
+    assert np.all(np.asarray(g)[labels != 0] != 0)
+
+
+@pytest.mark.parametrize("dense", [True, False])
+def test_policy_equal_reference_gives_log2(rng, dense):
+  shape = (4, 5) if dense else (6,)
+  theta_a, theta_b = random_errors(rng, shape)[:2]
+  labels = random_labels(rng, shape, ties=dense)
+  fn = losses.dense_dpo_loss if dense else losses.flow_dpo_loss
+  loss, metrics = fn(theta_a, theta_a, theta_b, theta_b, labels, 7.0)
+  np.testing.assert_allclose(loss, np.log(2.0), rtol=1e-6)
+  np.testing.assert_allclose(metrics["implicit_acc"], 0.5)
+  np.testing.assert_allclose(metrics["reward_margin"], 0.0)
+
+
+# ----------------------------------------------------------------------------- gradients
+
+
+def numeric_grad(f, xs, h=1e-6):
+  """Central differences of a float64 NumPy function of several arrays."""
+  xs = [np.asarray(x, np.float64) for x in xs]
+  grads = []
+  for k, x in enumerate(xs):
+    g = np.zeros_like(x)
+    for idx in np.ndindex(x.shape):
+      plus, minus = [y.copy() for y in xs], [y.copy() for y in xs]
+      plus[k][idx] += h
+      minus[k][idx] -= h
+      g[idx] = (f(*plus) - f(*minus)) / (2 * h)
+    grads.append(g)
+  return grads
+
+
+def test_dense_gradient_matches_finite_differences(rng):
+  e, labels, beta = random_errors(rng, (3, 4)), random_labels(rng, (3, 4)), 3.0
+  labels[0, :2], labels[1] = 1, 0
+  for granularity, ids in (("frame", None), ("segment", np.array([[0, 0, 1, 1]] * 3))):
+    got = jax.grad(lambda *e: losses.dense_dpo_loss(*e, labels, beta, granularity, ids)[0],
+                   argnums=(0, 1, 2, 3))(*e)
+    if ids is None:
+      want = numeric_grad(lambda *e: ref_dense(e, labels, beta)["loss"], e)
+    else:
+      want = numeric_grad(lambda *e: ref_segment(e, labels, ids, beta)["loss"], e)
+    for g, w in zip(got, want):
+      np.testing.assert_allclose(g, w, rtol=1e-4, atol=1e-6, err_msg=granularity)
+
+
+def test_flow_dpo_gradient_matches_analytic(rng):
+  b = 6
+  (ta, ra, tb, rb), labels, beta = random_errors(rng, (b,)), random_labels(rng, (b,), False), 5.0
+  got = jax.grad(lambda *e: losses.flow_dpo_loss(*e, labels, beta)[0], argnums=(0, 1, 2, 3))(
+      ta, ra, tb, rb)
+  s = labels.astype(np.float64)
+  z = -(beta / 2) * s * ((ta - ra) - (tb.astype(np.float64) - rb))
+  # d/dz -log sigmoid(z) = -(1 - sigmoid(z)) = -sigmoid(-z); dz/d err_theta_a = -(beta/2) s.
+  dz = -1.0 / (1.0 + np.exp(z)) / b
+  want = [dz * -(beta / 2) * s, dz * (beta / 2) * s, dz * (beta / 2) * s, dz * -(beta / 2) * s]
+  for g, w in zip(got, want):
+    np.testing.assert_allclose(g, w, rtol=1e-5, atol=1e-8)
+
+
+# ----------------------------------------------------------------------------- bad input
+
+
+def test_bad_labels_and_shapes_raise(rng):
+  e = random_errors(rng, (2, 3))
+  with pytest.raises(ValueError, match="labels must be in"):
+    losses.dense_dpo_loss(*e, np.array([[1, 2, 0], [0, 0, -1]]), 1.0)
+  with pytest.raises(ValueError, match="labels must be in"):
+    losses.flow_dpo_loss(*[x[:, 0] for x in e], np.array([0.5, 1.0]), 1.0)
+  with pytest.raises(ValueError, match="every label is a tie"):
+    losses.dense_dpo_loss(*e, np.zeros((2, 3), int), 1.0)
+  with pytest.raises(ValueError, match="err_ref_b"):
+    losses.dense_dpo_loss(*e[:3], e[3][:, :2], np.ones((2, 3)), 1.0)
+  with pytest.raises(ValueError, match="labels must have the shape"):
+    losses.dense_dpo_loss(*e, np.ones((2, 2)), 1.0)
+  with pytest.raises(ValueError, match="2 dims"):
+    losses.dense_dpo_loss(*[x[:, 0] for x in e], np.ones(2), 1.0)
+  with pytest.raises(ValueError, match="1 dims"):
+    losses.flow_dpo_loss(*e, np.ones((2, 3)), 1.0)
+  with pytest.raises(ValueError, match="granularity"):
+    losses.dense_dpo_loss(*e, np.ones((2, 3)), 1.0, granularity="video")
+  with pytest.raises(ValueError, match="segment_ids"):
+    losses.dense_dpo_loss(*e, np.ones((2, 3)), 1.0, granularity="segment")
+  with pytest.raises(ValueError, match="segment_ids must be < T"):
+    losses.dense_dpo_loss(*e, np.ones((2, 3)), 1.0, "segment", np.full((2, 3), 3))
+  with pytest.raises(ValueError, match="every segment is a tie"):  # frames disagree in segment 0
+    losses.dense_dpo_loss(*e, np.array([[1, -1, 0]] * 2), 1.0, "segment", np.zeros((2, 3), int))
+
+
+def test_all_tie_and_bad_labels_under_jit(rng):
+  e, beta = random_errors(rng, (3, 4)), 2.0
+  loss_fn = jax.jit(lambda e, labels: losses.dense_dpo_loss(*e, labels, beta))
+  loss, metrics = loss_fn(e, jnp.zeros((3, 4), jnp.int32))
+  assert float(loss) == 0.0 and float(metrics["nontie_frac"]) == 0.0
+  grads = jax.grad(lambda e: loss_fn(e, jnp.zeros((3, 4), jnp.int32))[0])(e)
+  assert all(np.all(np.asarray(g) == 0) for g in grads)
+  # Inside jit, values outside {-1, +1} count as ties.
+  labels = random_labels(rng, (3, 4))
+  bad = np.where(labels == 0, 2, labels)
+  np.testing.assert_allclose(loss_fn(e, bad)[0], ref_dense(e, labels, beta)["loss"], rtol=RTOL)
+
+
+# ----------------------------------------------------------------------------- flow matching
+
+
+def test_flow_matching_loss_and_per_frame_error(rng):
+  v, target = (rng.normal(size=(3, 4, 2, 3, 2)).astype(np.float32) for _ in range(2))
+  se = (v.astype(np.float64) - target) ** 2
+  np.testing.assert_allclose(losses.flow_matching_loss(v, target)[0], se.mean(), rtol=RTOL)
+  mask = rng.uniform(size=(3, 4)) > 0.4
+  mask[0, 0] = True
+  want = se[mask].mean()
+  np.testing.assert_allclose(losses.flow_matching_loss(v, target, mask)[0], want, rtol=RTOL)
+  assert float(losses.flow_matching_loss(v, target, np.zeros(3))[0]) == 0.0
+  np.testing.assert_allclose(losses.per_frame_error(v, target), se.mean(axis=(2, 3, 4)),
+                             rtol=RTOL)
+  with pytest.raises(ValueError, match="mask"):
+    losses.flow_matching_loss(v, target, np.ones(4))
+  with pytest.raises(ValueError, match="v_target"):
+    losses.flow_matching_loss(v, target[:2])
+  with pytest.raises(ValueError, match=r"\[B, T, H, W, C\]"):
+    losses.per_frame_error(v[0], target[0])
