@@ -1,0 +1,54 @@
+"""Entry point: `python -m densedpo_jax.main --config=configs/<job>.py[:arg] [--workdir=DIR] [--config.key=value]`.
+
+`config.task` selects the job. Configs are locked: overriding a key that does not exist is an
+error naming the key. Run from the repository root (config files import `configs.common`).
+"""
+import os
+
+from absl import app, flags, logging
+from ml_collections import config_flags
+
+_CONFIG = config_flags.DEFINE_config_file("config", None, "Job config file (with optional :arg).",
+                                          lock_config=True)
+_WORKDIR = flags.DEFINE_string("workdir", None, "Run directory (checkpoints, logs, TensorBoard). "
+                               "Default: workdirs/<config name>[_<arg>].")
+_DISTRIBUTED = flags.DEFINE_bool("distributed", False, "Call jax.distributed.initialize() first "
+                                 "(also when DENSEDPO_DISTRIBUTED=1): multi-host TPU pods, multi-node GPU.")
+TASKS = ("train", "pairs", "label", "evaluate")
+
+
+def default_workdir(config_path: str) -> str:
+  path, _, arg = config_path.partition(":")
+  name = os.path.splitext(os.path.basename(path))[0]
+  return os.path.join("workdirs", f"{name}_{arg}" if arg else name)
+
+
+def main(argv):
+  if len(argv) > 1:
+    raise app.UsageError(f"Unexpected arguments: {argv[1:]}")
+  import jax  # After flag parsing; jax.distributed must come before any other JAX call.
+  if _DISTRIBUTED.value or os.environ.get("DENSEDPO_DISTRIBUTED") == "1":
+    jax.distributed.initialize()
+  config = _CONFIG.value
+  workdir = _WORKDIR.value or default_workdir(flags.FLAGS["config"].config_filename
+                                              if hasattr(flags.FLAGS["config"], "config_filename")
+                                              else flags.FLAGS["config"].serialize().split("=", 1)[1])
+  logging.info("JAX %s, process %d of %d, %d devices (%s)", jax.__version__, jax.process_index(),
+               jax.process_count(), jax.device_count(), jax.devices()[0].platform)
+  logging.info("Config:\n%s", config)
+  if config.task not in TASKS:
+    raise ValueError(f"config.task={config.task!r}; expected one of {TASKS}")
+  if config.task == "train":
+    from densedpo_jax import train
+    history = train.train_and_evaluate(config, workdir)
+    if history:
+      step = max(history)
+      print(f"step {step}: " + ", ".join(f"{k}={v:.4g}" for k, v in sorted(history[step].items())))
+  else:
+    raise NotImplementedError(f"config.task={config.task!r} (pair generation, labeling and "
+                              "evaluation) is not built yet; see the ShapesWorld pipeline issue.")
+
+
+if __name__ == "__main__":
+  flags.mark_flags_as_required(["config"])
+  app.run(main)

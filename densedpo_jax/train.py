@@ -1,0 +1,199 @@
+"""The one train loop for pretraining, SFT, Vanilla/Structural DPO and DenseDPO.
+
+Reads top to bottom: mesh, data, model and optimiser, shardings, step, checkpoint, loop.
+A run restarted in the same workdir continues from its last checkpoint (state and data
+iterator), reproducing the losses of an uninterrupted run. SIGTERM saves and exits cleanly.
+"""
+from __future__ import annotations
+
+import math
+import os
+import signal
+import time
+from typing import Any
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+import ml_collections
+from absl import logging
+from clu import metric_writers, periodic_actions
+
+from densedpo_jax import checkpointing, sharding, train_step
+from densedpo_jax.data import arrayrecord_io, pipeline, tfds_builder
+from densedpo_jax.model import LoRAConfig, VideoDiT, get_dit_config, merge_lora
+
+
+class NonFiniteLossError(FloatingPointError):
+  pass
+
+
+def model_config(config: ml_collections.ConfigDict):
+  """The `DiTConfig` of a run: `config.model` (preset + overrides) and `config.lora`."""
+  overrides = {k: v for k, v in config.model.to_dict().items() if k != "preset"}
+  if "patch_size" in overrides:
+    overrides["patch_size"] = tuple(overrides["patch_size"])
+  lora = LoRAConfig(rank=config.lora.rank, alpha=config.lora.alpha,
+                    targets=tuple(config.lora.targets))
+  return get_dit_config(config.model.preset, lora=lora, **overrides)
+
+
+def make_source(data: ml_collections.ConfigDict):
+  """The random-access record source named by `config.data`."""
+  if data.kind == "shapesworld":
+    return tfds_builder.shapesworld_source(data.split, data_dir=data.path or None)
+  if data.kind in ("pairs", "videos"):
+    return arrayrecord_io.ShardedSource(data.path, data.name)
+  raise ValueError(f"config.data.kind={data.kind!r}; expected 'pairs', 'videos' or 'shapesworld'")
+
+
+def make_dataset(config: ml_collections.ConfigDict):
+  """Per-process batches: a Grain IterDataset (call `iter()` for a checkpointable iterator)."""
+  data = config.data
+  if data.batch_size % jax.process_count():
+    raise ValueError(f"config.data.batch_size={data.batch_size} is not divisible by "
+                     f"{jax.process_count()} processes")
+  common = dict(batch_size=data.batch_size // jax.process_count(), seed=config.seed,
+                read_threads=data.read_threads, prefetch_buffer_size=data.prefetch)
+  source = make_source(data)
+  if config.loss == "flow_matching":
+    return pipeline.video_dataset(source, **common)
+  mode = "dense" if config.loss == "dense_dpo" else "global"
+  return pipeline.pair_dataset(source, mode=mode, min_nontie_frac=data.min_nontie_frac, **common)
+
+
+def _sample_inputs(batch: dict[str, Any]):
+  """Model inputs of one video, shaped like the batch (for init and eval_shape)."""
+  latent = batch["latent"] if "latent" in batch else batch["latent_a"]
+  return (jnp.zeros((1,) + latent.shape[1:], jnp.float32), jnp.zeros((1,), jnp.float32),
+          jnp.zeros((1,) + batch["text_emb"].shape[1:], jnp.float32),
+          jnp.ones((1,) + batch["text_mask"].shape[1:], bool))
+
+
+def _install_sigterm_flag() -> dict[str, bool]:
+  flag = {"stop": False}
+  def handler(signum, frame):
+    logging.warning("Signal %d received: saving a checkpoint and stopping.", signum)
+    flag["stop"] = True
+  try:
+    signal.signal(signal.SIGTERM, handler)
+  except ValueError:  # Not the main thread (e.g. under a test runner thread): no handler.
+    pass
+  return flag
+
+
+def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[int, dict[str, float]]:
+  """Trains up to `config.total_steps` steps in `workdir`; returns `{step: metrics}` as logged."""
+  os.makedirs(workdir, exist_ok=True)
+  stop = _install_sigterm_flag()
+  writer = metric_writers.create_default_writer(workdir, just_logging=jax.process_index() > 0)
+
+  # Mesh.
+  devices = jax.devices()[:config.mesh.num_devices] if config.mesh.num_devices else None
+  mesh = sharding.create_mesh(config.mesh.shape, config.mesh.dcn_shape or None, devices)
+  rules = tuple((k, tuple(v) if isinstance(v, list) else v) for k, v in config.mesh.rules)
+  logging.info("Mesh %s over %d devices", dict(mesh.shape), mesh.size)
+
+  # Data.
+  dataset = make_dataset(config)
+  data_iter = iter(dataset)
+  first_batch = next(iter(dataset))  # A fresh iterator: only for shapes.
+
+  # Model and optimiser.
+  cfg = model_config(config)
+  model = VideoDiT(cfg)
+  tx = train_step.make_optimizer(config.optim)
+  lora_trained = config.loss != "flow_matching" or cfg.lora.rank > 0
+  if lora_trained and cfg.lora.rank == 0:
+    raise ValueError(f"config.loss={config.loss!r} trains a LoRA adapter: set config.lora.rank > 0")
+  inputs = _sample_inputs(first_batch)
+  init_vars = lambda key: model.init(key, *inputs)
+
+  def init_state(key):
+    variables = init_vars(key)
+    trainable = variables["lora"] if lora_trained else variables["params"]
+    return train_step.init_state(trainable, tx, use_ema=config.ema_decay > 0)
+
+  # Shardings.
+  rng = jax.random.key(config.seed)
+  abstract_vars = jax.eval_shape(init_vars, rng)
+  abstract_state = jax.eval_shape(init_state, rng)
+  state_shardings = sharding.logical_shardings(abstract_state, mesh, rules)
+  params_shardings = sharding.logical_shardings(abstract_vars["params"], mesh, rules)
+  batch_sharding = sharding.batch_sharding(mesh)
+  abstract_params = checkpointing.abstract_like(nn.unbox(abstract_vars["params"]), params_shardings)
+  state = jax.jit(lambda k: nn.unbox(init_state(k)), out_shardings=state_shardings)(rng)
+  if lora_trained:
+    if config.init_from:
+      frozen = checkpointing.load_params(config.init_from, abstract_params)
+      logging.info("Base weights from %s", config.init_from)
+    else:
+      logging.warning("config.init_from is empty: %s starts from a random base model.", config.loss)
+      frozen = jax.jit(lambda k: nn.unbox(init_vars(k)["params"]), out_shardings=params_shardings)(rng)
+  else:
+    frozen = {}
+  frozen_shardings = params_shardings if lora_trained else {}
+
+  # Step.
+  step_fn = jax.jit(train_step.make_train_step(model, config, tx),
+                    in_shardings=(state_shardings, frozen_shardings, batch_sharding, None),
+                    out_shardings=(state_shardings, None), donate_argnums=(0,))
+
+  def export_params(state):
+    """What sampling and `init_from` read: EMA/raw params, or the base with LoRA folded in."""
+    if not lora_trained:
+      return state.ema if state.ema is not None else state.trainable
+    return merge_lora(frozen, state.ema if state.ema is not None else state.trainable, cfg)
+
+  export = jax.jit(export_params, out_shardings=params_shardings)
+
+  # Checkpoint.
+  ckpt = checkpointing.RunCheckpointer(workdir, keep=config.keep_checkpoints,
+                                       async_save=config.async_checkpointing)
+  start = ckpt.latest_step()
+  if start is not None:
+    state = ckpt.restore(start, checkpointing.abstract_like(nn.unbox(abstract_state),
+                                                            state_shardings), data_iter)
+    logging.info("Resumed from %s at step %d", ckpt.directory, start)
+  start = int(state.step)
+
+  # Loop.
+  hooks = [periodic_actions.ReportProgress(num_train_steps=config.total_steps, writer=writer,
+                                           every_steps=config.log_every)]
+  if config.profile and jax.process_index() == 0:
+    hooks.append(periodic_actions.Profile(logdir=workdir, num_profile_steps=5))
+  key = jax.random.key(config.seed + 1)
+  pending, summary, history = None, None, {}
+  step = start
+  with mesh:
+    while step < config.total_steps and not stop["stop"]:
+      batch = sharding.shard_batch(next(data_iter), mesh)
+      state, metrics = step_fn(state, frozen, batch, key)
+      step += 1
+      for hook in hooks:
+        hook(step)
+      summary = metrics if summary is None else summary.merge(metrics)
+      if pending is not None:  # Checked one step late, so the host does not stall the devices.
+        _check_finite(*pending)
+      pending = (step, metrics)
+      if step % config.log_every == 0 or step == config.total_steps:
+        _check_finite(*pending)
+        history[step] = {k: float(v) for k, v in summary.compute().items()}
+        writer.write_scalars(step, history[step])
+        summary = None
+      if step % config.checkpoint_every == 0 or step == config.total_steps:
+        _check_finite(*pending)
+        ckpt.save(step, state, data_iter, export(state), force=True)
+    if stop["stop"] and step > start:
+      _check_finite(*pending)
+      ckpt.save(step, state, data_iter, export(state), force=True)
+  ckpt.close()
+  writer.flush()
+  return history
+
+
+def _check_finite(step: int, metrics) -> None:
+  loss = float(metrics.compute()["loss"])
+  if not math.isfinite(loss):
+    raise NonFiniteLossError(f"Loss is {loss} at step {step}; stopping. The last good checkpoint "
+                             "is kept; lower the learning rate or check the data.")

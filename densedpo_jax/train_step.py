@@ -1,0 +1,160 @@
+"""Train state, optimiser, and the jitted train step for every job.
+
+`config.loss` picks the objective:
+  flow_matching   pretraining (trains `'params'`) or SFT (trains `'lora'` when lora.rank > 0)
+  flow_dpo        Vanilla / Structural DPO (one label a pair; they differ only in their pairs)
+  dense_dpo       DenseDPO (latent-frame labels from segment labels)
+The trainable tree is `state.trainable`; the frozen base is a separate, non-differentiated
+argument, so the optimiser never holds state for it.
+"""
+from __future__ import annotations
+
+import functools
+from typing import Any, Callable
+
+import flax
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+import optax
+from clu import metrics as clu_metrics
+
+from densedpo_jax import dpo, flow, losses
+from densedpo_jax.model import VideoDiT
+
+LOSSES = ("flow_matching", "flow_dpo", "dense_dpo")
+DPO_METRICS = ("loss", "implicit_acc", "reward_margin", "policy_err_win", "policy_err_lose",
+               "ref_err_win", "ref_err_lose", "nontie_frac")
+STEP_METRICS = ("grad_norm", "learning_rate")
+
+
+@flax.struct.dataclass
+class TrainState:
+  """`trainable`: `'params'` (pretraining) or `'lora'` (SFT, DPO); `ema`: its EMA or None."""
+  step: jax.Array
+  trainable: Any
+  opt_state: Any
+  ema: Any = None
+
+
+def metric_names(loss: str) -> tuple[str, ...]:
+  return (("loss",) if loss == "flow_matching" else DPO_METRICS) + STEP_METRICS
+
+
+def metrics_collection(loss: str) -> type[clu_metrics.Collection]:
+  """A clu Collection averaging every scalar the step reports."""
+  return clu_metrics.Collection.create(
+      **{name: clu_metrics.Average.from_output(name) for name in metric_names(loss)})
+
+
+def learning_rate_schedule(optim) -> optax.Schedule:
+  """Linear warm-up from `init_lr` to `lr` over `warmup_steps`, then constant (paper A.2)."""
+  return optax.join_schedules(
+      [optax.linear_schedule(optim.init_lr, optim.lr, max(optim.warmup_steps, 1)),
+       optax.constant_schedule(optim.lr)], [optim.warmup_steps])
+
+
+def make_optimizer(optim) -> optax.GradientTransformation:
+  """AdamW with global-norm clipping (`grad_clip <= 0` disables it)."""
+  parts = [optax.clip_by_global_norm(optim.grad_clip)] if optim.grad_clip > 0 else []
+  parts.append(optax.adamw(learning_rate_schedule(optim), b1=optim.b1, b2=optim.b2,
+                           weight_decay=optim.weight_decay))
+  return optax.chain(*parts)
+
+
+def ema_decay(step: jax.Array, max_decay: float) -> jax.Array:
+  """Warmed-up EMA decay `min(max_decay, (1 + n) / (10 + n))` (DESIGN.md section 4 pitfall)."""
+  n = step.astype(jnp.float32)
+  return jnp.minimum(max_decay, (1.0 + n) / (10.0 + n))
+
+
+def make_loss_fn(model: VideoDiT, config) -> Callable:
+  """`loss_fn(trainable, frozen, batch, key) -> (loss, metrics)` for `config.loss`."""
+  lora_trained = config.loss != "flow_matching" or config.lora.rank > 0
+  t_sampler = functools.partial(flow.sample_t, kind=config.t_sampler.kind,
+                                mean=config.t_sampler.mean, std=config.t_sampler.std)
+
+  def variables(trainable, frozen):
+    return {"params": frozen, "lora": trainable} if lora_trained else {"params": trainable}
+
+  def flow_matching(trainable, frozen, batch, key):
+    x0 = batch["latent"]
+    key_t, key_eps, key_drop = jax.random.split(key, 3)
+    t = t_sampler(key_t, (x0.shape[0],))
+    eps = jax.random.normal(key_eps, x0.shape, x0.dtype)
+    v = model.apply(variables(trainable, frozen), flow.add_noise(x0, eps, t), t,
+                    batch["text_emb"], batch["text_mask"], train=True, rngs={"dropout": key_drop})
+    return losses.flow_matching_loss(v, flow.velocity_target(x0, eps))
+
+  def dpo_objective(trainable, frozen, batch, key):
+    dense = config.loss == "dense_dpo"
+    batch = dict(batch)
+    if not dense:
+      batch["labels"] = batch["global_label"]
+    loss, metrics = dpo.dpo_loss(model.apply, frozen, trainable, batch, key, beta=config.dpo.beta,
+                                 dense=dense, granularity=config.dpo.granularity,
+                                 share_noise=config.dpo.share_noise, t_sampler=t_sampler)
+    return loss, {k: metrics[k] for k in DPO_METRICS}
+
+  if config.loss not in LOSSES:
+    raise ValueError(f"config.loss={config.loss!r}; expected one of {LOSSES}")
+  return flow_matching if config.loss == "flow_matching" else dpo_objective
+
+
+def _accumulated_grads(loss_fn, trainable, frozen, batch, key, accum_steps: int):
+  """Mean loss, metrics and gradients over `accum_steps` micro-batches (a `lax.scan`)."""
+  grad_fn = jax.value_and_grad(loss_fn, has_aux=True)
+  if accum_steps == 1:
+    (_, metrics), grads = grad_fn(trainable, frozen, batch, key)
+    return metrics, grads
+  micro = jax.tree_util.tree_map(
+      lambda x: x.reshape((accum_steps, x.shape[0] // accum_steps) + x.shape[1:]), batch)
+
+  def body(carry, inputs):
+    grads_sum, metrics_sum = carry
+    micro_batch, i = inputs
+    (_, metrics), grads = grad_fn(trainable, frozen, micro_batch, jax.random.fold_in(key, i))
+    add = lambda a, b: jax.tree_util.tree_map(jnp.add, a, b)
+    return (add(grads_sum, grads), add(metrics_sum, metrics)), None
+
+  zeros = jax.tree_util.tree_map(jnp.zeros_like, trainable)
+  metrics0 = jax.eval_shape(lambda: grad_fn(trainable, frozen, jax.tree_util.tree_map(
+      lambda x: x[0], micro), key)[0][1])
+  metrics0 = jax.tree_util.tree_map(lambda s: jnp.zeros(s.shape, s.dtype), metrics0)
+  (grads, metrics), _ = jax.lax.scan(body, (zeros, metrics0), (micro, jnp.arange(accum_steps)))
+  scale = lambda tree: jax.tree_util.tree_map(lambda x: x / accum_steps, tree)
+  return scale(metrics), scale(grads)
+
+
+def make_train_step(model: VideoDiT, config, tx: optax.GradientTransformation) -> Callable:
+  """`step(state, frozen, batch, key) -> (state, metrics)`; jit it with shardings (train.py)."""
+  loss_fn = make_loss_fn(model, config)
+  schedule = learning_rate_schedule(config.optim)
+  collection = metrics_collection(config.loss)
+
+  def step(state: TrainState, frozen, batch, key):
+    key = jax.random.fold_in(key, state.step)
+    metrics, grads = _accumulated_grads(loss_fn, state.trainable, frozen, batch, key,
+                                        config.optim.accum_steps)
+    updates, opt_state = tx.update(grads, state.opt_state, state.trainable)
+    trainable = optax.apply_updates(state.trainable, updates)
+    ema = state.ema
+    if ema is not None:
+      decay = ema_decay(state.step, config.ema_decay)
+      ema = jax.tree_util.tree_map(lambda e, p: decay * e + (1 - decay) * p, ema, trainable)
+    metrics = dict(metrics, grad_norm=optax.global_norm(grads), learning_rate=schedule(state.step))
+    new_state = state.replace(step=state.step + 1, trainable=trainable, opt_state=opt_state, ema=ema)
+    return new_state, collection.single_from_model_output(**metrics)
+
+  return step
+
+
+def init_state(trainable: Any, tx: optax.GradientTransformation, use_ema: bool) -> TrainState:
+  """A fresh state around `trainable` (boxed or plain arrays)."""
+  return TrainState(step=jnp.zeros((), jnp.int32), trainable=trainable,
+                    opt_state=tx.init(trainable),
+                    ema=jax.tree_util.tree_map(jnp.copy, trainable) if use_ema else None)
+
+
+def unbox(tree: Any) -> Any:
+  return nn.unbox(tree)
