@@ -177,3 +177,32 @@ def test_nan_loss_stops_and_keeps_the_last_good_checkpoint(data, tmp_path):
 def test_dpo_without_lora_rank_is_an_error(data, tmp_path):
   with pytest.raises(ValueError, match="lora.rank"):
     train.train_and_evaluate(tiny_config("dense_dpo", data[1], **{"lora.rank": 0}), str(tmp_path))
+
+
+def test_sigterm_saves_a_checkpoint_and_exits_cleanly(data, tmp_path):
+  import signal
+  import subprocess
+  import sys
+  import time
+  workdir = str(tmp_path / "run")
+  script = (
+      "import sys; sys.path.insert(0, %r)\n"
+      "from tests.test_train import tiny_config\n"
+      "from densedpo_jax import train\n"
+      "c = tiny_config('flow_matching', %r, total_steps=100000, checkpoint_every=100000)\n"
+      "train.train_and_evaluate(c, %r)\n" % (os.getcwd(), data[0], workdir))
+  env = dict(os.environ, JAX_PLATFORMS="cpu", XLA_FLAGS="")
+  proc = subprocess.Popen([sys.executable, "-c", script], env=env, stdout=subprocess.PIPE,
+                          stderr=subprocess.STDOUT, text=True)
+  deadline = time.time() + 240
+  while time.time() < deadline and proc.poll() is None:
+    events = [f for f in os.listdir(workdir)] if os.path.isdir(workdir) else []
+    if any(f.startswith("events.out") for f in events) and os.path.getsize(
+        os.path.join(workdir, [f for f in events if f.startswith("events.out")][0])) > 200:
+      break  # Metrics of a few steps have been written: training is under way.
+    time.sleep(0.5)
+  proc.send_signal(signal.SIGTERM)
+  out, _ = proc.communicate(timeout=120)
+  assert proc.returncode == 0, out[-3000:]
+  steps = [int(s) for s in os.listdir(os.path.join(workdir, "checkpoints")) if s.isdigit()]
+  assert len(steps) == 1 and 0 < steps[0] < 100000
