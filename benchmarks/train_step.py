@@ -31,6 +31,7 @@ import statistics
 import sys
 import time
 
+import flax.linen as nn
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -89,7 +90,7 @@ def bench(preset: str, loss: str, steps: int) -> tuple[float, float]:
   tx = train_step.make_optimizer(c.optim)
   data = make_batch(loss, latent, text, batch, np.random.default_rng(0))
   data = jax.tree_util.tree_map(jnp.asarray, data)
-  variables = train_step.unbox(model.init(
+  variables = nn.unbox(model.init(
       jax.random.key(0), jnp.zeros((1,) + latent), jnp.zeros((1,)),
       jnp.zeros((1,) + text), jnp.ones((1, text[0]), bool)))
   if loss == "flow_matching":

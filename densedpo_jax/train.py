@@ -9,7 +9,6 @@ from __future__ import annotations
 import math
 import os
 import signal
-import time
 from typing import Any
 
 import flax.linen as nn

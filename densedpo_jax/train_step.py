@@ -13,7 +13,6 @@ import functools
 from typing import Any, Callable
 
 import flax
-import flax.linen as nn
 import jax
 import jax.numpy as jnp
 import optax
@@ -154,7 +153,3 @@ def init_state(trainable: Any, tx: optax.GradientTransformation, use_ema: bool) 
   return TrainState(step=jnp.zeros((), jnp.int32), trainable=trainable,
                     opt_state=tx.init(trainable),
                     ema=jax.tree_util.tree_map(jnp.copy, trainable) if use_ema else None)
-
-
-def unbox(tree: Any) -> Any:
-  return nn.unbox(tree)
