@@ -49,8 +49,7 @@ def _write(directory, name, latent_shape, text_shape, latent_dtype, text_dtype, 
       mask = np.arange(text_shape[0]) < text_shape[0] // 2
       yield dataclasses.replace(rec, text_emb=emb, text_mask=mask)
 
-  arrayrecord_io.write_records(records(), directory, name, num_shards=8)
-  side = arrayrecord_io.read_sidecar(directory, name)
+  side = arrayrecord_io.write_records(records(), directory, name, num_shards=8)
   total = sum(os.path.getsize(os.path.join(directory, s["file"])) for s in side["shards"])
   return total / n
 

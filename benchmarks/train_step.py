@@ -8,8 +8,11 @@ videos and for Flow-DPO and DenseDPO on B pairs (LoRA rank 16 on a frozen random
 the first (compiling) step is excluded, then the median of `--steps` steps, each waited
 on with `jax.block_until_ready`. FLOPs come from `model.forward_flops` (matmuls only):
 
-  flow matching  3 x fwd(B)                         fwd + bwd, base weights trained
-  DPO            3 x fwd(2B, LoRA) + fwd(2B, no LoRA)  policy fwd + bwd, reference fwd
+  flow matching  3 x fwd(B)                            fwd + bwd (input and weight gradients)
+  DPO            2 x fwd(2B, LoRA) + fwd(2B, no LoRA)  policy fwd + bwd, reference fwd
+
+The frozen base gets no weight gradient, so the policy backward costs about one forward (input
+gradients; the LoRA weight gradients are the small LoRA part of it).
 
 MFU is achieved FLOP/s over a measured matmul ceiling (best of a few jitted n^3 matmuls,
 float32 on CPU, bfloat16 on an accelerator), taken before and after the steps; on a shared
@@ -18,10 +21,8 @@ machine it is still noisy. Sizes:
   tiny   latent 16x16x16x3, text 16x64, batch 16 (the ShapesWorld preset)
   small  latent 4x16x16x16, text 16x512, batch 2 (the `small` DiT, reduced to fit a CPU run)
 
-The ratios: DPO step on B pairs / flow-matching step on B videos (target <= 3.0, FLOP floor 8/3)
-and DenseDPO / Flow-DPO (target <= 1.03). The DPO count includes base-weight gradients that the
-step never computes (the base is frozen), so DPO MFU reads about 4/3 high and the true floor of
-the DPO / FM ratio is nearer 2.0.
+The ratios: DPO step on B pairs / flow-matching step on B videos (target <= 3.0; by FLOPs
+about 6/3 = 2.0 with a frozen base) and DenseDPO / Flow-DPO (target <= 1.03).
 """
 from __future__ import annotations
 
@@ -109,7 +110,7 @@ def bench(preset: str, loss: str, steps: int) -> tuple[float, float]:
   assert np.isfinite(float(metrics.compute()["loss"])), (preset, loss)
 
   fwd = lambda b, lora: forward_flops(cfg, b, *latent[:3], text[0], lora_enabled=lora)
-  flops = 3 * fwd(batch, False) if loss == "flow_matching" else 3 * fwd(2 * batch, True) + fwd(
+  flops = 3 * fwd(batch, False) if loss == "flow_matching" else 2 * fwd(2 * batch, True) + fwd(
       2 * batch, False)
   return statistics.median(times), flops
 
@@ -150,11 +151,8 @@ def main():
   print("|---|---|---|---|")
   for preset, fd, dd, df in ratios:
     print(f"| {preset} | {fd:.2f} | {dd:.2f} | {df:.3f} |")
-  print("\nTargets: DPO step on B pairs / FM step on B videos <= 3.0 (FLOP floor 8/3 = 2.67); "
-        "DenseDPO / Flow-DPO <= 1.03.")
-  print("Note: the DPO FLOPs count base-weight gradients in the policy backward, which the step "
-        "never computes (the base is frozen): DPO MFU reads about 4/3 high, and the DPO / FM floor "
-        "is nearer 2.0 than 8/3.")
+  print("\nTargets: DPO step on B pairs / FM step on B videos <= 3.0 (by FLOPs about 2.0 with a "
+        "frozen base); DenseDPO / Flow-DPO <= 1.03.")
 
 
 if __name__ == "__main__":

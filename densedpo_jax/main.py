@@ -30,12 +30,10 @@ def main(argv):
   if _DISTRIBUTED.value or os.environ.get("DENSEDPO_DISTRIBUTED") == "1":
     jax.distributed.initialize()
   config = _CONFIG.value
-  workdir = _WORKDIR.value or default_workdir(flags.FLAGS["config"].config_filename
-                                              if hasattr(flags.FLAGS["config"], "config_filename")
-                                              else flags.FLAGS["config"].serialize().split("=", 1)[1])
+  workdir = _WORKDIR.value or default_workdir(config_flags.get_config_filename(flags.FLAGS["config"]))
   logging.info("JAX %s, process %d of %d, %d devices (%s)", jax.__version__, jax.process_index(),
                jax.process_count(), jax.device_count(), jax.devices()[0].platform)
-  logging.info("Config:\n%s", config)
+  logging.info("Workdir %s; config:\n%s", workdir, config)
   if config.task not in TASKS:
     raise ValueError(f"config.task={config.task!r}; expected one of {TASKS}")
   if config.task == "train":

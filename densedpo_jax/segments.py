@@ -16,6 +16,8 @@ S = floor(num_frames / frames_per_segment) (leftover frames join the last segmen
 
 Functions accept NumPy (for the data pipeline) or JAX arrays (also traced) and return the same kind.
 """
+import functools
+
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -69,8 +71,13 @@ def latent_to_pixel(latent_values, num_frames, temporal_factor, causal=True):
   return values[..., pixel_to_latent_index(num_frames, temporal_factor, causal)]
 
 
-def _segment_cover(num_frames, frames_per_segment, temporal_factor, causal, num_segments):
-  """Static bool `[T', S]`: does latent frame j cover a pixel frame of segment k."""
+def default_num_segments(num_frames, frames_per_segment):
+  """Default S = ceil(num_frames / frames_per_segment) (a short last segment)."""
+  return -(-num_frames // frames_per_segment)
+
+
+def check_num_segments(num_frames, frames_per_segment, num_segments):
+  """ValueError unless S is the ceil or the floor of `num_frames / frames_per_segment`."""
   fps, s = frames_per_segment, num_segments
   if fps < 1 or s < 1:
     raise ValueError(f"frames_per_segment and the number of segments must be >= 1, got {fps} "
@@ -78,10 +85,18 @@ def _segment_cover(num_frames, frames_per_segment, temporal_factor, causal, num_
   if not (s - 1) * fps < num_frames < (s + 1) * fps:
     raise ValueError(f"{s} segments of {fps} frames do not fit num_frames={num_frames}: expected "
                      f"ceil or floor of num_frames / frames_per_segment segments")
+
+
+@functools.lru_cache(maxsize=256)
+def _segment_cover(num_frames, frames_per_segment, temporal_factor, causal, num_segments):
+  """Static bool `[T', S]` (read-only, cached): does latent frame j cover a pixel frame of segment k."""
+  fps, s = frames_per_segment, num_segments
+  check_num_segments(num_frames, fps, s)
   segment = np.minimum(np.arange(num_frames) // fps, s - 1)
   latent = pixel_to_latent_index(num_frames, temporal_factor, causal)
   cover = np.zeros((num_latent_frames(num_frames, temporal_factor, causal), s), bool)
   cover[latent, segment] = True
+  cover.flags.writeable = False
   return cover
 
 
@@ -110,7 +125,7 @@ def latent_segment_ids(num_frames, frames_per_segment, temporal_factor, causal=T
   `num_segments` defaults to `ceil(num_frames / frames_per_segment)`.
   """
   if num_segments is None:
-    num_segments = -(-num_frames // frames_per_segment)
+    num_segments = default_num_segments(num_frames, frames_per_segment)
   cover = _segment_cover(num_frames, frames_per_segment, temporal_factor, causal, num_segments)
   return np.where(cover.sum(-1) == 1, cover.argmax(-1), -1)
 
@@ -128,5 +143,5 @@ def keep_pair(segment_labels, min_nontie_frac=0.2):
 
 
 __all__ = ["num_latent_frames", "latent_frame_coverage", "pixel_to_latent_index",
-           "latent_to_pixel", "latent_frame_labels", "latent_segment_ids", "nontie_fraction",
+           "latent_to_pixel", "default_num_segments", "check_num_segments", "latent_frame_labels", "latent_segment_ids", "nontie_fraction",
            "keep_pair"]

@@ -162,7 +162,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
   if config.profile and jax.process_index() == 0:
     hooks.append(periodic_actions.Profile(logdir=workdir, num_profile_steps=5))
   key = jax.random.key(config.seed + 1)
-  pending, summary, history = None, None, {}
+  unchecked, summary, history = None, None, {}
   step = start
   with mesh:
     while step < config.total_steps and not stop["stop"]:
@@ -172,20 +172,21 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
       for hook in hooks:
         hook(step)
       summary = metrics if summary is None else summary.merge(metrics)
-      if pending is not None:  # Checked one step late, so the host does not stall the devices.
-        _check_finite(*pending)
-      pending = (step, metrics)
-      if step % config.log_every == 0 or step == config.total_steps:
-        _check_finite(*pending)
+      if unchecked is not None:  # Checked one step late, so the host does not stall the devices.
+        _check_finite(*unchecked)
+      unchecked = (step, metrics)
+      last = step == config.total_steps
+      log = step % config.log_every == 0 or last
+      save = step % config.checkpoint_every == 0 or last or stop["stop"]
+      if log or save:  # Nothing non-finite is logged as good or saved.
+        _check_finite(*unchecked)
+        unchecked = None
+      if log:
         history[step] = {k: float(v) for k, v in summary.compute().items()}
         writer.write_scalars(step, history[step])
         summary = None
-      if step % config.checkpoint_every == 0 or step == config.total_steps:
-        _check_finite(*pending)
+      if save:
         ckpt.save(step, state, data_iter, export(state), force=True)
-    if stop["stop"] and step > start:
-      _check_finite(*pending)
-      ckpt.save(step, state, data_iter, export(state), force=True)
   ckpt.close()
   writer.flush()
   return history

@@ -56,7 +56,7 @@ def test_video_round_trip_and_storage_cast(latent_dtype):
   _assert_same(dataclasses.replace(rec, latent=want), out)
   if latent_dtype != "float32":  # half the latent bytes
     full = len(codec.encode(dataclasses.replace(rec, latent_dtype="float32")))
-    assert len(data) < full - rec.latent.nbytes // 2 + 256
+    assert len(data) <= full - rec.latent.nbytes // 2 + 64  # 64: array alignment slack
 
 
 def test_bfloat16_values_survive_exactly():

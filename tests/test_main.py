@@ -21,6 +21,7 @@ def test_override_reaches_the_job():
   assert out.returncode != 0
   assert "config.task='evaluate'" in out.stderr  # The override was applied before dispatch.
   assert "beta: 123.0" in out.stderr  # The logged config carries the overridden value.
+  assert "Workdir workdirs/dense;" in out.stderr  # Default workdir from the config name.
 
 
 def test_unknown_key_is_an_error_naming_it():

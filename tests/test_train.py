@@ -1,9 +1,17 @@
 """The trainer: each loss learns, only LoRA moves in DPO, sharding, resume, NaN guard."""
 import os
 
+import signal
+import subprocess
+import sys
+import time
+
 import jax
+import jax.numpy as jnp
 import numpy as np
 import pytest
+from flax import linen as nn
+from jax.sharding import SingleDeviceSharding
 
 from configs import common
 from densedpo_jax import checkpointing, train
@@ -123,10 +131,8 @@ def test_dpo_learns_the_preference_and_moves_only_lora(loss, data, base_workdir,
 
 
 def _params_target(cfg):
-  from flax import linen as nn
-  from jax.sharding import SingleDeviceSharding
+  """Abstract params of `cfg` and single-device shardings: a restore target."""
   model = VideoDiT(cfg)
-  import jax.numpy as jnp
   shapes = jax.eval_shape(lambda: model.init(jax.random.key(0), jnp.zeros((1, T, H, W, C)),
                                              jnp.zeros((1,)), jnp.zeros((1, L, D)),
                                              jnp.ones((1, L), bool)))
@@ -180,10 +186,6 @@ def test_dpo_without_lora_rank_is_an_error(data, tmp_path):
 
 
 def test_sigterm_saves_a_checkpoint_and_exits_cleanly(data, tmp_path):
-  import signal
-  import subprocess
-  import sys
-  import time
   workdir = str(tmp_path / "run")
   script = (
       "import sys; sys.path.insert(0, %r)\n"

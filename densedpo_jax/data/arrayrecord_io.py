@@ -147,6 +147,7 @@ class ShardedWriter:
     for tmp, f in zip(self._tmp, self.files):
       os.replace(tmp, os.path.join(self.directory, f))
     _atomic_write_text(old, json.dumps(sidecar, indent=1))
+    self.sidecar = sidecar
     return sidecar
 
   def abort(self) -> None:
@@ -178,7 +179,7 @@ def write_records(records: Iterable[schema.Record], directory: str, name: str, n
   with ShardedWriter(directory, name, num_shards, **kwargs) as w:
     for rec in records:
       w.write(rec)
-  return read_sidecar(directory, name)
+  return w.sidecar
 
 
 def _load_json(path: str) -> dict:

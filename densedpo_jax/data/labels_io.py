@@ -22,6 +22,7 @@ from typing import Any, Optional
 
 import numpy as np
 
+from densedpo_jax import segments
 from densedpo_jax.data import arrayrecord_io
 from densedpo_jax.data import codec
 from densedpo_jax.data import schema
@@ -71,7 +72,7 @@ def _num_segments(header: dict) -> int:
   if spec is not None:
     return int(spec[1][0])
   f = header["fields"]
-  return -(-f["num_frames"] // f["frames_per_segment"])
+  return segments.default_num_segments(f["num_frames"], f["frames_per_segment"])
 
 
 def parse_labels(jsonl_path: str, num_segments_by_id: dict[str, int]) -> dict[str, dict[str, Any]]:

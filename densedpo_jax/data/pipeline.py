@@ -106,12 +106,6 @@ def keep_pair(rec: schema.PairRecord, mode: str, min_nontie_frac: float = 0.2) -
   raise ValueError(f"mode must be one of {PAIR_MODES}, got {mode!r}")
 
 
-@functools.lru_cache(maxsize=64)
-def _segment_ids(num_frames, frames_per_segment, temporal_factor, causal, num_segments):
-  ids = segments.latent_segment_ids(num_frames, frames_per_segment, temporal_factor, causal, num_segments)
-  return np.asarray(ids, np.int32)
-
-
 def pair_example(rec: schema.PairRecord, mode: str = "dense") -> dict[str, Any]:
   """A pair record -> the training example dict (shapes in the module doc, without B)."""
   t = rec.latent_a.shape[0]
@@ -133,8 +127,8 @@ def pair_example(rec: schema.PairRecord, mode: str = "dense") -> dict[str, Any]:
       "labels": labels,
       "global_label": np.int8(glob),
       "segment_labels": np.asarray(seg, np.int8),
-      "segment_ids": _segment_ids(rec.num_frames, rec.frames_per_segment, rec.temporal_factor,
-                                  rec.causal, s),
+      "segment_ids": segments.latent_segment_ids(rec.num_frames, rec.frames_per_segment,
+                                                  rec.temporal_factor, rec.causal, s).astype(np.int32),
       "eta": np.float32(rec.eta),
       "id": np.asarray(rec.id),
   }

@@ -139,7 +139,7 @@ class PairRecord:
     """S: labels there are or would be (ceil(num_frames / frames_per_segment) unlabeled)."""
     if self.segment_labels is not None:
       return int(np.shape(self.segment_labels)[0])
-    return -(-self.num_frames // self.frames_per_segment)
+    return segments.default_num_segments(self.num_frames, self.frames_per_segment)
 
 
 Record = Union[VideoRecord, PairRecord]
@@ -242,10 +242,10 @@ def validate_pair(rec: PairRecord, path: Optional[str] = None, index: Optional[i
     if labels.dtype != np.int8:
       raise _err("segment_labels", f"must be int8, got dtype {labels.dtype}", path, index)
     _check_label_values(labels, "segment_labels", path, index)
-    s, fps, n = labels.shape[0], rec.frames_per_segment, rec.num_frames
-    if s not in (n // fps, -(-n // fps)) or s < 1:
-      raise _err("segment_labels", f"has {s} segments, expected ceil or floor of num_frames / "
-                 f"frames_per_segment = {n} / {fps}", path, index)
+    try:
+      segments.check_num_segments(rec.num_frames, rec.frames_per_segment, labels.shape[0])
+    except ValueError as e:
+      raise _err("segment_labels", str(e), path, index) from None
   if rec.global_label is not None:
     _check_int(rec.global_label, "global_label", path, index)
     _check_label_values(np.asarray([rec.global_label]), "global_label", path, index)

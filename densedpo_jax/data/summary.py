@@ -27,6 +27,7 @@ from typing import Any, Optional, Sequence
 
 import numpy as np
 
+from densedpo_jax import segments
 from densedpo_jax.data import arrayrecord_io
 from densedpo_jax.data import codec
 
@@ -73,7 +74,7 @@ def summarize(directory: str, name: str, min_nontie_frac: float = 0.2) -> dict[s
         ties_by_pos[pos] += v == 0
       mixed += bool((seg == 1).any() and (seg == -1).any())
       non_uniform += bool((seg != seg[0]).any())
-      kept += bool(np.mean(seg != 0) > min_nontie_frac)
+      kept += bool(segments.keep_pair(seg, min_nontie_frac))
     if f.get("global_label") is not None:
       n_glob += 1
       glob_counts[f["global_label"]] += 1

@@ -46,7 +46,7 @@ def random_pair(rng: np.random.Generator, id: str, latent_shape: Sequence[int] =
   t = latent_shape[0]
   num_frames = 1 + (t - 1) * temporal_factor if causal else t * temporal_factor
   segments.num_latent_frames(num_frames, temporal_factor, causal)
-  s = -(-num_frames // frames_per_segment)
+  s = segments.default_num_segments(num_frames, frames_per_segment)
   source = source or ("guided" if rng.random() < 0.5 else "vanilla")
   emb, mask = _text(rng, text_shape)
   cast = lambda x: x.astype(schema.LATENT_DTYPES[latent_dtype])  # pylint: disable=unnecessary-lambda-assignment
