@@ -24,6 +24,8 @@ setup(
         "tensorflow-cpu>=2.18",
         "tensorboard>=2.18",
         "numpy>=1.26",
+        # GIF/PNG previews of samples (already pulled in by tensorboard; imported directly).
+        "pillow>=10",
     ],
     extras_require={
         "test": ["pytest>=8"],

@@ -1,7 +1,20 @@
 """Shared pieces of every job's config. Each job file's `get_config(arg)` starts from `base()`."""
-import ml_collections
+import dataclasses
 
+import ml_collections
+from ml_collections import config_dict
+
+from densedpo_jax.model import DiTConfig
 from densedpo_jax.sharding import DEFAULT_RULES
+
+
+def model_fields() -> ml_collections.ConfigDict:
+  """`preset` plus every DiTConfig field as a typed placeholder (None = the preset's value), so
+  any of them can be overridden on the command line (`--config.model.width=256`)."""
+  defaults = DiTConfig()
+  fields = {f.name: config_dict.placeholder(type(getattr(defaults, f.name)))
+            for f in dataclasses.fields(DiTConfig) if f.name != "lora"}
+  return ml_collections.ConfigDict({"preset": "tiny", **fields})
 
 
 def base() -> ml_collections.ConfigDict:
@@ -15,10 +28,13 @@ def base() -> ml_collections.ConfigDict:
   c.keep_checkpoints = 3
   c.async_checkpointing = True
   c.profile = False
-  c.init_from = ""  # Workdir (or checkpoint step folder) whose `params` item is the base model.
+  # Workdir (or checkpoint step folder) whose `params` item is the base model (SFT, DPO), or the
+  # weights to continue from with a fresh optimiser (pretraining, when the workdir has no checkpoint).
+  c.init_from = ""
   c.ema_decay = 0.0  # > 0 keeps a warmed-up EMA of the trainable tree.
 
-  c.model = ml_collections.ConfigDict({"preset": "tiny", "dtype": "float32"})
+  c.model = model_fields()
+  c.model.dtype = "float32"
   c.lora = ml_collections.ConfigDict({"rank": 16, "alpha": 16.0, "targets": [
       "self_q", "self_k", "self_v", "self_out", "cross_q", "cross_k", "cross_v", "cross_out",
       "mlp_in", "mlp_out"]})
@@ -47,6 +63,10 @@ def base() -> ml_collections.ConfigDict:
   c.dpo.beta = 500.0
   c.dpo.share_noise = True
   c.dpo.granularity = "frame"  # frame | segment
+
+  # Previews: every `every` steps (0: never) sample the first prompts of the first batch.
+  c.sample = ml_collections.ConfigDict({"every": 0, "num_videos": 4, "num_steps": 32,
+                                        "cfg_scale": 1.0, "seed": 0, "fps": 8.0})
 
   c.t_sampler = ml_collections.ConfigDict({"kind": "logit_normal", "mean": 0.0, "std": 1.0})
 

@@ -21,6 +21,7 @@ def get_config(arg=None):
   c.total_steps = 6000
   c.log_every = 50
   c.checkpoint_every = 200
+  c.sample.every = 400
   if arg == "quick":
     c.total_steps, c.log_every, c.checkpoint_every = 100, 10, 50
   elif arg != "shapesworld":

@@ -14,6 +14,11 @@ _WORKDIR = flags.DEFINE_string("workdir", None, "Run directory (checkpoints, log
                                "Default: workdirs/<config name>[_<arg>].")
 _DISTRIBUTED = flags.DEFINE_bool("distributed", False, "Call jax.distributed.initialize() first "
                                  "(also when DENSEDPO_DISTRIBUTED=1): multi-host TPU pods, multi-node GPU.")
+_COORDINATOR = flags.DEFINE_string("coordinator_address", None, "host:port of process 0; None: "
+                                   "detected on TPU pods, SLURM and other known clusters.")
+_NUM_PROCESSES = flags.DEFINE_integer("num_processes", None, "Processes in the job (with "
+                                      "--coordinator_address); None: detected.")
+_PROCESS_ID = flags.DEFINE_integer("process_id", None, "This process's index; None: detected.")
 TASKS = ("train", "pairs", "label", "evaluate")
 
 
@@ -28,7 +33,8 @@ def main(argv):
     raise app.UsageError(f"Unexpected arguments: {argv[1:]}")
   import jax  # After flag parsing; jax.distributed must come before any other JAX call.
   if _DISTRIBUTED.value or os.environ.get("DENSEDPO_DISTRIBUTED") == "1":
-    jax.distributed.initialize()
+    jax.distributed.initialize(coordinator_address=_COORDINATOR.value,
+                               num_processes=_NUM_PROCESSES.value, process_id=_PROCESS_ID.value)
   config = _CONFIG.value
   workdir = _WORKDIR.value or default_workdir(config_flags.get_config_filename(flags.FLAGS["config"]))
   logging.info("JAX %s, process %d of %d, %d devices (%s)", jax.__version__, jax.process_index(),

@@ -6,6 +6,7 @@ iterator), reproducing the losses of an uninterrupted run. SIGTERM saves and exi
 """
 from __future__ import annotations
 
+import functools
 import math
 import os
 import signal
@@ -15,10 +16,12 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 import ml_collections
+import numpy as np
 from absl import logging
 from clu import metric_writers, periodic_actions
+from jax.experimental import multihost_utils
 
-from densedpo_jax import checkpointing, sharding, train_step
+from densedpo_jax import checkpointing, flow, previews, sharding, train_step
 from densedpo_jax.data import arrayrecord_io, pipeline, tfds_builder
 from densedpo_jax.model import LoRAConfig, VideoDiT, get_dit_config, merge_lora
 
@@ -29,7 +32,7 @@ class NonFiniteLossError(FloatingPointError):
 
 def model_config(config: ml_collections.ConfigDict):
   """The `DiTConfig` of a run: `config.model` (preset + overrides) and `config.lora`."""
-  overrides = {k: v for k, v in config.model.to_dict().items() if k != "preset"}
+  overrides = {k: v for k, v in config.model.to_dict().items() if k != "preset" and v is not None}
   if "patch_size" in overrides:
     overrides["patch_size"] = tuple(overrides["patch_size"])
   lora = LoRAConfig(rank=config.lora.rank, alpha=config.lora.alpha,
@@ -67,6 +70,35 @@ def _sample_inputs(batch: dict[str, Any]):
   return (jnp.zeros((1,) + latent.shape[1:], jnp.float32), jnp.zeros((1,), jnp.float32),
           jnp.zeros((1,) + batch["text_emb"].shape[1:], jnp.float32),
           jnp.ones((1,) + batch["text_mask"].shape[1:], bool))
+
+
+def make_sampler(cfg, batch: dict[str, Any], sample: ml_collections.ConfigDict):
+  """`run(params) -> videos [N, T, H, W, C]`: the first N prompts of `batch`, fixed noise.
+
+  `params` are exported ones (LoRA folded in), so the sampler runs the plain model.
+  """
+  n = min(sample.num_videos, batch["text_emb"].shape[0])
+  latent = batch["latent"] if "latent" in batch else batch["latent_a"]
+  text, mask = jnp.asarray(batch["text_emb"][:n]), jnp.asarray(batch["text_mask"][:n], bool)
+  keys = jax.random.split(jax.random.key(sample.seed), n)
+  plain = VideoDiT(cfg.replace(lora=LoRAConfig()))
+
+  @jax.jit
+  def run(params):
+    velocity_fn = functools.partial(plain.apply, {"params": params})
+    return flow.sample(velocity_fn, keys, latent.shape[1:], text, mask,
+                       num_steps=sample.num_steps, cfg_scale=sample.cfg_scale)
+  return run
+
+
+def write_samples(writer, workdir: str, step: int, videos: np.ndarray, fps: float) -> None:
+  """Samples to TensorBoard (one strip a video) and to `<workdir>/samples/` as PNG and GIF."""
+  image = previews.grid(videos)
+  writer.write_images(step, {"samples": image[None]})
+  if jax.process_index() == 0:
+    base = os.path.join(workdir, "samples", f"step_{step:07d}")
+    previews.save_png(base + ".png", image)
+    previews.save_gif(base + ".gif", videos, fps=fps)
 
 
 def _install_sigterm_flag() -> dict[str, bool]:
@@ -145,6 +177,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
     return merge_lora(frozen, state.ema if state.ema is not None else state.trainable, cfg)
 
   export = jax.jit(export_params, out_shardings=params_shardings)
+  sampler = make_sampler(cfg, first_batch, config.sample) if config.sample.every else None
 
   # Checkpoint.
   ckpt = checkpointing.RunCheckpointer(workdir, keep=config.keep_checkpoints,
@@ -154,6 +187,11 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
     state = ckpt.restore(start, checkpointing.abstract_like(nn.unbox(abstract_state),
                                                             state_shardings), data_iter)
     logging.info("Resumed from %s at step %d", ckpt.directory, start)
+  elif config.init_from and not lora_trained:  # Continue pretraining from exported weights.
+    params = checkpointing.load_params(config.init_from, abstract_params)
+    ema = jax.tree_util.tree_map(jnp.copy, params) if state.ema is not None else None
+    state = state.replace(trainable=params, ema=ema)
+    logging.info("Weights (fresh optimiser) from %s", config.init_from)
   start = int(state.step)
 
   # Loop.
@@ -185,8 +223,13 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
         history[step] = {k: float(v) for k, v in summary.compute().items()}
         writer.write_scalars(step, history[step])
         summary = None
+      sample = sampler is not None and (step % config.sample.every == 0 or last)
+      params = export(state) if save or sample else None
       if save:
-        ckpt.save(step, state, data_iter, export(state), force=True)
+        ckpt.save(step, state, data_iter, params, force=True)
+      if sample:
+        videos = np.asarray(multihost_utils.process_allgather(sampler(params), tiled=True))
+        write_samples(writer, workdir, step, videos, config.sample.fps)
   ckpt.close()
   writer.flush()
   return history
