@@ -18,6 +18,7 @@ from configs import common
 from densedpo_jax import checkpointing, train
 from densedpo_jax.data import arrayrecord_io, schema
 from densedpo_jax.model import VideoDiT
+from densedpo_jax.train_step import _accumulated_grads
 
 T, H, W, C, L, D = 4, 8, 8, 3, 4, 16
 
@@ -234,3 +235,22 @@ def test_sigterm_saves_a_checkpoint_and_exits_cleanly(data, tmp_path):
   assert proc.returncode == 0, out[-3000:]
   steps = [int(s) for s in os.listdir(os.path.join(workdir, "checkpoints")) if s.isdigit()]
   assert len(steps) == 1 and 0 < steps[0] < 100000
+
+
+@pytest.mark.parametrize("accum_steps", [2, 4])
+def test_gradient_accumulation_equals_the_full_batch(accum_steps):
+  rng = np.random.default_rng()
+  w = {"w": jnp.asarray(rng.normal(size=(3,)), jnp.float32)}
+  batch = {"x": jnp.asarray(rng.normal(size=(8, 3)), jnp.float32),
+           "y": jnp.asarray(rng.normal(size=(8,)), jnp.float32)}
+
+  def loss_fn(params, frozen, b, key):  # Mean squared error of a linear model; key unused.
+    err = b["x"] @ params["w"] - b["y"]
+    loss = jnp.mean(err ** 2)
+    return loss, {"loss": loss}
+
+  metrics, grads = _accumulated_grads(loss_fn, w, {}, batch, jax.random.key(0), accum_steps)
+  x, y, wv = (np.asarray(a, np.float64) for a in (batch["x"], batch["y"], w["w"]))
+  want_grad = 2.0 / 8 * x.T @ (x @ wv - y)  # d/dw of the full-batch mean, in float64.
+  np.testing.assert_allclose(grads["w"], want_grad, rtol=1e-5, atol=1e-6)
+  np.testing.assert_allclose(metrics["loss"], np.mean((x @ wv - y) ** 2), rtol=1e-5)
