@@ -48,9 +48,12 @@ def main(argv):
     if history:
       step = max(history)
       print(f"step {step}: " + ", ".join(f"{k}={v:.4g}" for k, v in sorted(history[step].items())))
+  elif config.task == "pairs":
+    from densedpo_jax import pairs
+    pairs.main(config)
   else:
-    raise NotImplementedError(f"config.task={config.task!r} (pair generation, labeling and "
-                              "evaluation) is not built yet; see the ShapesWorld pipeline issue.")
+    raise NotImplementedError(f"config.task={config.task!r} (labeling and evaluation) is not "
+                              "built yet; see the ShapesWorld pipeline issue.")
 
 
 if __name__ == "__main__":

@@ -42,3 +42,8 @@ def test_unknown_config_arg_is_an_error():
 def test_default_workdir_follows_the_config_name():
   assert main.default_workdir("configs/dense.py") == os.path.join("workdirs", "dense")
   assert main.default_workdir("configs/pretrain.py:quick") == os.path.join("workdirs", "pretrain_quick")
+
+
+def test_pairs_task_needs_a_model():
+  out = _run("--config=configs/pairs.py", "--config.init_from=")
+  assert out.returncode != 0 and "config.init_from is empty" in out.stderr

@@ -182,6 +182,36 @@ def write_records(records: Iterable[schema.Record], directory: str, name: str, n
   return w.sidecar
 
 
+def merge_datasets(parts: Sequence[tuple[str, str]], directory: str, name: str,
+                   metadata: Optional[dict] = None) -> dict[str, Any]:
+  """Joins complete datasets `[(part_directory, part_name), ...]`, each inside `directory`, into
+  one dataset `name` by writing a single sidecar whose shard entries are paths relative to
+  `directory`: nothing is copied or moved, so a crash leaves either the parts or the whole
+  (for outputs committed in independent parts, e.g. resumable pair generation).
+
+  Raises:
+    ValueError: when a part lies outside `directory` or the parts' signatures differ.
+  """
+  sides = [read_sidecar(d, n) for d, n in parts]
+  if not sides:
+    raise ValueError("merge_datasets: no parts to merge")
+  shards = []
+  for (d, n), side in zip(parts, sides):
+    if side["signature"] != sides[0]["signature"]:
+      raise ValueError(f"merge_datasets: {sidecar_path(d, n)} has signature {side['signature']}, "
+                       f"unlike {sides[0]['signature']} of the first part")
+    rel = os.path.relpath(os.path.abspath(d), os.path.abspath(directory))
+    if rel.startswith(".."):
+      raise ValueError(f"merge_datasets: part {d} is not inside {directory}")
+    shards += [{"file": os.path.normpath(os.path.join(rel, s["file"])),
+                "num_records": s["num_records"]} for s in side["shards"]]
+  sidecar = dict(sides[0], name=name, num_records=sum(s["num_records"] for s in shards),
+                 num_shards=len(shards), shards=shards, metadata=dict(metadata or {}))
+  os.makedirs(directory, exist_ok=True)
+  _atomic_write_text(sidecar_path(directory, name), json.dumps(sidecar, indent=1))
+  return sidecar
+
+
 def _load_json(path: str) -> dict:
   with open(path, encoding="utf-8") as f:
     return json.load(f)
