@@ -51,9 +51,12 @@ def main(argv):
   elif config.task == "pairs":
     from densedpo_jax import pairs
     pairs.main(config)
+  elif config.task == "evaluate":
+    from densedpo_jax import evaluate
+    evaluate.main(config, workdir)
   else:
-    raise NotImplementedError(f"config.task={config.task!r} (labeling and evaluation) is not "
-                              "built yet; see the ShapesWorld pipeline issue.")
+    raise NotImplementedError(f"config.task={config.task!r} (labeling) is not built yet; see "
+                              "the ShapesWorld pipeline issue.")
 
 
 if __name__ == "__main__":

@@ -21,13 +21,12 @@ import time
 
 import jax
 import jax.numpy as jnp
-import flax.linen as nn
 import ml_collections
 import numpy as np
 from absl import logging
 from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
 
-from densedpo_jax import checkpointing, flow
+from densedpo_jax import flow, sampling
 from densedpo_jax.data import arrayrecord_io, schema
 from densedpo_jax.model import LoRAConfig, VideoDiT
 
@@ -158,13 +157,8 @@ def main(config: ml_collections.ConfigDict) -> dict:
   model = VideoDiT(cfg)
   source = train.make_source(config.data)
   first = arrayrecord_io.decode_raw(source[0])
-  shapes = jax.eval_shape(lambda: model.init(
-      jax.random.key(0), jnp.zeros((1,) + first.latent.shape, jnp.float32), jnp.zeros((1,)),
-      jnp.zeros((1,) + first.text_emb.shape, jnp.float32), jnp.ones((1, first.text_mask.shape[0]), bool)))
-  replicated = jax.sharding.SingleDeviceSharding(jax.local_devices()[0])
-  target = jax.tree_util.tree_map(lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=replicated),
-                                  nn.unbox(shapes["params"]))
-  params = checkpointing.load_params(config.init_from, target)
+  params = sampling.load_exported_params(config.init_from, cfg, first.latent.shape,
+                                         first.text_emb.shape)
   side = generate_pairs(config, source, params, model)
   if side:
     logging.info("Pairs: %d records in %s/%s", side["num_records"], config.pairs.out_dir,

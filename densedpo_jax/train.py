@@ -6,7 +6,6 @@ iterator), reproducing the losses of an uninterrupted run. SIGTERM saves and exi
 """
 from __future__ import annotations
 
-import functools
 import math
 import os
 import signal
@@ -21,7 +20,7 @@ from absl import logging
 from clu import metric_writers, periodic_actions
 from jax.experimental import multihost_utils
 
-from densedpo_jax import checkpointing, flow, previews, sharding, train_step
+from densedpo_jax import checkpointing, previews, sampling, sharding, train_step
 from densedpo_jax.data import arrayrecord_io, pipeline, tfds_builder
 from densedpo_jax.model import LoRAConfig, VideoDiT, get_dit_config, merge_lora
 
@@ -81,14 +80,8 @@ def make_sampler(cfg, batch: dict[str, Any], sample: ml_collections.ConfigDict):
   latent = batch["latent"] if "latent" in batch else batch["latent_a"]
   text, mask = jnp.asarray(batch["text_emb"][:n]), jnp.asarray(batch["text_mask"][:n], bool)
   keys = jax.random.split(jax.random.key(sample.seed), n)
-  plain = VideoDiT(cfg.replace(lora=LoRAConfig()))
-
-  @jax.jit
-  def run(params):
-    velocity_fn = functools.partial(plain.apply, {"params": params})
-    return flow.sample(velocity_fn, keys, latent.shape[1:], text, mask,
-                       num_steps=sample.num_steps, cfg_scale=sample.cfg_scale)
-  return run
+  run = sampling.make_video_sampler(cfg, latent.shape[1:], sample.num_steps, sample.cfg_scale)
+  return lambda params: run(params, keys, text, mask)
 
 
 def write_samples(writer, workdir: str, step: int, videos: np.ndarray, fps: float) -> None:

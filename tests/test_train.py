@@ -36,7 +36,7 @@ def write_videos(directory, n=32, seed=0):
     emb, mask = _text(rng)
     emb[0, :C] = colour
     latent = np.broadcast_to(colour, (T, H, W, C)).copy()
-    recs.append(schema.VideoRecord(f"v{i}", "clip", emb, mask, latent, num_frames=T, fps=8.0))
+    recs.append(schema.VideoRecord(f"v{i}", f"clip {i}", emb, mask, latent, num_frames=T, fps=8.0))
   arrayrecord_io.write_records(recs, directory, "videos", num_shards=2)
   return directory
 

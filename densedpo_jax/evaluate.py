@@ -1,0 +1,130 @@
+"""Evaluation (task=evaluate): sample models on a prompt split, score them, write a table.
+
+For each model (`config.evaluate.models = "name=path,name=path"`, each path a run's workdir or
+checkpoint holding exported weights), sample every distinct prompt of `config.data.split` with
+`seeds_per_prompt` seeds, then
+  judge='shapesworld'  score with the ShapesWorld judge (visual quality, temporal consistency,
+                       dynamic degree, mean speed, text alignment, artifact share);
+  judge='none'         no scores: export the samples for an external evaluator (e.g. VBench):
+                       `<model>/samples.npy` `[N, T, H, W, C]` latents, `<model>/prompts.json`
+                       and one GIF a sample (decode latents with your VAE first for real videos).
+Writes `<workdir>/eval/metrics.json`, `table.md` and a preview grid `<model>.{png,gif}`.
+"""
+from __future__ import annotations
+
+import json
+import os
+import time
+
+import jax
+import ml_collections
+import numpy as np
+from absl import logging
+
+from densedpo_jax import previews, sampling
+from densedpo_jax.data import arrayrecord_io
+
+METRICS = ("visual_quality", "temporal_consistency", "dynamic_degree", "mean_speed",
+           "text_alignment", "artifact_share")
+
+
+def parse_models(spec: str) -> dict[str, str]:
+  """`"base=workdirs/pretrain,dense=workdirs/dense"` -> `{name: path}`."""
+  models = {}
+  for item in filter(None, (s.strip() for s in spec.split(","))):
+    name, sep, path = item.partition("=")
+    if not sep or not name or not path:
+      raise ValueError(f"config.evaluate.models: {item!r} is not name=path")
+    models[name] = path
+  if not models:
+    raise ValueError("config.evaluate.models is empty: expected 'name=path,...'")
+  return models
+
+
+def prompt_set(source, max_prompts: int) -> list:
+  """The first video record of each distinct prompt, in source order (at most `max_prompts`)."""
+  seen, records = set(), []
+  for i in range(len(source)):
+    rec = arrayrecord_io.decode_raw(source[i])
+    if rec.prompt not in seen:
+      seen.add(rec.prompt)
+      records.append(rec)
+      if len(records) == max_prompts:
+        break
+  return records
+
+
+def sample_model(params, records, spec, cfg) -> np.ndarray:
+  """`seeds_per_prompt` samples of each record's prompt: `[P * S, T, H, W, C]` (prompt-major)."""
+  shape = records[0].latent.shape
+  run = sampling.make_video_sampler(cfg, shape, spec.num_steps, spec.cfg_scale)
+  reps = spec.seeds_per_prompt
+  text = np.repeat(np.stack([r.text_emb for r in records]).astype(np.float32), reps, axis=0)
+  mask = np.repeat(np.stack([np.asarray(r.text_mask, bool) for r in records]), reps, axis=0)
+  keys = jax.random.split(jax.random.key(spec.seed), len(text))
+  out = []
+  for i in range(0, len(text), spec.batch_size):
+    sl = slice(i, i + spec.batch_size)
+    out.append(np.asarray(run(params, keys[sl], text[sl], mask[sl])))
+  return np.concatenate(out)
+
+
+def markdown_table(results: dict[str, dict[str, float]]) -> str:
+  cols = [m for m in METRICS if any(m in r for r in results.values())]
+  lines = ["| model | " + " | ".join(cols) + " |", "|---|" + "---|" * len(cols)]
+  for name, r in results.items():
+    lines.append(f"| {name} | " + " | ".join(f"{r[c]:.3f}" for c in cols) + " |")
+  return "\n".join(lines)
+
+
+def evaluate_models(config: ml_collections.ConfigDict, workdir: str, source, cfg) -> dict:
+  """Samples and scores every model of `config.evaluate.models`; writes files; returns metrics."""
+  spec = config.evaluate
+  if spec.judge not in ("shapesworld", "none"):
+    raise ValueError(f"config.evaluate.judge={spec.judge!r}; expected 'shapesworld' or 'none'")
+  models = parse_models(spec.models)
+  records = prompt_set(source, spec.max_prompts)
+  prompts = [r.prompt for r in records for _ in range(spec.seeds_per_prompt)]
+  out_dir = os.path.join(workdir, "eval")
+  os.makedirs(out_dir, exist_ok=True)
+  results = {}
+  for name, path in models.items():
+    start = time.time()
+    params = sampling.load_exported_params(path, cfg, records[0].latent.shape,
+                                           records[0].text_emb.shape)
+    videos = sample_model(params, records, spec, cfg)
+    first = videos[::spec.seeds_per_prompt][:spec.preview_prompts]
+    previews.save_png(os.path.join(out_dir, f"{name}.png"), previews.grid(first))
+    previews.save_gif(os.path.join(out_dir, f"{name}.gif"), first, fps=records[0].fps)
+    if spec.judge == "shapesworld":
+      from densedpo_jax.shapesworld import judge  # Only ShapesWorld has a pixel judge.
+      scores = judge.score_videos(videos, prompts, spec.frames_per_segment)
+      results[name] = {m: float(scores[m]) for m in METRICS}
+    else:
+      model_dir = os.path.join(out_dir, name)
+      os.makedirs(model_dir, exist_ok=True)
+      np.save(os.path.join(model_dir, "samples.npy"), videos)
+      files = []
+      for k, video in enumerate(videos):
+        files.append(f"sample_{k:05d}.gif")
+        previews.save_gif(os.path.join(model_dir, files[-1]), video[None], fps=records[0].fps)
+      with open(os.path.join(model_dir, "prompts.json"), "w") as f:
+        json.dump([{"file": fn, "prompt": p} for fn, p in zip(files, prompts)], f, indent=1)
+      results[name] = {}
+    logging.info("evaluate: %s (%s): %d samples in %.0f s %s", name, path, len(videos),
+                 time.time() - start, results[name])
+  with open(os.path.join(out_dir, "metrics.json"), "w") as f:
+    json.dump({"split": config.data.split, "num_prompts": len(records),
+               "seeds_per_prompt": spec.seeds_per_prompt, "results": results}, f, indent=1)
+  if spec.judge == "shapesworld":
+    table = markdown_table(results)
+    with open(os.path.join(out_dir, "table.md"), "w") as f:
+      f.write(table + "\n")
+    print(table)
+  return results
+
+
+def main(config: ml_collections.ConfigDict, workdir: str) -> dict:
+  from densedpo_jax import train  # Config -> model config and data source.
+  cfg = train.model_config(config)
+  return evaluate_models(config, workdir, train.make_source(config.data), cfg)
