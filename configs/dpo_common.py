@@ -1,24 +1,47 @@
-"""What the DPO jobs (vanilla, structural, dense) share."""
+"""What the DPO jobs (vanilla, structural, dense) share.
+
+  shapesworld (default)  the whole arm on ShapesWorld (task=pipeline): pairs from the shipped
+                         base model, oracle labels, LoRA DPO, evaluation on held-out prompts
+  paper                  training only (task=train) with the paper's hyper-parameters on pairs
+                         you provide (--config.data.path, --config.init_from)
+"""
+import ml_collections
+
 from configs import common
+from configs import evaluate as evaluate_config
+from configs import label as label_config
+from configs import pairs as pairs_config
+
+SHIPPED_BASE = "assets/shapesworld_base"
 
 
-def dpo_config(loss: str, pairs: str, arg=None):
+def dpo_config(loss: str, pair_mode: str, labeler: str, arg=None):
   arg = arg or "shapesworld"
   c = common.base()
   c.loss = loss
-  c.init_from = "workdirs/pretrain"
+  c.init_from = SHIPPED_BASE
   c.data.kind = "pairs"
-  c.data.path = pairs
+  c.data.path = ""  # Empty: the pipeline generates and labels pairs in the workdir.
   c.data.name = "pairs"
   c.data.batch_size = 16
   c.lora.rank, c.lora.alpha = 16, 16.0
   c.optim.lr = 1e-4
-  c.optim.warmup_steps = 20
-  c.total_steps = 200
+  c.optim.warmup_steps = 10
+  c.total_steps = 100
   c.log_every = 10
   c.checkpoint_every = 50
   if arg == "paper":
     common.paper_scale(c)
-  elif arg != "shapesworld":
+    return c
+  if arg != "shapesworld":
     raise ValueError(f"unknown config arg {arg!r}; expected 'shapesworld' or 'paper'")
+  c.task = "pipeline"
+  c.videos = ml_collections.ConfigDict({"kind": "shapesworld", "path": "workdirs/tfds",
+                                        "split": "train", "split_eval": "heldout",
+                                        "name": "videos"})
+  c.pairs = pairs_config.get_config(pair_mode).pairs
+  c.pairs.update(num_pairs=256, pairs_per_part=64, num_steps=16)
+  c.label = label_config.get_config(labeler).label
+  c.evaluate = evaluate_config.get_config().evaluate
+  c.evaluate.update(seeds_per_prompt=2, num_steps=16)
   return c

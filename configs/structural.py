@@ -1,10 +1,9 @@
-"""StructuralDPO: guided pairs (Algo. 2), one label a pair, Flow-DPO loss.
+"""StructuralDPO: guided pairs (Algo. 2), whole-video labels, Flow-DPO loss.
 
-  shapesworld (default)  the tiny DiT on ShapesWorld pairs, on CPU
-  paper                  the paper's hyper-parameters (LoRA 128, batch 256, 1k steps, warm-up 250)
+See configs/dpo_common.py for the args: shapesworld (default, the whole arm) and paper.
 """
 from configs.dpo_common import dpo_config
 
 
 def get_config(arg=None):
-  return dpo_config("flow_dpo", "workdirs/pairs_guided", arg)
+  return dpo_config("flow_dpo", "guided", "global", arg)

@@ -108,7 +108,9 @@ def generate_pairs(config: ml_collections.ConfigDict, source, params, model: Vid
   batch = spec.batch_size
   # The batch is split over as many local devices as divide it.
   devices = jax.local_devices()[:math.gcd(batch, jax.local_device_count())]
-  split = NamedSharding(Mesh(np.asarray(devices), ("data",)), P("data"))
+  mesh = Mesh(np.asarray(devices), ("data",))
+  split = NamedSharding(mesh, P("data"))
+  params = jax.device_put(params, NamedSharding(mesh, P()))  # Replicated over those devices.
 
   num_parts = -(-num_pairs // spec.pairs_per_part)
   parts_dir = os.path.join(out_dir, "parts")

@@ -117,6 +117,11 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
   mesh = sharding.create_mesh(config.mesh.shape, config.mesh.dcn_shape or None, devices)
   rules = tuple((k, tuple(v) if isinstance(v, list) else v) for k, v in config.mesh.rules)
   logging.info("Mesh %s over %d devices", dict(mesh.shape), mesh.size)
+  batch_devices = mesh.shape["data"] * mesh.shape["fsdp"]
+  if config.data.batch_size % batch_devices:
+    raise ValueError(f"config.data.batch_size={config.data.batch_size} is not divisible by the "
+                     f"{batch_devices} devices of the batch axes ('data', 'fsdp') of mesh "
+                     f"{dict(mesh.shape)}: change the batch size or config.mesh.shape")
 
   # Data.
   dataset = make_dataset(config)

@@ -165,3 +165,16 @@ def test_iterator_round_trips_through_orbax_with_grain_checkpoint(pairs, tmp_pat
   mgr.restore(3, args=ocp.args.Composite(iter=grain.checkpoint.CheckpointRestore(resumed)))
   _assert_batches_equal([next(resumed) for _ in range(3)], expected)
   mgr.close()
+
+
+def test_a_dataset_with_nothing_to_train_on_is_an_error(tmp_path):
+  rng = np.random.default_rng(0)
+  recs = [synthetic.random_pair(rng, f"p{i}", latent_shape=(4, 2, 2, 1), frames_per_segment=2)
+          for i in range(3)]
+  recs = [dataclasses.replace(r, segment_labels=np.zeros_like(r.segment_labels), global_label=0)
+          for r in recs]
+  arrayrecord_io.write_records(recs, str(tmp_path), "ties", num_shards=1)
+  src = arrayrecord_io.ShardedSource(str(tmp_path), "ties")
+  for mode in ("dense", "global"):
+    with pytest.raises(ValueError, match="none of its 3 pairs"):
+      pipeline.pair_dataset(src, batch_size=1, seed=0, mode=mode)

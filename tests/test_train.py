@@ -207,6 +207,12 @@ def test_nan_loss_stops_and_keeps_the_last_good_checkpoint(data, tmp_path):
   assert steps and max(steps) < bad_step
 
 
+def test_batch_not_divisible_by_the_mesh_is_an_error(data, tmp_path):
+  config = tiny_config("flow_matching", data[0], **{"data.batch_size": 4, "mesh.shape": (8, 1, 1)})
+  with pytest.raises(ValueError, match="batch_size=4 is not divisible by the 8 devices"):
+    train.train_and_evaluate(config, str(tmp_path))
+
+
 def test_dpo_without_lora_rank_is_an_error(data, tmp_path):
   with pytest.raises(ValueError, match="lora.rank"):
     train.train_and_evaluate(tiny_config("dense_dpo", data[1], **{"lora.rank": 0}), str(tmp_path))

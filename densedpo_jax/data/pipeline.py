@@ -106,6 +106,20 @@ def keep_pair(rec: schema.PairRecord, mode: str, min_nontie_frac: float = 0.2) -
   raise ValueError(f"mode must be one of {PAIR_MODES}, got {mode!r}")
 
 
+def require_a_kept_pair(source, mode: str, min_nontie_frac: float) -> None:
+  """ValueError unless some pair passes the filter: an endless filtered stream would hang.
+
+  Scans in source order and stops at the first pair kept (usually the first record).
+  """
+  for i in range(len(source)):
+    if keep_pair(arrayrecord_io.decode_raw(source[i]), mode, min_nontie_frac):
+      return
+  what = (f"more than {min_nontie_frac:.0%} non-tie segments" if mode == "dense"
+          else "a non-tie global label")
+  raise ValueError(f"{source!r}: none of its {len(source)} pairs has {what}, so the {mode!r} "
+                   "pipeline has nothing to train on (unlabeled pairs? all ties?)")
+
+
 def pair_example(rec: schema.PairRecord, mode: str = "dense") -> dict[str, Any]:
   """A pair record -> the training example dict (shapes in the module doc, without B)."""
   t = rec.latent_a.shape[0]
@@ -182,6 +196,7 @@ def pair_dataset(source, *, batch_size: int, seed: int, mode: str = "dense",
   ds = records_dataset(source, seed=seed, shuffle=shuffle, num_epochs=num_epochs,
                        process_index=process_index, process_count=process_count)
   if filter_pairs:
+    require_a_kept_pair(source, mode, min_nontie_frac)
     ds = ds.filter(functools.partial(keep_pair, mode=mode, min_nontie_frac=min_nontie_frac))
   ds = ds.map(functools.partial(pair_example, mode=mode))
   return _finish(ds, batch_size, read_threads, prefetch_buffer_size, drop_remainder)

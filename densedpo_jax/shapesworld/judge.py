@@ -15,7 +15,7 @@ A frame is clean when `frame_quality >= CLEAN_THRESHOLD`.
 Per clip: speed `[T-1]` (centroid displacement, px/frame; empty frames take interpolated
 centroids), visual quality (mean frame quality), temporal consistency (stability of area,
 colour and shape fit, and bounce-aware smoothness of the path), dynamic degree (VBench style:
-moving when a run of `round(4 T / 16)` consecutive pairs exceeds `0.2 px/frame * min(H, W) / 16`),
+moving when at least `round(4 T / 16)` frame pairs exceed `0.2 px/frame * min(H, W) / 16`),
 text alignment (share of colour, shape and direction matching the prompt; the direction comes
 from fitting the bouncing-motion model to the first half of the path, so an early bounce does
 not flip it) and per-segment quality (mean frame quality of the segment's frames).
@@ -180,7 +180,7 @@ class VideoScore:
     segment_artifact: `[S]` bool, segment quality below CLEAN_THRESHOLD.
     visual_quality: mean frame quality, in [0, 1].
     temporal_consistency: in [0, 1] (mean of area, colour, shape stability and path smoothness).
-    moving: dynamic-degree verdict (a long enough run of pairs above the speed threshold).
+    moving: dynamic-degree verdict (enough frame pairs above the speed threshold).
     mean_speed: mean of `speed`, px/frame.
     text_alignment: share of colour, shape, direction matching the prompt, in {0, 1/3, 2/3, 1}.
     artifact_share: share of frames with quality below CLEAN_THRESHOLD.
@@ -243,12 +243,9 @@ def judge_video(video: np.ndarray, prompt: str, frames_per_segment: int = 4,
   shape_stab = float(np.mean(present & (st["best_shape"] == shape_idx)))
   smooth = _smoothness(path, speed, SHAPES[shape_idx], cfg) if present.any() else 0.0
   components = {"area": area_stab, "colour": colour_stab, "shape": shape_stab, "smoothness": smooth}
-  # Dynamic degree: a run of round(4 T / 16) consecutive pairs above the threshold.
+  # Dynamic degree (VBench): at least round(4 T / 16) frame pairs above the threshold.
   need = max(1, int(round(4 * t / 16)))
-  run, best_run = 0, 0
-  for above in speed > speed_threshold(cfg):
-    run = run + 1 if above else 0
-    best_run = max(best_run, run)
+  num_fast = int(np.sum(speed > speed_threshold(cfg)))
   direction = detect_direction(path, SHAPES[shape_idx], cfg) if not np.isnan(path).any() else None
   detected = (colour, SHAPES[shape_idx] if present.any() else None, direction)
   seg = segment_index(t, frames_per_segment, num_segments)
@@ -256,7 +253,7 @@ def judge_video(video: np.ndarray, prompt: str, frames_per_segment: int = 4,
   return VideoScore(
       frame_quality=quality, speed=speed, segment_quality=seg_q, segment_artifact=seg_q < clean_threshold,
       visual_quality=float(quality.mean()), temporal_consistency=float(np.mean(list(components.values()))),
-      moving=bool(best_run >= need), mean_speed=float(speed.mean()) if speed.size else 0.0,
+      moving=bool(num_fast >= need), mean_speed=float(speed.mean()) if speed.size else 0.0,
       text_alignment=float(np.mean([d == w for d, w in zip(detected, want)])),
       artifact_share=float(np.mean(quality < clean_threshold)), detected=detected, components=components)
 

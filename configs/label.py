@@ -1,0 +1,24 @@
+"""Labeling (task=label) of generated pairs by a ShapesWorld oracle.
+
+  segment (default)  per-segment judge comparison with a tie margin: the dense "human"
+  global             whole-video preference from total artifacts: the motion-biased "human"
+"""
+import ml_collections
+
+from configs import common
+
+
+def get_config(arg=None):
+  labeler = arg or "segment"
+  c = common.base()
+  c.task = "label"
+  c.label = ml_collections.ConfigDict()
+  c.label.labeler = labeler
+  c.label.tie_margin = 0.05  # Judge segment-quality difference below which a segment is a tie.
+  c.label.flip_prob = 0.0  # Label noise: flip this share of non-tie labels (Tab. 4 ablation).
+  c.label.seed = 0
+  c.label.in_dir = "workdirs/pairs_guided"
+  c.label.in_name = "pairs"
+  c.label.out_dir = "workdirs/pairs_guided"
+  c.label.out_name = f"pairs_{labeler}"
+  return c

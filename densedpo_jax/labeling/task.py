@@ -1,0 +1,44 @@
+"""task=label: label a pair dataset with a ShapesWorld oracle and report the label statistics."""
+from __future__ import annotations
+
+import json
+import os
+
+import ml_collections
+from absl import logging
+
+from densedpo_jax.data import arrayrecord_io, summary
+from densedpo_jax.labeling.oracle import GlobalOracle, Labeler, SegmentOracle, label_dataset
+
+LABELERS = {"segment": SegmentOracle, "global": GlobalOracle}
+
+
+def make_labeler(spec: ml_collections.ConfigDict) -> Labeler:
+  """`spec.labeler`: 'segment' (dense "human"; its global label is the segment majority vote)
+  or 'global' (whole-video preference, the motion-biased "human")."""
+  if spec.labeler not in LABELERS:
+    raise ValueError(f"config.label.labeler={spec.labeler!r}; expected one of {sorted(LABELERS)}")
+  return LABELERS[spec.labeler](tie_margin=spec.tie_margin, flip_prob=spec.flip_prob,
+                                seed=spec.seed)
+
+
+def label_pairs(spec: ml_collections.ConfigDict) -> dict:
+  """Labels `spec.in_dir/in_name` into `spec.out_dir/out_name` (skipped when it exists)."""
+  if os.path.exists(arrayrecord_io.sidecar_path(spec.out_dir, spec.out_name)):
+    logging.info("Labels %s/%s already exist: skipping labeling.", spec.out_dir, spec.out_name)
+    stats = {}
+  else:
+    stats = label_dataset(spec.in_dir, spec.in_name, spec.out_dir, spec.out_name,
+                          make_labeler(spec))
+    with open(os.path.join(spec.out_dir, f"{spec.out_name}.label_stats.json"), "w") as f:
+      json.dump(stats, f, indent=1, default=float)
+  text = summary.format_summary(summary.summarize(spec.out_dir, spec.out_name))
+  print(text)
+  if stats:
+    print(f"motion bias of the labels (share of non-tie pairs whose preferred clip is the slower "
+          f"one; 0.5 = none): {stats['motion_bias']:.3f} over {stats['num_nontie_global']} pairs")
+  return stats
+
+
+def main(config: ml_collections.ConfigDict) -> dict:
+  return label_pairs(config.label)
