@@ -87,7 +87,7 @@ def evaluate_models(config: ml_collections.ConfigDict, workdir: str, source, cfg
   prompts = [r.prompt for r in records for _ in range(spec.seeds_per_prompt)]
   out_dir = os.path.join(workdir, "eval")
   os.makedirs(out_dir, exist_ok=True)
-  results = {}
+  results, buckets = {}, {}
   for name, path in models.items():
     start = time.time()
     params = sampling.load_exported_params(path, cfg, records[0].latent.shape,
@@ -98,8 +98,9 @@ def evaluate_models(config: ml_collections.ConfigDict, workdir: str, source, cfg
     previews.save_gif(os.path.join(out_dir, f"{name}.gif"), first, fps=records[0].fps)
     if spec.judge == "shapesworld":
       from densedpo_jax.shapesworld import judge  # Only ShapesWorld has a pixel judge.
-      scores = judge.score_videos(videos, prompts, spec.frames_per_segment)
-      results[name] = {m: float(scores[m]) for m in METRICS}
+      scores = judge.judge_videos(videos, prompts, spec.frames_per_segment)
+      results[name] = judge.aggregate(scores)
+      buckets[name] = judge.speed_buckets(scores, buckets=3)
     else:
       model_dir = os.path.join(out_dir, name)
       os.makedirs(model_dir, exist_ok=True)
@@ -115,7 +116,8 @@ def evaluate_models(config: ml_collections.ConfigDict, workdir: str, source, cfg
                  time.time() - start, results[name])
   with open(os.path.join(out_dir, "metrics.json"), "w") as f:
     json.dump({"split": config.data.split, "num_prompts": len(records),
-               "seeds_per_prompt": spec.seeds_per_prompt, "results": results}, f, indent=1)
+               "seeds_per_prompt": spec.seeds_per_prompt, "results": results,
+               "artifacts_by_speed": buckets}, f, indent=1)
   if spec.judge == "shapesworld":
     table = markdown_table(results)
     with open(os.path.join(out_dir, "table.md"), "w") as f:

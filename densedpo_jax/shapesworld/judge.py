@@ -279,14 +279,19 @@ def score_videos(videos: np.ndarray, prompts: Sequence[str], frames_per_segment:
   Returns means over videos of visual_quality, temporal_consistency, mean_speed,
   text_alignment, artifact_share, and dynamic_degree (share of moving videos).
   """
-  scores = _judge_all(videos, prompts, frames_per_segment, config)
+  return aggregate(judge_videos(videos, prompts, frames_per_segment, config))
+
+
+def aggregate(scores: Sequence[VideoScore]) -> dict[str, float]:
+  """Means over videos of the per-video scores; dynamic_degree = share of moving videos."""
   out = {key: float(np.mean([getattr(s, key) for s in scores]))
          for key in ("visual_quality", "temporal_consistency", "mean_speed", "text_alignment", "artifact_share")}
   out["dynamic_degree"] = float(np.mean([s.moving for s in scores]))
   return out
 
 
-def _judge_all(videos, prompts, frames_per_segment, config) -> list[VideoScore]:
+def judge_videos(videos, prompts, frames_per_segment=4, config=WorldConfig()) -> list[VideoScore]:
+  """`judge_video` of every video `[N, T, H, W, 3]` with its prompt."""
   if np.ndim(videos) != 5:
     raise ValueError(f"videos must be [N, T, H, W, 3], got shape {np.shape(videos)}")
   if len(prompts) != len(videos):
@@ -305,9 +310,14 @@ def artifact_rate_by_speed(videos: np.ndarray, prompts: Sequence[str], true_spee
   {'bucket', 'speed_lo', 'speed_hi', 'mean_speed', 'num_videos', 'artifact_share',
   'visual_quality'}.
   """
+  return speed_buckets(judge_videos(videos, prompts, frames_per_segment, config), true_speeds, buckets)
+
+
+def speed_buckets(scores: Sequence[VideoScore], true_speeds: Optional[Sequence[float]] = None,
+                  buckets: int = 3) -> list[dict]:
+  """`artifact_rate_by_speed` from already computed scores."""
   if buckets < 1:
     raise ValueError(f"buckets must be >= 1, got {buckets}")
-  scores = _judge_all(videos, prompts, frames_per_segment, config)
   speeds = np.asarray([s.mean_speed for s in scores] if true_speeds is None else true_speeds, np.float64)
   if speeds.shape != (len(scores),):
     raise ValueError(f"true_speeds must have one speed per video ({len(scores)}), got shape {speeds.shape}")
@@ -323,5 +333,5 @@ def artifact_rate_by_speed(videos: np.ndarray, prompts: Sequence[str], true_spee
   return out
 
 
-__all__ = ["CLEAN_THRESHOLD", "VideoScore", "artifact_rate_by_speed", "config_for", "detect_direction",
+__all__ = ["CLEAN_THRESHOLD", "VideoScore", "aggregate", "artifact_rate_by_speed", "judge_videos", "speed_buckets", "config_for", "detect_direction",
            "frame_stats", "judge_video", "parse_prompt", "score_videos", "segment_index", "speed_threshold"]
