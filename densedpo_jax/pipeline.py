@@ -19,8 +19,8 @@ from densedpo_jax import evaluate, pairs, train
 from densedpo_jax.labeling import task as label_task
 
 
-def _stage(config: ml_collections.ConfigDict, **updates) -> ml_collections.ConfigDict:
-  """A copy of `config` with dotted keys replaced (existing keys only)."""
+def with_overrides(config: ml_collections.ConfigDict, **updates) -> ml_collections.ConfigDict:
+  """A copy of `config` with dotted keys (`'data.path'`) replaced; unknown keys are an error."""
   c = config.copy_and_resolve_references()
   for key, value in updates.items():
     node = c
@@ -40,23 +40,23 @@ def main(config: ml_collections.ConfigDict, workdir: str) -> dict:
   else:
     pairs_dir = os.path.join(workdir, "pairs")
     print(f"[1/4] pairs: {config.pairs.num_pairs} {config.pairs.mode} pairs -> {pairs_dir}")
-    pairs.main(_stage(config, **{"pairs.out_dir": pairs_dir, "pairs.name": "pairs",
+    pairs.main(with_overrides(config, **{"pairs.out_dir": pairs_dir, "pairs.name": "pairs",
                                  "data.kind": config.videos.kind, "data.path": config.videos.path,
                                  "data.split": config.videos.split,
                                  "data.name": config.videos.name}))
     data_name = f"pairs_{config.label.labeler}"
     print(f"[2/4] labels: {config.label.labeler} oracle -> {pairs_dir}/{data_name}")
-    label_task.label_pairs(_stage(config, **{
+    label_task.label_pairs(with_overrides(config, **{
         "label.in_dir": pairs_dir, "label.in_name": "pairs", "label.out_dir": pairs_dir,
         "label.out_name": data_name}).label)
     data_path = pairs_dir
   train_dir = os.path.join(workdir, "train")
   print(f"[3/4] train: {config.loss}, {config.total_steps} steps -> {train_dir}")
-  train.train_and_evaluate(_stage(config, **{"task": "train", "data.kind": "pairs",
+  train.train_and_evaluate(with_overrides(config, **{"task": "train", "data.kind": "pairs",
                                              "data.path": data_path, "data.name": data_name}),
                            train_dir)
   print(f"[4/4] evaluate: base vs. {config.loss} on {config.videos.split_eval} prompts")
-  eval_config = _stage(config, **{
+  eval_config = with_overrides(config, **{
       "data.kind": config.videos.kind, "data.path": config.videos.path,
       "data.split": config.videos.split_eval, "data.name": config.videos.name,
       "evaluate.models": f"base={config.init_from},{config.loss}={train_dir}"})

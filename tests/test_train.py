@@ -16,6 +16,7 @@ from PIL import Image
 
 from configs import common
 from densedpo_jax import checkpointing, train
+from densedpo_jax.pipeline import with_overrides
 from densedpo_jax.data import arrayrecord_io, schema
 from densedpo_jax.model import VideoDiT
 from densedpo_jax.train_step import _accumulated_grads
@@ -80,13 +81,7 @@ def tiny_config(loss, data_dir, **kw):
   else:
     c.optim.lr = 1e-2
     c.dpo.beta = 200.0
-  for k, v in kw.items():
-    node = c
-    *parents, leaf = k.split(".")
-    for p in parents:
-      node = node[p]
-    node[leaf] = v
-  return c
+  return with_overrides(c, **kw)
 
 
 @pytest.fixture(scope="module")
