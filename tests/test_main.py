@@ -17,9 +17,9 @@ def _run(*args):
 
 
 def test_override_reaches_the_job():
-  out = _run("--config=configs/dense.py", "--config.task=evaluate", "--config.dpo.beta=123.0")
+  out = _run("--config=configs/dense.py", "--config.task=bogus", "--config.dpo.beta=123.0")
   assert out.returncode != 0
-  assert "config.task='evaluate'" in out.stderr  # The override was applied before dispatch.
+  assert "config.task='bogus'" in out.stderr  # The override was applied before dispatch.
   assert "beta: 123.0" in out.stderr  # The logged config carries the overridden value.
   assert "Workdir workdirs/dense;" in out.stderr  # Default workdir from the config name.
 
