@@ -8,9 +8,11 @@ import numpy as np
 import pytest
 from flax import linen as nn
 
+from configs import dpo_common
 from configs import pairs as pairs_config
-from densedpo_jax import pairs
-from densedpo_jax.data import arrayrecord_io
+from densedpo_jax import pairs, sampling
+from densedpo_jax.data import arrayrecord_io, tfds_builder
+from densedpo_jax.shapesworld import judge
 from densedpo_jax.model import VideoDiT, get_dit_config
 from tests.test_train import D, L, T, H, W, C, write_videos
 
@@ -90,3 +92,27 @@ def test_bad_eta_range_is_an_error(setup):
     config.pairs.out_dir = str(root / "bad")
     pairs.generate_pairs(config, source, params, model)
   assert not os.path.exists(root / "bad")  # Failed before writing anything.
+
+
+def test_guided_pairs_share_motion_while_vanilla_pairs_vary(tmp_path):
+  """With the shipped base model: the two members of a guided pair move alike (same ground
+  truth structure); the members of a vanilla pair are independent draws."""
+  cfg_world = tfds_builder.ShapesWorldConfig(name="test")
+  arrayrecord_io.write_records([tfds_builder.shapesworld_video(i, "train", cfg_world) for i in range(8)],
+                               str(tmp_path / "videos"), "videos", num_shards=1)
+  source = arrayrecord_io.ShardedSource(str(tmp_path / "videos"), "videos")
+  config = pairs_config.get_config("guided")
+  model_cfg = get_dit_config("tiny")
+  model = VideoDiT(model_cfg)
+  first = arrayrecord_io.decode_raw(source[0])
+  params = sampling.load_exported_params(dpo_common.SHIPPED_BASE, model_cfg, first.latent.shape,
+                                         first.text_emb.shape)
+  gaps = {}
+  for mode in ("guided", "vanilla"):
+    c = _config(tmp_path, mode, eta_range=(0.5, 0.5)) if mode == "guided" else _config(tmp_path, mode)
+    c.pairs.update(num_pairs=8, pairs_per_part=8, batch_size=8, num_steps=16)
+    pairs.generate_pairs(c, source, params, model)
+    recs = arrayrecord_io.iter_records(c.pairs.out_dir, "pairs")
+    gaps[mode] = np.mean([abs(judge.judge_video(r.latent_a, r.prompt).mean_speed -
+                              judge.judge_video(r.latent_b, r.prompt).mean_speed) for r in recs])
+  assert gaps["guided"] < 0.5 * gaps["vanilla"], gaps
