@@ -20,6 +20,7 @@ def get_config(arg=None):
   c.label.tie_margin = 0.01
   c.label.flip_prob = 0.0  # Label noise: flip this share of non-tie labels (Tab. 4 ablation).
   c.label.seed = 0
+  c.label.max_pairs = 0  # Label only the first max_pairs pairs (a labeling budget); 0: all.
   c.label.in_dir = "workdirs/pairs_guided"
   c.label.in_name = "pairs"
   c.label.out_dir = "workdirs/pairs_guided"

@@ -4,7 +4,7 @@ For each model (`config.evaluate.models = "name=path,name=path"`, each path a ru
 checkpoint holding exported weights), sample every distinct prompt of `config.data.split` with
 `seeds_per_prompt` seeds, then
   judge='shapesworld'  score with the ShapesWorld judge (visual quality, temporal consistency,
-                       dynamic degree, mean speed, text alignment, artifact share);
+                       dynamic degree, fast share, mean speed, text alignment, artifact share);
   judge='none'         no scores: export the samples for an external evaluator (e.g. VBench):
                        `<model>/samples.npy` `[N, T, H, W, C]` latents, `<model>/prompts.json`
                        and one GIF a sample (decode latents with your VAE first for real videos).
@@ -24,7 +24,7 @@ from absl import logging
 from densedpo_jax import previews, sampling
 from densedpo_jax.data import arrayrecord_io
 
-METRICS = ("visual_quality", "temporal_consistency", "dynamic_degree", "mean_speed",
+METRICS = ("visual_quality", "temporal_consistency", "dynamic_degree", "fast_share", "mean_speed",
            "text_alignment", "artifact_share")
 
 

@@ -19,7 +19,7 @@ _COORDINATOR = flags.DEFINE_string("coordinator_address", None, "host:port of pr
 _NUM_PROCESSES = flags.DEFINE_integer("num_processes", None, "Processes in the job (with "
                                       "--coordinator_address); None: detected.")
 _PROCESS_ID = flags.DEFINE_integer("process_id", None, "This process's index; None: detected.")
-TASKS = ("train", "pairs", "label", "evaluate", "pipeline")
+TASKS = ("train", "pairs", "label", "evaluate", "pipeline", "experiment")
 
 
 def default_workdir(config_path: str) -> str:
@@ -57,6 +57,9 @@ def main(argv):
   elif config.task == "pipeline":
     from densedpo_jax import pipeline
     pipeline.main(config, workdir)
+  elif config.task == "experiment":
+    from densedpo_jax import experiment
+    experiment.main(config, workdir)
   elif config.task == "label":
     from densedpo_jax.labeling import task
     task.main(config)

@@ -101,8 +101,14 @@ def generate_pairs(config: ml_collections.ConfigDict, source, params, model: Vid
     raise ValueError(f"config.pairs.num_pairs={spec.num_pairs} with {len(source)} source videos")
   out_dir, name = spec.out_dir, spec.name
   if os.path.exists(arrayrecord_io.sidecar_path(out_dir, name)):
+    side = arrayrecord_io.read_sidecar(out_dir, name)
+    mode = (side.get("metadata") or {}).get("mode")
+    if side["num_records"] != num_pairs or mode != spec.mode:
+      raise ValueError(f"pairs {out_dir}/{name} exist with {side['num_records']} {mode} pairs; "
+                       f"this run wants {num_pairs} {spec.mode} pairs. Delete that folder or "
+                       "set config.pairs.out_dir to another one.")
     logging.info("Pairs %s/%s already complete: skipping generation.", out_dir, name)
-    return arrayrecord_io.read_sidecar(out_dir, name)
+    return side
   fixed_eta = float(spec.eta_range[0]) if spec.eta_range[0] == spec.eta_range[1] else None
   run = make_pair_sampler(model, spec, spec.mode, fixed_eta)
   batch = spec.batch_size

@@ -161,6 +161,20 @@ def test_label_dataset_global_oracle_and_custom_labeler(tmp_path):
     oracle.label_dataset(str(tmp_path), "pairs", str(tmp_path), "x", object())
 
 
+def test_label_dataset_budget_labels_the_first_pairs(tmp_path):
+  recs = _dataset(tmp_path)
+  lab = oracle.SegmentOracle(tie_margin=0.05)
+  stats = oracle.label_dataset(str(tmp_path), "pairs", str(tmp_path), "two", lab, max_pairs=2)
+  back = list(arrayrecord_io.iter_records(str(tmp_path), "two"))
+  assert [r.id for r in back] == [r.id for r in recs[:2]] and stats["num_pairs"] == 2
+  # Hand-derived labels of p0 and p1 (see the round-trip test): a slow clean clip wins.
+  assert [(r.segment_labels.tolist(), r.global_label) for r in back] == [([1, 0, 0, 0], 1),
+                                                                        ([0, -1, 0, 0], -1)]
+  for bad in (0, 5):
+    with pytest.raises(ValueError, match=f"max_pairs={bad}: .* has 4 pairs"):
+      oracle.label_dataset(str(tmp_path), "pairs", str(tmp_path), "x", lab, max_pairs=bad)
+
+
 def test_identity_decoder_checks_shapes():
   v = _video(0.5)
   a, b = oracle.identity_decoder(_pair("d", v, v))

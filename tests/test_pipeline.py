@@ -2,31 +2,10 @@
 import json
 import os
 
-import pytest
-
-from configs import dense, pretrain
-from densedpo_jax import pipeline, train
-from densedpo_jax.data import arrayrecord_io, tfds_builder
-
-TINY_MODEL = dict(width=32, depth=2, num_heads=2)
-
-
-@pytest.fixture(scope="module")
-def world(tmp_path_factory):
-  """ShapesWorld train/held-out videos as record datasets, and a briefly trained base model."""
-  root = tmp_path_factory.mktemp("pipeline")
-  cfg = tfds_builder.ShapesWorldConfig(name="test")
-  for split, n in (("train", 12), ("heldout", 4)):
-    arrayrecord_io.write_records([tfds_builder.shapesworld_video(i, split, cfg) for i in range(n)],
-                                 str(root / "videos"), split, num_shards=1)
-  base = pretrain.get_config("quick")
-  base.model.update(**TINY_MODEL)
-  base.data.update(kind="videos", path=str(root / "videos"), name="train", batch_size=4,
-                   read_threads=0)
-  base.update(total_steps=3, log_every=1, checkpoint_every=3, async_checkpointing=False)
-  base.mesh.num_devices = 1
-  train.train_and_evaluate(base, str(root / "base"))
-  return root
+from configs import dense
+from densedpo_jax import pipeline
+from densedpo_jax.data import arrayrecord_io
+from tests.conftest import TINY_MODEL
 
 
 def _config(root):

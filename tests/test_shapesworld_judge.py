@@ -122,11 +122,13 @@ def test_speed_and_dynamic_degree_track_true_speed():
   assert np.all(np.diff(measured) > 0), measured  # monotone (Spearman 1)
   np.testing.assert_allclose(measured[:4], true[:4], atol=0.05)  # no bounce at low speed
   assert [s.moving for s in scores] == [False, False, True, True, True, True]
-  videos = np.stack([_scene(s)[0] for s in (0.05, 0.1, 0.5, 0.7)])
+  videos = np.stack([_scene(s)[0] for s in (0.05, 0.1, 0.5, 1.2)])
   out = judge.score_videos(videos, ["a red circle moves to the right"] * 4)
-  assert set(out) == {"visual_quality", "temporal_consistency", "dynamic_degree", "mean_speed",
-                      "text_alignment", "artifact_share"}
+  assert set(out) == {"visual_quality", "temporal_consistency", "dynamic_degree", "fast_share",
+                      "mean_speed", "text_alignment", "artifact_share"}
   assert out["dynamic_degree"] == 0.5 and out["visual_quality"] > 0.95
+  # Only the 1.2 px/frame clip is faster than the middle of the speed range (0.85).
+  assert judge.fast_speed() == 0.5 * (0.2 + 1.5) and out["fast_share"] == 0.25
   # Bigger frames scale the threshold: 0.3 px/frame at 32 px is below 0.4.
   big = world.WorldConfig(height=32, width=32)
   v32 = world.render(world.Scene("red", "circle", "right", 0.3, (16.0, 10.0)), big)

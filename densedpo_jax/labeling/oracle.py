@@ -156,7 +156,8 @@ def _shares(counter, keys=(-1, 0, 1)) -> dict[str, float]:
 
 def label_dataset(directory: str, name: str, out_directory: str, out_name: str, labeler: Labeler,
                   num_shards: Optional[int] = None, decoder: Decoder = identity_decoder,
-                  config: Optional[WorldConfig] = None) -> dict[str, Any]:
+                  config: Optional[WorldConfig] = None, max_pairs: Optional[int] = None
+                  ) -> dict[str, Any]:
   """Labels every pair of a dataset and writes the labeled copy (atomically, ShardedWriter).
 
   Args:
@@ -166,6 +167,7 @@ def label_dataset(directory: str, name: str, out_directory: str, out_name: str, 
     num_shards: shards of the output (default: as the input).
     decoder: pair -> (video_a, video_b) pixels `[T, H, W, 3]` (default: identity, ShapesWorld).
     config: world config for the speed judge when the labeler does not report scores.
+    max_pairs: label only the first `max_pairs` pairs (a labeling budget); None labels all.
 
   Returns:
     {'num_pairs', 'labeler', 'labeler_params', 'global_label_share' {'-1','0','1'},
@@ -179,13 +181,17 @@ def label_dataset(directory: str, name: str, out_directory: str, out_name: str, 
   src = arrayrecord_io.ShardedSource(directory, name)
   if len(src) and src.kind != "pair":
     raise ValueError(f"{directory}/{name} holds {src.kind!r} records, not pairs")
+  n = len(src) if max_pairs is None else int(max_pairs)
+  if max_pairs is not None and not 0 < n <= len(src):
+    raise ValueError(f"max_pairs={max_pairs}: {directory}/{name} has {len(src)} pairs; expected "
+                     f"1 <= max_pairs <= {len(src)}")
   shards = num_shards or src.sidecar["num_shards"]
   meta = dict(src.sidecar.get("metadata") or {}, labeler=labeler.name)
   glob_counts, seg_counts = collections.Counter(), collections.Counter()
   mixed, slower, nontie = 0, 0, 0
   pref_speed, rej_speed = [], []
   with arrayrecord_io.ShardedWriter(out_directory, out_name, shards, metadata=meta) as w:
-    for i in range(len(src)):
+    for i in range(n):
       rec = arrayrecord_io.decode_raw(src[i])
       va, vb = decoder(rec)
       if hasattr(labeler, "label_with_scores"):
@@ -207,7 +213,6 @@ def label_dataset(directory: str, name: str, out_directory: str, out_name: str, 
         slower += win.mean_speed < lose.mean_speed
         pref_speed.append(win.mean_speed)
         rej_speed.append(lose.mean_speed)
-  n = len(src)
   return {
       "num_pairs": n, "labeler": labeler.name, "labeler_params": dict(labeler.params),
       "global_label_share": _shares(glob_counts), "segment_label_share": _shares(seg_counts),

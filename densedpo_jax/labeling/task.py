@@ -22,14 +22,33 @@ def make_labeler(spec: ml_collections.ConfigDict) -> Labeler:
                                 seed=spec.seed)
 
 
+def _check_existing(spec: ml_collections.ConfigDict) -> None:
+  """Existing labels are reused only when made by the same labeler settings and budget."""
+  src = arrayrecord_io.ShardedSource(spec.out_dir, spec.out_name)
+  want_n = spec.get("max_pairs") or len(arrayrecord_io.ShardedSource(spec.in_dir, spec.in_name))
+  first = arrayrecord_io.decode_raw(src[0]) if len(src) else None
+  want = json.loads(json.dumps(make_labeler(spec).params))
+  if len(src) != want_n or first is None or first.labeler_params != want:
+    raise ValueError(
+        f"labels {spec.out_dir}/{spec.out_name} exist with other settings: {len(src)} pairs, "
+        f"labeler params {first.labeler_params if first else None}; this run wants {want_n} "
+        f"pairs and {want}. Delete them or choose another config.label.out_name.")
+
+
 def label_pairs(spec: ml_collections.ConfigDict) -> dict:
-  """Labels `spec.in_dir/in_name` into `spec.out_dir/out_name` (skipped when it exists)."""
+  """Labels `spec.in_dir/in_name` (its first `spec.max_pairs` pairs; 0: all) into
+  `spec.out_dir/out_name` (skipped when it exists)."""
   if os.path.exists(arrayrecord_io.sidecar_path(spec.out_dir, spec.out_name)):
+    _check_existing(spec)
     logging.info("Labels %s/%s already exist: skipping labeling.", spec.out_dir, spec.out_name)
+    stats_path = os.path.join(spec.out_dir, f"{spec.out_name}.label_stats.json")
     stats = {}
+    if os.path.exists(stats_path):
+      with open(stats_path) as f:
+        stats = json.load(f)
   else:
     stats = label_dataset(spec.in_dir, spec.in_name, spec.out_dir, spec.out_name,
-                          make_labeler(spec))
+                          make_labeler(spec), max_pairs=spec.get("max_pairs") or None)
     with open(os.path.join(spec.out_dir, f"{spec.out_name}.label_stats.json"), "w") as f:
       json.dump(stats, f, indent=1, default=float)
   text = summary.format_summary(summary.summarize(spec.out_dir, spec.out_name))

@@ -279,14 +279,26 @@ def score_videos(videos: np.ndarray, prompts: Sequence[str], frames_per_segment:
   Returns means over videos of visual_quality, temporal_consistency, mean_speed,
   text_alignment, artifact_share, and dynamic_degree (share of moving videos).
   """
-  return aggregate(judge_videos(videos, prompts, frames_per_segment, config))
+  return aggregate(judge_videos(videos, prompts, frames_per_segment, config), config)
 
 
-def aggregate(scores: Sequence[VideoScore]) -> dict[str, float]:
-  """Means over videos of the per-video scores; dynamic_degree = share of moving videos."""
+def fast_speed(config: WorldConfig = WorldConfig()) -> float:
+  """The middle of the world's speed range, px/frame: half of the ground-truth clips are faster."""
+  return 0.5 * (config.speed_range[0] + config.speed_range[1])
+
+
+def aggregate(scores: Sequence[VideoScore], config: WorldConfig = WorldConfig()) -> dict[str, float]:
+  """Means over videos of the per-video scores, plus two motion shares:
+
+  dynamic_degree  share of moving videos (VBench style; every ShapesWorld clip moves, so a
+                  model that keeps objects in motion saturates it at 1.0);
+  fast_share      share of videos whose mean speed exceeds `fast_speed(config)` (0.5 on ground
+                  truth): the motion measure that can show a shift towards slow clips.
+  """
   out = {key: float(np.mean([getattr(s, key) for s in scores]))
          for key in ("visual_quality", "temporal_consistency", "mean_speed", "text_alignment", "artifact_share")}
   out["dynamic_degree"] = float(np.mean([s.moving for s in scores]))
+  out["fast_share"] = float(np.mean([s.mean_speed > fast_speed(config) for s in scores]))
   return out
 
 

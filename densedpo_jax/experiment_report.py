@@ -1,0 +1,143 @@
+"""The Markdown report of task=experiment (`experiment.main`'s results dict -> text).
+
+Tables: every arm's held-out metrics as mean +- std over training seeds (the paper's Tab. 1 and
+Tab. 4 columns, plus label counts), the motion bias of whole-video labels before training,
+the DPO training signals, the early-checkpoint comparison (drift) and Appendix B.
+"""
+from __future__ import annotations
+
+import math
+from typing import Sequence
+
+import numpy as np
+
+COLUMNS = (("visual_quality", "visual quality"), ("temporal_consistency", "temporal consistency"),
+           ("dynamic_degree", "dynamic degree"), ("fast_share", "fast share"),
+           ("mean_speed", "mean speed (px/frame)"), ("text_alignment", "text alignment"),
+           ("artifact_share", "artifact share"))
+SIGNALS = (("implicit_acc", "implicit accuracy"),
+           ("d_err_win", "winner error vs. reference"), ("d_err_lose", "loser error vs. reference"))
+
+
+def mean_std(values: Sequence[float], fmt: str = ".3f") -> str:
+  """`'0.861 ± 0.004'` (sample std over seeds); one value prints alone; none prints '–'."""
+  v = [float(x) for x in values if x is not None and not math.isnan(float(x))]
+  if not v:
+    return "–"
+  if len(v) == 1:
+    return f"{v[0]:{fmt}}"
+  return f"{np.mean(v):{fmt}} ± {np.std(v, ddof=1):{fmt}}"
+
+
+def _by_arm(runs: list[dict]) -> dict[str, list[dict]]:
+  out: dict[str, list[dict]] = {}
+  for r in runs:
+    out.setdefault(r["arm"], []).append(r)
+  return out
+
+
+def last_signals(run: dict) -> dict[str, float]:
+  """The DPO signals of the run's last logged window (empty for SFT and the base model)."""
+  if not run.get("train"):
+    return {}
+  last = run["train"][max(run["train"], key=int)]
+  if "implicit_acc" not in last:
+    return {}
+  return {"implicit_acc": last["implicit_acc"],
+          "d_err_win": last["policy_err_win"] - last["ref_err_win"],
+          "d_err_lose": last["policy_err_lose"] - last["ref_err_lose"]}
+
+
+def metrics_table(arms: dict[str, str], runs: list[dict]) -> str:
+  by_arm = _by_arm(runs)
+  head = ["method", "seeds", "labeled pairs", "pairs trained on"] + [c[1] for c in COLUMNS]
+  lines = ["| " + " | ".join(head) + " |", "|---" * len(head) + "|"]
+  for name, title in arms.items():
+    rs = by_arm.get(name, [])
+    labels = rs[0]["labels"] if rs and rs[0]["labels"] else None
+    if not rs:
+      continue
+    cells = [title, str(len(rs)) if rs[0]["train"] else "–",
+             str(labels["labeled"]) if labels else "–", str(labels["kept"]) if labels else "–"]
+    cells += [mean_std([r["eval"][key] for r in rs]) for key, _ in COLUMNS]
+    lines.append("| " + " | ".join(cells) + " |")
+  return "\n".join(lines)
+
+
+def signals_table(arms: dict[str, str], runs: list[dict]) -> str:
+  by_arm = _by_arm(runs)
+  lines = ["| method | " + " | ".join(s[1] for s in SIGNALS) + " |", "|---" * (len(SIGNALS) + 1) + "|"]
+  for name, title in arms.items():
+    sig = [last_signals(r) for r in by_arm.get(name, [])]
+    if not any(sig):
+      continue
+    lines.append(f"| {title} | " + " | ".join(mean_std([s[k] for s in sig], ".2e" if k != "implicit_acc" else ".3f")
+                                           for k, _ in SIGNALS) + " |")
+  return "\n".join(lines)
+
+
+def early_table(arms: dict[str, str], runs: list[dict], total_steps: int) -> str:
+  keys = ("visual_quality", "fast_share", "mean_speed", "text_alignment", "artifact_share")
+  lines = ["| method | checkpoint | " + " | ".join(keys) + " |", "|---" * (len(keys) + 2) + "|"]
+  for name, title in arms.items():
+    for r in _by_arm(runs).get(name, []):
+      if r.get("eval_early"):
+        for label, ev in (("early", r["eval_early"]), (f"step {total_steps}", r["eval"])):
+          lines.append(f"| {title} (seed {r['seed']}) | {label} | "
+                       + " | ".join(f"{ev[k]:.3f}" for k in keys) + " |")
+  return "\n".join(lines)
+
+
+def bias_table(bias: dict[str, dict]) -> str:
+  lines = ["| pairs | labeled | non-tie whole-video labels | preferred clip is the slower one |",
+           "|---|---|---|---|"]
+  for mode, b in bias.items():
+    lines.append(f"| {mode} | {b['labeled']} | {b.get('num_nontie_global', '–')} | "
+                 f"{mean_std([b.get('motion_bias')])} |")
+  return "\n".join(lines)
+
+
+def appendix_table(a: dict) -> str:
+  lines = ["| blur sigma (px) | blur / patch side | mean delta inside the patch | "
+           "mean delta outside (± s.e.) |", "|---|---|---|---|"]
+  for s, f, i, o, se in zip(a["sigmas"], a["blur_fracs"], a["inside"], a["outside"], a["outside_se"]):
+    lines.append(f"| {s:.2f} | {f:.4g} | {i:+.4f} | {o:+.5f} ± {se:.5f} |")
+  return "\n".join(lines)
+
+
+def render(results: dict, figure: str) -> str:
+  c = results["config"]
+  arms, runs = results["arms"], results["runs"]
+  a = results["appendix_b"]
+  return "\n\n".join([
+      "# DenseDPO on ShapesWorld: every arm from one base model",
+      f"Written by `python -m densedpo_jax.main --config=configs/experiment.py` "
+      f"(this call: {results['seconds'] / 60:.1f} min; the runs' own times add up to "
+      f"{results.get('run_seconds', math.nan) / 60:.1f} min). N = {c['labeled_pairs']} labeled pairs for DenseDPO, "
+      f"3N for Vanilla/StructuralDPO; every trained arm: {c['total_steps']} steps at batch "
+      f"{c['batch_size']}, LoRA rank {c['lora_rank']}, lr {c['lr']:g}, beta {c['beta']:g}; guided "
+      f"eta in {tuple(c['eta_range'])}, segment tie margin {c['tie_margin']:g}. Seeds "
+      f"{c['seeds']} (training seeds; the pairs and labels are shared). Evaluation: up to "
+      f"{c['eval_prompts_seeds'][0]} held-out prompts x {c['eval_prompts_seeds'][1]} samples, "
+      "the same noise for every model. Values are mean ± sample std over seeds.",
+      "## Held-out metrics\n\n" + metrics_table(arms, runs),
+      "*fast share*: share of clips faster than the middle of the world's speed range "
+      "(0.85 px/frame; 0.5 on ground truth). *dynamic degree*: VBench-style share of moving clips. "
+      "*pairs trained on*: labeled pairs the loss can use (non-tie whole-video label; for "
+      "DenseDPO, more than 20% non-tie segments).",
+      "## Motion bias of whole-video labels (before training)\n\n" + bias_table(results["label_bias"]),
+      "## DPO training signals (last logged window)\n\n" + signals_table(arms, runs) +
+      "\n\nWinner/loser error vs. reference: policy minus reference flow-matching error on the "
+      "batch (negative: more likely than under the base model).",
+      "## Early checkpoint vs. final (first seed)\n\n" + early_table(arms, runs, c["total_steps"]),
+      appendix_section(a, figure),
+  ]) + "\n"
+
+
+def appendix_section(a, figure: str) -> str:
+  if not a:
+    return "## Appendix B\n\nNot run (config.experiment.appendix_b.num_videos = 0)."
+  return ("## Appendix B: loss difference of a blurred loser (base model)\n\n" + appendix_table(a) +
+          f"\n\n{a['num_videos']} training videos x {a['draws']} (noise, t) draws, central patch "
+          f"{a['patch']} (y0, y1, x0, x1). delta = loser minus winner flow-matching loss per "
+          f"pixel, same noise and t.\n\n![Appendix B]({figure})")
