@@ -29,7 +29,7 @@ from PIL import Image, ImageDraw
 from densedpo_jax import flow, previews, sampling, train
 from densedpo_jax.data import arrayrecord_io
 from densedpo_jax.model import LoRAConfig, VideoDiT
-from densedpo_jax.pipeline import with_overrides
+from densedpo_jax.pipeline import video_data, with_overrides
 
 VelocityFn = Callable[..., jax.Array]  # (x [B, T, H, W, C], t [B], text, mask) -> [B, T, H, W, C]
 
@@ -179,9 +179,8 @@ def run(config, out_dir: str) -> dict:
   Writes `<out_dir>/appendix_b.png` and `appendix_b.json`; returns the numbers and paths.
   """
   spec = config.experiment.appendix_b
-  source = train.make_source(with_overrides(config, **{
-      "data.kind": config.videos.kind, "data.path": config.videos.path,
-      "data.split": config.videos.split, "data.name": config.videos.name}).data)
+  source = train.make_source(
+      with_overrides(config, **video_data(config, config.videos.split)).data)
   records = [arrayrecord_io.decode_raw(source[i]) for i in range(min(spec.pool, len(source)))]
   first = records[0]
   t_len, h, w, _ = first.latent.shape

@@ -39,7 +39,7 @@ from absl import logging
 from densedpo_jax import appendix_b, evaluate, experiment_report, pairs, train
 from densedpo_jax.data import summary
 from densedpo_jax.labeling import task as label_task
-from densedpo_jax.pipeline import with_overrides
+from densedpo_jax.pipeline import video_data, with_overrides
 
 
 @dataclasses.dataclass(frozen=True)
@@ -84,8 +84,7 @@ def pair_set(config, workdir: str, mode: str, num_pairs: int) -> str:
   out_dir = os.path.join(workdir, f"pairs_{mode}")
   pairs.main(with_overrides(config, **{
       "pairs.mode": mode, "pairs.num_pairs": num_pairs, "pairs.out_dir": out_dir,
-      "pairs.name": "pairs", "data.kind": config.videos.kind, "data.path": config.videos.path,
-      "data.split": config.videos.split, "data.name": config.videos.name}))
+      "pairs.name": "pairs"}, **video_data(config, config.videos.split)))
   return out_dir
 
 
@@ -111,10 +110,8 @@ def label_set(config, workdir: str, arm: Arm) -> dict:
 
 def _eval(config, run_dir: str, models: str) -> dict:
   """Evaluates `models` ('name=path,...') on the held-out prompts into `run_dir/eval`."""
-  eval_config = with_overrides(config, **{
-      "data.kind": config.videos.kind, "data.path": config.videos.path,
-      "data.split": config.videos.split_eval, "data.name": config.videos.name,
-      "evaluate.models": models})
+  eval_config = with_overrides(config, **video_data(config, config.videos.split_eval),
+                               **{"evaluate.models": models})
   return evaluate.main(eval_config, run_dir)
 
 
@@ -175,8 +172,7 @@ def run_arm(config, workdir: str, name: str, seed: int) -> dict:
     record["eval"] = _eval(config, run_dir, f"{name}={config.init_from}")[name]
   else:
     if arm.pairs is None:  # SFT: flow matching on the ground-truth training videos.
-      data = {"data.kind": config.videos.kind, "data.path": config.videos.path,
-              "data.split": config.videos.split, "data.name": config.videos.name}
+      data = video_data(config, config.videos.split)
     else:
       labels = label_set(config, workdir, arm)
       record["labels"] = labels

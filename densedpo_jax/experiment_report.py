@@ -79,8 +79,9 @@ def signals_table(arms: dict[str, str], runs: list[dict]) -> str:
 def early_table(arms: dict[str, str], runs: list[dict], total_steps: int) -> str:
   keys = ("visual_quality", "fast_share", "mean_speed", "text_alignment", "artifact_share")
   lines = ["| method | checkpoint | " + " | ".join(keys) + " |", "|---" * (len(keys) + 2) + "|"]
+  by_arm = _by_arm(runs)
   for name, title in arms.items():
-    for r in _by_arm(runs).get(name, []):
+    for r in by_arm.get(name, []):
       if r.get("eval_early"):
         for label, ev in (("early", r["eval_early"]), (f"step {total_steps}", r["eval"])):
           lines.append(f"| {title} (seed {r['seed']}) | {label} | "

@@ -31,6 +31,12 @@ def with_overrides(config: ml_collections.ConfigDict, **updates) -> ml_collectio
   return c
 
 
+def video_data(config: ml_collections.ConfigDict, split: str) -> dict[str, str]:
+  """Dotted `data.*` overrides that point a job at `config.videos` (the video dataset), `split`."""
+  return {"data.kind": config.videos.kind, "data.path": config.videos.path,
+          "data.split": split, "data.name": config.videos.name}
+
+
 def main(config: ml_collections.ConfigDict, workdir: str) -> dict:
   if not config.init_from:
     raise ValueError("config.init_from is empty: the pipeline needs a base model")
@@ -40,10 +46,8 @@ def main(config: ml_collections.ConfigDict, workdir: str) -> dict:
   else:
     pairs_dir = os.path.join(workdir, "pairs")
     print(f"[1/4] pairs: {config.pairs.num_pairs} {config.pairs.mode} pairs -> {pairs_dir}")
-    pairs.main(with_overrides(config, **{"pairs.out_dir": pairs_dir, "pairs.name": "pairs",
-                                 "data.kind": config.videos.kind, "data.path": config.videos.path,
-                                 "data.split": config.videos.split,
-                                 "data.name": config.videos.name}))
+    pairs.main(with_overrides(config, **{"pairs.out_dir": pairs_dir, "pairs.name": "pairs"},
+                              **video_data(config, config.videos.split)))
     data_name = f"pairs_{config.label.labeler}"
     print(f"[2/4] labels: {config.label.labeler} oracle -> {pairs_dir}/{data_name}")
     label_task.label_pairs(with_overrides(config, **{
@@ -56,8 +60,7 @@ def main(config: ml_collections.ConfigDict, workdir: str) -> dict:
                                              "data.path": data_path, "data.name": data_name}),
                            train_dir)
   print(f"[4/4] evaluate: base vs. {config.loss} on {config.videos.split_eval} prompts")
-  eval_config = with_overrides(config, **{
-      "data.kind": config.videos.kind, "data.path": config.videos.path,
-      "data.split": config.videos.split_eval, "data.name": config.videos.name,
-      "evaluate.models": f"base={config.init_from},{config.loss}={train_dir}"})
+  eval_config = with_overrides(
+      config, **video_data(config, config.videos.split_eval),
+      **{"evaluate.models": f"base={config.init_from},{config.loss}={train_dir}"})
   return evaluate.main(eval_config, workdir)
