@@ -29,6 +29,12 @@ setup(
     ],
     extras_require={
         "test": ["pytest>=8"],
+        # Everything PyTorch or FFmpeg (densedpo_jax/interop/: weight conversion, adapter export,
+        # video encoding with the Wan VAE and umT5, decoding to MP4 with PyAV); training
+        # never imports it. Install torch first with a pin that takes the wheel you want
+        # (`pip install torch==2.13.0` here: the CPU build), or pip pulls a CUDA build.
+        "interop": ["torch>=2.4", "diffusers>=0.35", "transformers>=4.50", "safetensors>=0.4.3",
+                    "peft>=0.15", "av>=12", "sentencepiece>=0.2", "tokenizers>=0.19"],
         "tpu": ["jax[tpu]"],
         "cuda": ["jax[cuda12]"],
     },

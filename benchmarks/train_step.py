@@ -40,8 +40,8 @@ import numpy as np
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))  # For configs/.
 from configs.common import base  # noqa: E402
 from densedpo_jax import train_step
-from densedpo_jax.model import VideoDiT, forward_flops
-from densedpo_jax.train import model_config
+from densedpo_jax.builders import model_config
+from densedpo_jax.model import build, forward_flops
 
 # name: (latent [T, H, W, C], text [L, D], batch)
 PRESETS = {"tiny": ((16, 16, 16, 3), (16, 64), 16), "small": ((4, 16, 16, 16), (16, 512), 2)}
@@ -87,7 +87,7 @@ def bench(preset: str, loss: str, steps: int) -> tuple[float, float]:
   if loss == "flow_matching":
     c.lora.rank = 0
   cfg = model_config(c)
-  model = VideoDiT(cfg)
+  model = build(cfg)
   tx = train_step.make_optimizer(c.optim)
   data = make_batch(loss, latent, text, batch, np.random.default_rng(0))
   data = jax.tree_util.tree_map(jnp.asarray, data)

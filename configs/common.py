@@ -4,17 +4,21 @@ import dataclasses
 import ml_collections
 from ml_collections import config_dict
 
-from densedpo_jax.model import DiTConfig
+from densedpo_jax.model import FAMILIES
 from densedpo_jax.sharding import DEFAULT_RULES
 
 
 def model_fields() -> ml_collections.ConfigDict:
-  """`preset` plus every DiTConfig field as a typed placeholder (None = the preset's value), so
-  any of them can be overridden on the command line (`--config.model.width=256`)."""
-  defaults = DiTConfig()
-  fields = {f.name: config_dict.placeholder(type(getattr(defaults, f.name)))
-            for f in dataclasses.fields(DiTConfig) if f.name != "lora"}
-  return ml_collections.ConfigDict({"preset": "tiny", **fields})
+  """`family`, `preset` and every field of every family's config as a typed placeholder (None =
+  the preset's value), so any of them can be overridden on the command line
+  (`--config.model.width=256`); a field the chosen family lacks is an error when the model is
+  built (`builders.model_config`)."""
+  fields = {}
+  for cls, _ in FAMILIES.values():
+    defaults = cls()
+    fields.update({f.name: config_dict.placeholder(type(getattr(defaults, f.name)))
+                   for f in dataclasses.fields(cls) if f.name != "lora"})
+  return ml_collections.ConfigDict({"family": "dit", "preset": "tiny", **fields})
 
 
 def base() -> ml_collections.ConfigDict:
@@ -68,6 +72,10 @@ def base() -> ml_collections.ConfigDict:
   c.sample = ml_collections.ConfigDict({"every": 0, "num_videos": 4, "num_steps": 32,
                                         "cfg_scale": 1.0, "seed": 0, "fps": 8.0})
 
+  # Latents -> video files in task=pairs and task=evaluate (interop/decode.py): 'none', 'pixels'
+  # (identity autoencoder: ShapesWorld), 'wan' (the Wan 2.1 VAE in `weights`, a diffusers folder).
+  c.decoder = ml_collections.ConfigDict({"kind": "none", "weights": "", "format": "mp4", "scale": 1})
+
   c.t_sampler = ml_collections.ConfigDict({"kind": "logit_normal", "mean": 0.0, "std": 1.0})
 
   c.mesh = ml_collections.ConfigDict()
@@ -78,10 +86,28 @@ def base() -> ml_collections.ConfigDict:
   return c
 
 
-def paper_scale(c: ml_collections.ConfigDict) -> ml_collections.ConfigDict:
-  """The paper's DPO hyper-parameters (Appendix A.2): LoRA 128, batch 256, 1k steps, warm-up 250."""
-  c.model.preset = "paper"
+# Model presets the training-only config args name: `dense.py:paper`, `:wan1.3b`, `:wan14b`.
+SCALED_MODELS = {"paper": ("dit", "paper"), "wan1.3b": ("wan", "wan2.1-t2v-1.3b"),
+                 "wan14b": ("wan", "wan2.1-t2v-14b")}
+
+
+def paper_scale(c: ml_collections.ConfigDict, model: str = "paper") -> ml_collections.ConfigDict:
+  """The paper's DPO hyper-parameters (Appendix A.2): LoRA 128, batch 256, 1k steps, warm-up 250,
+  bf16 compute, on the model `SCALED_MODELS[model]` (its weights from `--config.init_from`: a run,
+  a converted params directory or a diffusers `transformer/` folder).
+
+  Wan 2.1 14B needs its base sharded (FSDP over every device, layers scanned, full remat): a
+  float32 base is 57 GB. The 1.3B model (5.7 GB) fits data-parallel with remat.
+  """
+  c.model.family, c.model.preset = SCALED_MODELS[model]
   c.model.dtype = "bfloat16"
+  if c.model.family == "wan":
+    c.model.scan_layers = True
+    c.model.remat_policy = "full"
+    c.sample.num_steps = 50
+  if model == "wan14b":
+    c.model.param_dtype = "bfloat16"  # The frozen base; the LoRA adapter is trained in float32.
+    c.mesh.shape = (1, -1, 1)
   c.lora.rank, c.lora.alpha = 128, 128.0
   c.data.batch_size = 256
   c.total_steps = 1000

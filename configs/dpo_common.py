@@ -4,6 +4,8 @@
                          base model, oracle labels, LoRA DPO, evaluation on held-out prompts
   paper                  training only (task=train) with the paper's hyper-parameters on pairs
                          you provide (--config.data.path, --config.init_from)
+  wan1.3b, wan14b        the same on Wan 2.1 T2V 1.3B / 14B (init_from: a diffusers transformer/
+                         folder or its `python -m densedpo_jax.convert` output)
 """
 import ml_collections
 
@@ -30,11 +32,13 @@ def dpo_config(loss: str, pair_mode: str, labeler: str, arg=None):
   c.total_steps = 100
   c.log_every = 10
   c.checkpoint_every = 50
-  if arg == "paper":
-    common.paper_scale(c)
+  if arg in common.SCALED_MODELS:
+    c.init_from = ""
+    common.paper_scale(c, arg)
     return c
   if arg != "shapesworld":
-    raise ValueError(f"unknown config arg {arg!r}; expected 'shapesworld' or 'paper'")
+    raise ValueError(f"unknown config arg {arg!r}; expected 'shapesworld' or one of "
+                     f"{sorted(common.SCALED_MODELS)}")
   c.task = "pipeline"
   c.videos = ml_collections.ConfigDict({"kind": "shapesworld", "path": "workdirs/tfds",
                                         "split": "train", "split_eval": "heldout",

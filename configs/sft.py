@@ -12,9 +12,10 @@ def get_config(arg=None):
   c.lora.rank, c.lora.alpha = 16, 16.0
   c.optim.lr = 1e-4
   c.total_steps = 200
-  if arg == "paper":
-    common.paper_scale(c)
+  if arg in common.SCALED_MODELS:
+    common.paper_scale(c, arg)
     c.total_steps = 5000
   elif arg != "shapesworld":
-    raise ValueError(f"configs/sft.py: unknown arg {arg!r}; expected 'shapesworld' or 'paper'")
+    raise ValueError(f"configs/sft.py: unknown arg {arg!r}; expected 'shapesworld' or one of "
+                     f"{sorted(common.SCALED_MODELS)}")
   return c

@@ -26,9 +26,10 @@ import jax.numpy as jnp
 import numpy as np
 from PIL import Image, ImageDraw
 
-from densedpo_jax import flow, previews, sampling, train
+from densedpo_jax import flow, previews, sampling
+from densedpo_jax.builders import make_source, model_config
 from densedpo_jax.data import arrayrecord_io
-from densedpo_jax.model import LoRAConfig, VideoDiT
+from densedpo_jax.model import LoRAConfig, build
 from densedpo_jax.pipeline import video_data, with_overrides
 
 VelocityFn = Callable[..., jax.Array]  # (x [B, T, H, W, C], t [B], text, mask) -> [B, T, H, W, C]
@@ -179,17 +180,16 @@ def run(config, out_dir: str) -> dict:
   Writes `<out_dir>/appendix_b.png` and `appendix_b.json`; returns the numbers and paths.
   """
   spec = config.experiment.appendix_b
-  source = train.make_source(
+  source = make_source(
       with_overrides(config, **video_data(config, config.videos.split)).data)
   records = [arrayrecord_io.decode_raw(source[i]) for i in range(min(spec.pool, len(source)))]
   first = records[0]
   t_len, h, w, _ = first.latent.shape
   patch = central_patch(h, w, spec.patch_frac)
   chosen = pick_videos(records, patch, spec.num_videos)
-  cfg = train.model_config(config).replace(lora=LoRAConfig())
-  params = sampling.load_exported_params(config.init_from, cfg, first.latent.shape,
-                                         first.text_emb.shape)
-  model = VideoDiT(cfg)
+  cfg = model_config(config).replace(lora=LoRAConfig())
+  params = sampling.load_exported_params(config.init_from, cfg)
+  model = build(cfg)
   velocity_fn = functools.partial(model.apply, {"params": params})
   side = patch[1] - patch[0]
   sigmas = [f * side for f in spec.blur_fracs]

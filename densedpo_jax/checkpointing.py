@@ -4,7 +4,8 @@ One `CheckpointManager` step holds three items:
   state    the `TrainState` (trainable tree, optimiser state, step, EMA)
   iter     the Grain iterator state, so a resumed run sees exactly the batches it would have seen
   params   the weights to sample from: the EMA (or raw) params of pretraining, or the base with
-           the LoRA adapter folded in for SFT / DPO. `config.init_from` reads this item.
+           the LoRA adapter folded in for SFT / DPO. `config.init_from` reads this item
+           (`model/pretrained.read_params`).
 Saves are asynchronous; a step directory only appears once its save has finished, so a crash
 mid-save leaves the previous checkpoint intact.
 """
@@ -58,33 +59,25 @@ class RunCheckpointer:
     self.manager.close()
 
 
-def load_params(path: str, abstract_params: Any, step: int | None = None) -> Any:
-  """Reads the `params` item of a run's checkpoint onto the shardings of `abstract_params`.
-
-  Args:
-    path: a workdir, its `checkpoints` folder, or one step folder (`.../checkpoints/1200`).
-    abstract_params: `jax.ShapeDtypeStruct` tree (with shardings) of the expected params.
-    step: which step; default the latest.
-  """
-  path = os.path.abspath(path)
-  if os.path.isdir(os.path.join(path, "params")) and os.path.basename(path).isdigit():
-    step, path = int(os.path.basename(path)), os.path.dirname(path)
-  elif os.path.isdir(os.path.join(path, "checkpoints")):
-    path = os.path.join(path, "checkpoints")
-  if not os.path.isdir(path):
-    raise FileNotFoundError(f"init_from: no checkpoint directory at {path}")
-  manager = ocp.CheckpointManager(path, options=ocp.CheckpointManagerOptions(read_only=True),
-                                  item_names=("params",))
-  step = manager.latest_step() if step is None else step
-  if step is None or step not in manager.all_steps():
-    raise FileNotFoundError(f"init_from: no checkpoint step {step} under {path} "
-                            f"(found steps {list(manager.all_steps())})")
+def read_item(workdir: str, item: str, step: int | None = None) -> tuple[int, Any]:
+  """`(step, tree)` of one item (`'state'` or `'params'`) of a run's checkpoint, restored onto the
+  first local device whatever mesh saved it (for tools: export, inspection). Default: latest step."""
+  directory = os.path.join(os.path.abspath(workdir), "checkpoints")
+  if not os.path.isdir(directory):
+    raise FileNotFoundError(f"{workdir}: no checkpoints folder (expected {directory})")
+  manager = ocp.CheckpointManager(directory, options=ocp.CheckpointManagerOptions(read_only=True),
+                                  item_names=(item,))
   try:
+    step = manager.latest_step() if step is None else step
+    if step is None or step not in manager.all_steps():
+      raise FileNotFoundError(f"{directory}: no checkpoint step {step} (found "
+                              f"{list(manager.all_steps())})")
+    device = jax.sharding.SingleDeviceSharding(jax.local_devices()[0])
+    target = jax.tree_util.tree_map(
+        lambda m: jax.ShapeDtypeStruct(m.shape, m.dtype, sharding=device),
+        manager.item_metadata(step)[item])
     restored = manager.restore(step, args=ocp.args.Composite(
-        params=ocp.args.StandardRestore(abstract_params)))
-  except (ValueError, KeyError) as e:
-    raise ValueError(f"init_from: the params in {path}/{step} do not match the model config "
-                     f"(different preset or patch size?): {e}") from e
+        **{item: ocp.args.StandardRestore(target)}))
   finally:
     manager.close()
-  return restored["params"]
+  return step, restored[item]

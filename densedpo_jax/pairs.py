@@ -28,7 +28,8 @@ from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
 
 from densedpo_jax import flow, sampling
 from densedpo_jax.data import arrayrecord_io, schema
-from densedpo_jax.model import LoRAConfig, VideoDiT
+from densedpo_jax.builders import make_source, model_config
+from densedpo_jax.model import LoRAConfig, build
 
 MODES = ("vanilla", "guided")
 
@@ -55,7 +56,7 @@ def draw_eta(base_seed: int, index: int, eta_range) -> float:
   return float(rng.uniform(lo, hi))
 
 
-def make_pair_sampler(model: VideoDiT, spec: ml_collections.ConfigDict, mode: str,
+def make_pair_sampler(model, spec: ml_collections.ConfigDict, mode: str,
                       fixed_eta: float | None):
   """Jitted `run(params, keys_a, keys_b, x_gt, eta, text, mask) -> (a, b)` for one batch."""
   kw = dict(num_steps=spec.num_steps, shift=spec.shift or None, cfg_scale=spec.cfg_scale)
@@ -82,14 +83,14 @@ def _pair_record(video: schema.VideoRecord, a, b, mode, eta, seeds, spec) -> sch
       metadata={"gt_metadata": dict(video.metadata)})
 
 
-def generate_pairs(config: ml_collections.ConfigDict, source, params, model: VideoDiT) -> dict:
+def generate_pairs(config: ml_collections.ConfigDict, source, params, model) -> dict:
   """Writes `config.pairs.num_pairs` pairs from the first videos of `source`; returns the sidecar.
 
   Args:
     config: the job config (`config.pairs`, `config.seed`).
     source: random-access source of video `RawRecord`s (ShardedSource, TfdsSource).
     params: exported model params (no LoRA), on the devices.
-    model: the plain `VideoDiT` those params belong to.
+    model: the plain model (`model.build`) those params belong to.
   """
   spec = config.pairs
   if spec.mode not in MODES:
@@ -158,17 +159,20 @@ def generate_pairs(config: ml_collections.ConfigDict, source, params, model: Vid
 
 def main(config: ml_collections.ConfigDict) -> dict:
   """task=pairs: load the model from `config.init_from`, generate, report."""
-  from densedpo_jax import train  # Config -> model and source helpers.
   if not config.init_from:
     raise ValueError("config.init_from is empty: pair generation needs a trained model")
-  cfg = train.model_config(config).replace(lora=LoRAConfig())
-  model = VideoDiT(cfg)
-  source = train.make_source(config.data)
+  cfg = model_config(config).replace(lora=LoRAConfig())
+  model = build(cfg)
+  source = make_source(config.data)
   first = arrayrecord_io.decode_raw(source[0])
-  params = sampling.load_exported_params(config.init_from, cfg, first.latent.shape,
-                                         first.text_emb.shape)
+  params = sampling.load_exported_params(config.init_from, cfg)
   side = generate_pairs(config, source, params, model)
   if side:
     logging.info("Pairs: %d records in %s/%s", side["num_records"], config.pairs.out_dir,
                  config.pairs.name)
+    if config.decoder.kind != "none":  # Video files for people and VLMs to label.
+      from densedpo_jax.interop import decode  # Only when asked: it may load PyTorch.
+      d = config.decoder
+      decode.decode_dataset(config.pairs.out_dir, config.pairs.name, os.path.join(
+          config.pairs.out_dir, f"{config.pairs.name}_videos"), d.kind, d.weights, d.format, d.scale)
   return side

@@ -21,31 +21,13 @@ from clu import metric_writers, periodic_actions
 from jax.experimental import multihost_utils
 
 from densedpo_jax import checkpointing, previews, sampling, sharding, train_step
-from densedpo_jax.data import arrayrecord_io, pipeline, tfds_builder
-from densedpo_jax.model import LoRAConfig, VideoDiT, get_dit_config, merge_lora
+from densedpo_jax.builders import make_source, model_config
+from densedpo_jax.data import pipeline
+from densedpo_jax.model import build, merge_lora, pretrained
 
 
 class NonFiniteLossError(FloatingPointError):
   pass
-
-
-def model_config(config: ml_collections.ConfigDict):
-  """The `DiTConfig` of a run: `config.model` (preset + overrides) and `config.lora`."""
-  overrides = {k: v for k, v in config.model.to_dict().items() if k != "preset" and v is not None}
-  if "patch_size" in overrides:
-    overrides["patch_size"] = tuple(overrides["patch_size"])
-  lora = LoRAConfig(rank=config.lora.rank, alpha=config.lora.alpha,
-                    targets=tuple(config.lora.targets))
-  return get_dit_config(config.model.preset, lora=lora, **overrides)
-
-
-def make_source(data: ml_collections.ConfigDict):
-  """The random-access record source named by `config.data`."""
-  if data.kind == "shapesworld":
-    return tfds_builder.shapesworld_source(data.split, data_dir=data.path or None)
-  if data.kind in ("pairs", "videos"):
-    return arrayrecord_io.ShardedSource(data.path, data.name)
-  raise ValueError(f"config.data.kind={data.kind!r}; expected 'pairs', 'videos' or 'shapesworld'")
 
 
 def make_dataset(config: ml_collections.ConfigDict):
@@ -130,7 +112,9 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
 
   # Model and optimiser.
   cfg = model_config(config)
-  model = VideoDiT(cfg)
+  model = build(cfg)
+  if jax.process_index() == 0:  # What `load_pretrained(workdir)` reads beside the exported params.
+    pretrained.write_model_json(workdir, cfg)
   tx = train_step.make_optimizer(config.optim)
   lora_trained = config.loss != "flow_matching" or cfg.lora.rank > 0
   if lora_trained and cfg.lora.rank == 0:
@@ -154,7 +138,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
   state = jax.jit(lambda k: nn.unbox(init_state(k)), out_shardings=state_shardings)(rng)
   if lora_trained:
     if config.init_from:
-      frozen = checkpointing.load_params(config.init_from, abstract_params)
+      frozen = pretrained.read_params(config.init_from, abstract_params, cfg)
       logging.info("Base weights from %s", config.init_from)
     else:
       logging.warning("config.init_from is empty: %s starts from a random base model.", config.loss)
@@ -186,7 +170,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
                                                             state_shardings), data_iter)
     logging.info("Resumed from %s at step %d", ckpt.directory, start)
   elif config.init_from and not lora_trained:  # Continue pretraining from exported weights.
-    params = checkpointing.load_params(config.init_from, abstract_params)
+    params = pretrained.read_params(config.init_from, abstract_params, cfg)
     ema = jax.tree_util.tree_map(jnp.copy, params) if state.ema is not None else None
     state = state.replace(trainable=params, ema=ema)
     logging.info("Weights (fresh optimiser) from %s", config.init_from)

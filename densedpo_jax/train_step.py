@@ -19,7 +19,6 @@ import optax
 from clu import metrics as clu_metrics
 
 from densedpo_jax import dpo, flow, losses
-from densedpo_jax.model import VideoDiT
 
 LOSSES = ("flow_matching", "flow_dpo", "dense_dpo")
 DPO_METRICS = ("loss", "implicit_acc", "reward_margin", "policy_err_win", "policy_err_lose",
@@ -67,7 +66,7 @@ def ema_decay(step: jax.Array, max_decay: float) -> jax.Array:
   return jnp.minimum(max_decay, (1.0 + n) / (10.0 + n))
 
 
-def make_loss_fn(model: VideoDiT, config) -> Callable:
+def make_loss_fn(model, config) -> Callable:
   """`loss_fn(trainable, frozen, batch, key) -> (loss, metrics)` for `config.loss`."""
   lora_trained = config.loss != "flow_matching" or config.lora.rank > 0
   t_sampler = functools.partial(flow.sample_t, kind=config.t_sampler.kind,
@@ -125,7 +124,7 @@ def _accumulated_grads(loss_fn, trainable, frozen, batch, key, accum_steps: int)
   return scale(metrics), scale(grads)
 
 
-def make_train_step(model: VideoDiT, config, tx: optax.GradientTransformation) -> Callable:
+def make_train_step(model, config, tx: optax.GradientTransformation) -> Callable:
   """`step(state, frozen, batch, key) -> (state, metrics)`; jit it with shardings (train.py)."""
   loss_fn = make_loss_fn(model, config)
   schedule = learning_rate_schedule(config.optim)

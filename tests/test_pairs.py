@@ -105,8 +105,7 @@ def test_guided_pairs_share_motion_while_vanilla_pairs_vary(tmp_path):
   model_cfg = get_dit_config("tiny")
   model = VideoDiT(model_cfg)
   first = arrayrecord_io.decode_raw(source[0])
-  params = sampling.load_exported_params(dpo_common.SHIPPED_BASE, model_cfg, first.latent.shape,
-                                         first.text_emb.shape)
+  params = sampling.load_exported_params(dpo_common.SHIPPED_BASE, model_cfg)
   gaps = {}
   for mode in ("guided", "vanilla"):
     c = _config(tmp_path, mode, eta_range=(0.5, 0.5)) if mode == "guided" else _config(tmp_path, mode)

@@ -16,6 +16,8 @@ from PIL import Image
 
 from configs import common
 from densedpo_jax import checkpointing, train
+from densedpo_jax.builders import model_config
+from densedpo_jax.model import pretrained
 from densedpo_jax.pipeline import with_overrides
 from densedpo_jax.data import arrayrecord_io, schema
 from densedpo_jax.model import VideoDiT
@@ -24,8 +26,8 @@ from densedpo_jax.train_step import _accumulated_grads
 T, H, W, C, L, D = 4, 8, 8, 3, 4, 16
 
 
-def _text(rng):
-  return rng.normal(size=(L, D)).astype(np.float32), np.array([1, 1, 1, 0], bool)
+def _text(rng, text_dim=D):
+  return rng.normal(size=(L, text_dim)).astype(np.float32), np.array([1, 1, 1, 0], bool)
 
 
 def write_videos(directory, n=32, seed=0):
@@ -42,13 +44,14 @@ def write_videos(directory, n=32, seed=0):
   return directory
 
 
-def write_pairs(directory, n=16, seed=0):
+def write_pairs(directory, n=16, seed=0, channels=C, text_dim=D):
   """Pairs whose winner is smooth and loser noisy, with mixed per-segment winners."""
   rng = np.random.default_rng(seed)
   recs = []
   for i in range(n):
-    emb, mask = _text(rng)
-    smooth = np.broadcast_to(rng.uniform(-1, 1, size=C), (T, H, W, C)).astype(np.float32)
+    emb, mask = _text(rng, text_dim)
+    smooth = np.broadcast_to(rng.uniform(-1, 1, size=channels),
+                             (T, H, W, channels)).astype(np.float32)
     noisy = (smooth + rng.normal(scale=0.8, size=smooth.shape)).astype(np.float32)
     labels = np.array([1, -1], np.int8) if i % 2 else np.array([1, 1], np.int8)
     a = np.concatenate([smooth[:2] if labels[0] == 1 else noisy[:2],
@@ -121,9 +124,9 @@ def test_pretraining_continues_from_exported_weights(data, base_workdir, tmp_pat
   history = train.train_and_evaluate(config, str(tmp_path))
   # The base run ended near loss 0.1-0.5; a fresh model starts above 1.
   assert history[1]["loss"] < 0.8 * base_workdir[1][0]
-  target = checkpointing.abstract_like(*_params_target(train.model_config(config)))
-  before = checkpointing.load_params(base_workdir[0], target)
-  after = checkpointing.load_params(str(tmp_path), target)
+  target = checkpointing.abstract_like(*_params_target(model_config(config)))
+  before = pretrained.read_params(base_workdir[0], target)
+  after = pretrained.read_params(str(tmp_path), target)
   jax.tree_util.tree_map(lambda a, b: np.testing.assert_allclose(a, b, rtol=1e-6, atol=1e-7),
                          after, before)
 
@@ -142,10 +145,10 @@ def test_dpo_learns_the_preference_and_moves_only_lora(loss, data, base_workdir,
   assert last["loss"] < 0.6
 
   # The exported model is the base with LoRA folded in: every non-adapted leaf is bit-identical.
-  cfg = train.model_config(config)
+  cfg = model_config(config)
   shapes = checkpointing.abstract_like(*_params_target(cfg))
-  base = checkpointing.load_params(base_workdir[0], shapes)
-  tuned = checkpointing.load_params(workdir, shapes)
+  base = pretrained.read_params(base_workdir[0], shapes)
+  tuned = pretrained.read_params(workdir, shapes)
   flat_base = jax.tree_util.tree_flatten_with_path(base)[0]
   flat_tuned = dict(jax.tree_util.tree_flatten_with_path(tuned)[0])
   changed = [jax.tree_util.keystr(p) for p, v in flat_base if not np.array_equal(v, flat_tuned[p])]

@@ -1,4 +1,8 @@
-"""VideoDiT and LoRA configuration, and the size presets (one place for all of them)."""
+"""Model configurations (VideoDiT, Wan 2.1, LoRA) and their size presets: one place for all of them.
+
+Two families share one interface: `family='dit'` (the project's VideoDiT) and `family='wan'`
+(Wan 2.1's transformer, numerically equal to diffusers' `WanTransformer3DModel`).
+"""
 from __future__ import annotations
 
 import dataclasses
@@ -110,11 +114,88 @@ PRESETS: dict[str, DiTConfig] = {
 
 
 def get_dit_config(preset: str, **overrides: Any) -> DiTConfig:
-  """Returns a preset, with fields replaced by `overrides` (unknown fields are an error)."""
-  if preset not in PRESETS:
-    raise KeyError(f"Unknown model preset {preset!r}; expected one of {sorted(PRESETS)}")
-  fields = {f.name for f in dataclasses.fields(DiTConfig)}
+  """Returns a VideoDiT preset, with fields replaced by `overrides` (unknown fields are an error)."""
+  return get_model_config("dit", preset, **overrides)
+
+
+@dataclasses.dataclass(frozen=True)
+class WanConfig:
+  """Wan 2.1 text-to-video transformer (diffusers `WanTransformer3DModel`, T2V: no image branch).
+
+  Field names match `DiTConfig` where the concept is the same; `ffn_dim`, `eps`, `text_len` and
+  `cross_attn_mask` are Wan's own. Inputs are latents `[B, F, H, W, in_channels]` (16 channels of
+  the Wan VAE: 4x temporal, 8x spatial compression) and umT5 embeddings `[B, L, text_dim]`.
+  """
+  patch_size: tuple[int, int, int] = (1, 2, 2)
+  in_channels: int = 16
+  width: int = 1536
+  depth: int = 30
+  num_heads: int = 12
+  ffn_dim: int = 8960
+  text_dim: int = 4096
+  time_freq_dim: int = 256
+  rope_theta: float = 10000.0
+  eps: float = 1e-6
+  # The Wan pipeline zero-pads every prompt embedding to 512 tokens and attends to all of them
+  # (no mask); the model reproduces that. `cross_attn_mask=True` masks padding instead.
+  text_len: int = 512
+  cross_attn_mask: bool = False
+  text_dropout: float = 0.0  # Probability of the null (all-zero) text during training.
+  attention_impl: str = "xla"
+  dtype: str = "float32"
+  param_dtype: str = "float32"
+  remat_policy: str = "none"
+  scan_layers: bool = False
+  lora: LoRAConfig = LoRAConfig()
+
+  def __post_init__(self):
+    if self.width % self.num_heads:
+      raise ValueError(f"WanConfig.width={self.width} is not divisible by num_heads={self.num_heads}")
+    if self.head_dim % 2 or self.head_dim < 6:
+      raise ValueError(f"WanConfig head_dim={self.head_dim} must be even and >= 6 for 3D RoPE")
+    if self.attention_impl not in ("xla", "cudnn"):
+      raise ValueError(f"WanConfig.attention_impl={self.attention_impl!r}; expected 'xla' or 'cudnn'")
+    if len(self.patch_size) != 3 or min(self.patch_size) < 1:
+      raise ValueError(f"WanConfig.patch_size={self.patch_size}; expected three positive ints")
+    for name in ("dtype", "param_dtype"):
+      jnp.dtype(getattr(self, name))
+
+  head_dim = DiTConfig.head_dim
+  patch_dim = DiTConfig.patch_dim
+  replace = DiTConfig.replace
+
+  @property
+  def mlp_dim(self) -> int:
+    return self.ffn_dim
+
+
+WAN_PRESETS: dict[str, WanConfig] = {
+    # Wan-AI/Wan2.1-T2V-1.3B-Diffusers and Wan-AI/Wan2.1-T2V-14B-Diffusers (transformer/config.json).
+    "wan2.1-t2v-1.3b": WanConfig(width=1536, depth=30, num_heads=12, ffn_dim=8960),
+    "wan2.1-t2v-14b": WanConfig(width=5120, depth=40, num_heads=40, ffn_dim=13824),
+}
+FAMILIES: dict[str, tuple[type, dict[str, Any]]] = {"dit": (DiTConfig, PRESETS),
+                                                    "wan": (WanConfig, WAN_PRESETS)}
+ModelConfig = DiTConfig | WanConfig
+
+
+def family_of(cfg: ModelConfig) -> str:
+  return "wan" if isinstance(cfg, WanConfig) else "dit"
+
+
+def get_model_config(family: str, preset: str, **overrides: Any) -> ModelConfig:
+  """A preset of `family` ('dit' | 'wan'), with fields replaced by `overrides`.
+
+  Unknown families, presets and fields are errors that list the valid ones.
+  """
+  if family not in FAMILIES:
+    raise KeyError(f"Unknown model family {family!r}; expected one of {sorted(FAMILIES)}")
+  cls, presets = FAMILIES[family]
+  if preset not in presets:
+    raise KeyError(f"Unknown {family} model preset {preset!r}; expected one of {sorted(presets)}")
+  fields = {f.name for f in dataclasses.fields(cls)}
   unknown = set(overrides) - fields
   if unknown:
-    raise KeyError(f"Unknown DiTConfig field(s) {sorted(unknown)}; expected among {sorted(fields)}")
-  return PRESETS[preset].replace(**overrides)
+    raise KeyError(f"Unknown {cls.__name__} field(s) {sorted(unknown)}; expected among "
+                   f"{sorted(fields)}")
+  return presets[preset].replace(**overrides)

@@ -12,8 +12,8 @@ import jax
 import jax.numpy as jnp
 
 from densedpo_jax.model.config import DiTConfig
-from densedpo_jax.model.layers import (Attention, Mlp, patchify, rope_3d, timestep_embedding,
-                                       unpatchify)
+from densedpo_jax.model.layers import (Attention, Mlp, patchify, rope_3d, run_blocks,
+                                       timestep_embedding, unpatchify)
 from densedpo_jax.model.lora import LoRADense
 
 Array = jax.Array
@@ -57,19 +57,6 @@ class DiTBlock(nn.Module):
     h = Mlp(cfg, self.lora_enabled, name="mlp")(h)
     x = nn.with_logical_constraint(x + gate2[:, None, :] * h, TOKENS)
     return x, None
-
-
-def _block_class(cfg: DiTConfig):
-  if cfg.remat_policy == "none":
-    return DiTBlock
-  if cfg.remat_policy == "full":
-    policy = None
-  elif hasattr(jax.checkpoint_policies, cfg.remat_policy):
-    policy = getattr(jax.checkpoint_policies, cfg.remat_policy)
-  else:
-    raise ValueError(f"DiTConfig.remat_policy={cfg.remat_policy!r}: expected 'none', 'full' or a "
-                     "name in jax.checkpoint_policies")
-  return nn.remat(DiTBlock, policy=policy, prevent_cse=not cfg.scan_layers)
 
 
 class VideoDiT(nn.Module):
@@ -132,16 +119,7 @@ class VideoDiT(nn.Module):
     h = nn.with_logical_constraint(h, TOKENS)
     rope_cos, rope_sin = rope_3d(grid, cfg.head_dim, cfg.rope_theta)
 
-    block = _block_class(cfg)
-    args = (cond, context, text_mask, rope_cos, rope_sin)
-    if cfg.scan_layers:
-      blocks = nn.scan(block, variable_axes={"params": 0, "lora": 0},
-                       split_rngs={"params": True}, in_axes=(nn.broadcast,) * len(args),
-                       length=cfg.depth, metadata_params={nn.PARTITION_NAME: "layers"})
-      h, _ = blocks(cfg, lora_enabled, name="blocks")(h, *args)
-    else:
-      for i in range(cfg.depth):
-        h, _ = block(cfg, lora_enabled, name=f"block_{i}")(h, *args)
+    h = run_blocks(DiTBlock, cfg, lora_enabled, h, (cond, context, text_mask, rope_cos, rope_sin))
 
     # Final layer: adaLN + zero-initialised projection back to patches.
     shift, scale = jnp.split(_dense(cfg, 2 * cfg.width, ("embed", "mlp"), "final_adaln",

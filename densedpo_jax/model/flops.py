@@ -1,46 +1,37 @@
-"""Parameter counts and forward FLOPs of a VideoDiT config (for MFU and capacity planning)."""
+"""Parameter counts and forward FLOPs of a model config (for MFU and capacity planning)."""
 from __future__ import annotations
 
 import jax
-import jax.numpy as jnp
 import numpy as np
 
-from densedpo_jax.model.config import DiTConfig
+from densedpo_jax.model.config import ModelConfig, family_of
 
 
-def init_shapes(cfg: DiTConfig, frames: int = 1, height: int | None = None, width: int | None = None,
-                text_len: int = 1):
-  """Abstract variables (`jax.ShapeDtypeStruct` leaves) of `VideoDiT(cfg)`, without allocating."""
-  from densedpo_jax.model.dit import VideoDiT  # Local: keeps this module importable on its own.
-  pt, ph, pw = cfg.patch_size
-  x = jnp.zeros((1, frames * pt, (height or ph), (width or pw), cfg.in_channels))
-  text = jnp.zeros((1, text_len, cfg.text_dim))
-  init = lambda: VideoDiT(cfg).init(jax.random.key(0), x, jnp.zeros((1,)), text,
-                                     jnp.ones((1, text_len), bool))
-  return jax.eval_shape(init)
-
-
-def param_count(cfg: DiTConfig, collection: str = "params") -> int:
+def param_count(cfg: ModelConfig, collection: str = "params") -> int:
   """Number of scalars in a variable collection (`'params'` = base, `'lora'` = adapter)."""
-  shapes = init_shapes(cfg)
-  leaves = jax.tree_util.tree_leaves(shapes.get(collection, {}))
+  from densedpo_jax.model.registry import abstract_variables  # Local: no import cycle.
+  leaves = jax.tree_util.tree_leaves(abstract_variables(cfg).get(collection, {}))
   return int(sum(np.prod(leaf.shape) for leaf in leaves))
 
 
-def forward_flops(cfg: DiTConfig, batch: int, frames: int, height: int, width: int,
+def forward_flops(cfg: ModelConfig, batch: int, frames: int, height: int, width: int,
                   text_len: int, lora_enabled: bool = True) -> float:
   """Matmul FLOPs (2 per multiply-add) of one forward pass on `[batch, frames, height, width, C]`.
 
   Elementwise work (norms, softmax, RoPE) is left out: it is a few percent at these sizes and
-  is not what the MXU / tensor cores run. Backward costs about twice the forward.
+  is not what the MXU / tensor cores run. Backward costs about twice the forward. Wan attends to
+  its text padded to `cfg.text_len` tokens (unless `cross_attn_mask`), so that is its `text_len`.
   """
+  wan = family_of(cfg) == "wan"
+  if wan and not cfg.cross_attn_mask:
+    text_len = cfg.text_len
   pt, ph, pw = cfg.patch_size
   n = (frames // pt) * (height // ph) * (width // pw)  # Video tokens per sample.
   d, m, p, l = cfg.width, cfg.mlp_dim, cfg.patch_dim, text_len
   self_attn = 4 * n * d * d + 2 * n * n * d
   cross_attn = 2 * n * d * d + 2 * l * d * d + 2 * n * l * d
   mlp = 2 * n * d * m
-  adaln = 6 * d * d
+  adaln = 0 if wan else 6 * d * d  # Wan projects the time embedding to 6 D once, not per block.
   block = self_attn + cross_attn + mlp + adaln
   lora = 0
   if lora_enabled and cfg.lora.rank > 0:
@@ -52,6 +43,8 @@ def forward_flops(cfg: DiTConfig, batch: int, frames: int, height: int, width: i
                if cfg.lora.applies_to(tgt))
   embed = n * p * d + n * d * p + 2 * d * d  # Patch embed, final projection, final adaLN.
   cond = cfg.time_freq_dim * d + d * d + l * (cfg.text_dim * d + d * d)
-  if cfg.pooled_text_cond:
+  if wan:
+    cond += 6 * d * d - 2 * d * d  # time_proj; the head's table has no matmul.
+  elif cfg.pooled_text_cond:
     cond += cfg.text_dim * d + d * d
   return float(2 * batch * (cfg.depth * (block + lora) + embed + cond))

@@ -1,4 +1,4 @@
-"""Building blocks of the VideoDiT: patchify, 3D RoPE, timestep embedding, attention."""
+"""Building blocks of the video DiTs: patchify, 3D RoPE, timestep embedding, attention, block stacks."""
 from __future__ import annotations
 
 import math
@@ -7,6 +7,7 @@ import einops
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
+import numpy as np
 
 from densedpo_jax.model.config import DiTConfig
 from densedpo_jax.model.lora import LoRADense
@@ -42,15 +43,14 @@ def rope_3d(grid: tuple[int, int, int], head_dim: int, theta: float = 10000.0) -
 
   Returns `(cos, sin)`, each `[t*h*w, head_dim // 2]` float32. Each axis gets its own
   band of frequencies, so the angle between two tokens depends only on their offset.
+  The grid is static, so the tables are computed in float64 NumPy (angles reach ~100 rad, where
+  float32 cos/sin lose ~1e-5) and enter the graph as constants.
   """
-  angles = []
-  coords = jnp.stack(jnp.meshgrid(*[jnp.arange(n, dtype=jnp.float32) for n in grid],
-                                  indexing="ij"), axis=-1).reshape(-1, 3)
-  for axis, dim in enumerate(rope_axis_dims(head_dim)):
-    inv_freq = theta ** (-jnp.arange(0, dim, 2, dtype=jnp.float32) / dim)
-    angles.append(coords[:, axis:axis + 1] * inv_freq[None, :])
-  angles = jnp.concatenate(angles, axis=-1)
-  return jnp.cos(angles), jnp.sin(angles)
+  coords = np.stack(np.meshgrid(*[np.arange(n, dtype=np.float64) for n in grid], indexing="ij"),
+                    axis=-1).reshape(-1, 3)
+  angles = np.concatenate([coords[:, axis:axis + 1] * theta ** (-np.arange(0, dim, 2) / dim)
+                           for axis, dim in enumerate(rope_axis_dims(head_dim))], axis=-1)
+  return jnp.asarray(np.cos(angles), jnp.float32), jnp.asarray(np.sin(angles), jnp.float32)
 
 
 def apply_rope(x: Array, cos: Array, sin: Array) -> Array:
@@ -61,10 +61,16 @@ def apply_rope(x: Array, cos: Array, sin: Array) -> Array:
 
 
 def timestep_embedding(t: Array, dim: int, max_period: float = 10000.0) -> Array:
-  """Sinusoidal embedding of `t` `[B]` in [0, 1] (scaled by 1000, as in DiT) -> `[B, dim]`."""
+  """Sinusoidal embedding of `t` `[B]` in [0, 1] (scaled by 1000, as in DiT) -> `[B, dim]`, cos first.
+
+  Angles reach 1000 rad, where one float32 ulp of a frequency moves the angle by ~6e-5. The
+  frequencies are rounded as diffusers' `get_timestep_embedding` rounds them (a float32 exponent,
+  then exp), computed once in NumPy, so Wan's embedding matches the reference to float32 rounding.
+  """
   half = dim // 2
-  freqs = jnp.exp(-math.log(max_period) * jnp.arange(half, dtype=jnp.float32) / half)
-  args = 1000.0 * t.astype(jnp.float32)[:, None] * freqs[None, :]
+  exponent = np.float32(-math.log(max_period)) * np.arange(half, dtype=np.float32) / np.float32(half)
+  freqs = np.exp(exponent.astype(np.float64)).astype(np.float32)
+  args = (1000.0 * t.astype(jnp.float32))[:, None] * freqs[None, :]
   return jnp.concatenate([jnp.cos(args), jnp.sin(args)], axis=-1)
 
 
@@ -126,3 +132,37 @@ class Mlp(nn.Module):
     h = nn.with_logical_constraint(nn.gelu(h, approximate=True), ("batch", "length", "mlp"))
     return LoRADense(cfg.width, ("mlp", "embed"), use_lora=cfg.lora.applies_to("mlp_out"),
                      name="fc_out", **kw)(h)
+
+
+def remat_block(block: type[nn.Module], cfg) -> type[nn.Module]:
+  """`block` wrapped in `nn.remat` with `cfg.remat_policy` ('none', 'full' or a
+  `jax.checkpoint_policies` name)."""
+  if cfg.remat_policy == "none":
+    return block
+  if cfg.remat_policy == "full":
+    policy = None
+  elif hasattr(jax.checkpoint_policies, cfg.remat_policy):
+    policy = getattr(jax.checkpoint_policies, cfg.remat_policy)
+  else:
+    raise ValueError(f"remat_policy={cfg.remat_policy!r}: expected 'none', 'full' or a name in "
+                     "jax.checkpoint_policies")
+  return nn.remat(block, policy=policy, prevent_cse=not cfg.scan_layers)
+
+
+def run_blocks(block: type[nn.Module], cfg, lora_enabled: bool, h: Array, args: tuple) -> Array:
+  """Applies `cfg.depth` blocks `block(cfg, lora_enabled)(h, *args) -> (h, None)` to tokens `h`.
+
+  Call inside a compact `__call__`. Looped blocks are named `block_{i}`; with `cfg.scan_layers`
+  one `nn.scan` named `blocks` holds every variable with a leading layer axis (`model/layout.py`
+  converts between the two).
+  """
+  block = remat_block(block, cfg)
+  if cfg.scan_layers:
+    blocks = nn.scan(block, variable_axes={"params": 0, "lora": 0},
+                     split_rngs={"params": True}, in_axes=(nn.broadcast,) * len(args),
+                     length=cfg.depth, metadata_params={nn.PARTITION_NAME: "layers"})
+    h, _ = blocks(cfg, lora_enabled, name="blocks")(h, *args)
+  else:
+    for i in range(cfg.depth):
+      h, _ = block(cfg, lora_enabled, name=f"block_{i}")(h, *args)
+  return h

@@ -1,0 +1,35 @@
+"""Config -> model and data source: the pieces every task builds (train, pairs, evaluate, ...).
+
+`config.model.family` picks the model family ('dit': VideoDiT, 'wan': Wan 2.1); `config.model.preset`
+a size within it; any other non-None `config.model.*` field overrides the preset.
+"""
+from __future__ import annotations
+
+import ml_collections
+
+from densedpo_jax.data import arrayrecord_io, tfds_builder
+from densedpo_jax.model import LoRAConfig, ModelConfig, get_model_config
+
+
+def model_config(config: ml_collections.ConfigDict) -> ModelConfig:
+  """The model config of a run: `config.model` (family, preset, overrides) and `config.lora`.
+
+  A field the family does not have (e.g. `ffn_dim` for 'dit') is an error naming it.
+  """
+  fields = config.model.to_dict()
+  family, preset = fields.pop("family", "dit"), fields.pop("preset")
+  overrides = {k: v for k, v in fields.items() if v is not None}
+  if "patch_size" in overrides:
+    overrides["patch_size"] = tuple(overrides["patch_size"])
+  lora = LoRAConfig(rank=config.lora.rank, alpha=config.lora.alpha,
+                    targets=tuple(config.lora.targets))
+  return get_model_config(family, preset, lora=lora, **overrides)
+
+
+def make_source(data: ml_collections.ConfigDict):
+  """The random-access record source named by `config.data`."""
+  if data.kind == "shapesworld":
+    return tfds_builder.shapesworld_source(data.split, data_dir=data.path or None)
+  if data.kind in ("pairs", "videos"):
+    return arrayrecord_io.ShardedSource(data.path, data.name)
+  raise ValueError(f"config.data.kind={data.kind!r}; expected 'pairs', 'videos' or 'shapesworld'")

@@ -1,0 +1,100 @@
+"""Export a trained run to diffusers: the LoRA adapter (PEFT layout) or the merged transformer.
+
+    python -m densedpo_jax.export --workdir=RUN --format=diffusers-lora --out=FILE.safetensors
+    python -m densedpo_jax.export --workdir=RUN --format=diffusers --out=DIR
+
+The adapter loads with `WanPipeline.load_lora_weights(FILE)` (rank, alpha and target modules in
+the file's `lora_adapter_metadata`); DIR loads with `WanTransformer3DModel.from_pretrained(DIR)`.
+The adapter is the run's EMA when it kept one, else its trained LoRA, as in its exported params.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+
+import numpy as np
+
+from densedpo_jax import checkpointing
+from densedpo_jax.interop import wan_weights
+from densedpo_jax.model import WanConfig, family_of, pretrained
+
+FORMATS = ("diffusers-lora", "diffusers")
+WEIGHTS_NAME = "diffusion_pytorch_model"
+
+
+def _wan_config(workdir: str) -> WanConfig:
+  cfg = pretrained.read_model_json(workdir)
+  if family_of(cfg) != "wan":
+    raise ValueError(f"{workdir}: the run trained a {family_of(cfg)!r} model; only Wan 2.1 "
+                     "('wan') has a diffusers counterpart")
+  return cfg
+
+
+def _save_safetensors(tensors: dict[str, np.ndarray], path: str, metadata: dict[str, str]) -> None:
+  from safetensors.numpy import save_file
+  tmp = path + ".tmp"
+  save_file(tensors, tmp, metadata=metadata)
+  os.replace(tmp, path)  # Never a half-written file under the final name.
+
+
+def export_lora(workdir: str, out: str, step: int | None = None) -> dict:
+  """Writes the run's adapter as a PEFT/diffusers LoRA file; returns a summary."""
+  cfg = _wan_config(workdir)
+  if cfg.lora.rank == 0:
+    raise ValueError(f"{workdir}: the run has no LoRA adapter (lora.rank = 0)")
+  step, state = checkpointing.read_item(workdir, "state", step)
+  lora = state.get("ema") or state["trainable"]
+  tensors, metadata = wan_weights.lora_to_peft(lora, cfg)
+  _save_safetensors(tensors, out, {"format": "pt",
+                                   "lora_adapter_metadata": json.dumps(metadata, sort_keys=True)})
+  return {"step": step, "tensors": len(tensors), "rank": cfg.lora.rank,
+          "alpha": metadata["transformer.lora_alpha"], "out": out}
+
+
+def export_merged(workdir: str, out: str, step: int | None = None, dtype: str = "float32",
+                  max_shard_bytes: int = 5 * 2**30) -> dict:
+  """Writes the run's exported params (adapter folded in) as a diffusers transformer folder."""
+  cfg = _wan_config(workdir)
+  step, params = checkpointing.read_item(workdir, "params", step)
+  state_dict = {k: v.astype(np.dtype(dtype)) for k, v in wan_weights.to_diffusers(params, cfg).items()}
+  os.makedirs(out, exist_ok=True)
+  with open(os.path.join(out, "config.json"), "w") as f:
+    json.dump(wan_weights.diffusers_config(cfg), f, indent=1)
+  shards, current, size = [], {}, 0
+  for key, value in state_dict.items():
+    if current and size + value.nbytes > max_shard_bytes:
+      shards.append(current)
+      current, size = {}, 0
+    current[key], size = value, size + value.nbytes
+  shards.append(current)
+  if len(shards) == 1:
+    _save_safetensors(shards[0], os.path.join(out, f"{WEIGHTS_NAME}.safetensors"), {"format": "pt"})
+  else:
+    weight_map = {}
+    for i, shard in enumerate(shards):
+      name = f"{WEIGHTS_NAME}-{i + 1:05d}-of-{len(shards):05d}.safetensors"
+      _save_safetensors(shard, os.path.join(out, name), {"format": "pt"})
+      weight_map.update({k: name for k in shard})
+    with open(os.path.join(out, f"{WEIGHTS_NAME}.safetensors.index.json"), "w") as f:
+      json.dump({"metadata": {"total_size": sum(v.nbytes for v in state_dict.values())},
+                 "weight_map": weight_map}, f, indent=1)
+  return {"step": step, "tensors": len(state_dict), "files": len(shards), "out": out}
+
+
+def main(argv=None) -> None:
+  parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+  parser.add_argument("--workdir", required=True, help="the run's workdir")
+  parser.add_argument("--format", required=True, choices=FORMATS)
+  parser.add_argument("--out", required=True, help="FILE.safetensors (diffusers-lora) or DIR")
+  parser.add_argument("--step", type=int, default=None, help="checkpoint step (default: latest)")
+  parser.add_argument("--dtype", default="float32", choices=("float32", "bfloat16"),
+                      help="merged weights' dtype (diffusers format)")
+  args = parser.parse_args(argv)
+  if args.format == "diffusers-lora":
+    s = export_lora(args.workdir, args.out, args.step)
+    print(f"step {s['step']}: {s['tensors']} LoRA tensors (rank {s['rank']}, alpha {s['alpha']}) "
+          f"-> {s['out']}")
+  else:
+    s = export_merged(args.workdir, args.out, args.step, args.dtype)
+    print(f"step {s['step']}: {s['tensors']} tensors in {s['files']} file(s) -> {s['out']}")

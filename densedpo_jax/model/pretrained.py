@@ -1,0 +1,161 @@
+"""Pretrained weights on disk: the project's params directories, and diffusers folders.
+
+A params directory holds `checkpoints/<step>/params`, the Orbax item that every run's checkpoint
+has (`checkpointing.py`), and a `model.json` naming the model config (written by runs and by
+`python -m densedpo_jax.convert`). `config.init_from` and `load_pretrained` accept a run's workdir,
+its `checkpoints` folder, one step folder, or a diffusers `transformer/` folder; the last is
+converted on the fly by `interop/wan_weights.py`, which reads safetensors and needs no torch.
+"""
+from __future__ import annotations
+
+import importlib
+import json
+import os
+from typing import Any
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+import numpy as np
+import orbax.checkpoint as ocp
+from flax import traverse_util
+
+from densedpo_jax.model.config import LoRAConfig, ModelConfig
+from densedpo_jax.model.registry import (abstract_variables, build, config_from_dict,
+                                         config_to_dict)
+
+MODEL_JSON = "model.json"
+
+
+def _wan_weights():
+  # Imported only when a path is a diffusers folder, so training never loads interop otherwise.
+  return importlib.import_module("densedpo_jax.interop.wan_weights")
+
+
+def is_diffusers_folder(path: str) -> bool:
+  """A diffusers model folder: `config.json` beside one or more `*.safetensors` files."""
+  return (os.path.isfile(os.path.join(path, "config.json"))
+          and any(f.endswith(".safetensors") for f in os.listdir(path)))
+
+
+def abstract_params(cfg: ModelConfig) -> Any:
+  """`jax.ShapeDtypeStruct` tree of the (boxed) `'params'` of `build(cfg)`, allocating nothing."""
+  return abstract_variables(cfg)["params"]
+
+
+def _place(params: Any, target: Any, source: str) -> Any:
+  """Numpy `params` onto the shapes, dtypes and shardings of `target` (ShapeDtypeStruct tree)."""
+  flat, want = traverse_util.flatten_dict(params), traverse_util.flatten_dict(target)
+  if set(flat) != set(want):
+    missing = sorted("/".join(k) for k in set(want) - set(flat))
+    extra = sorted("/".join(k) for k in set(flat) - set(want))
+    raise ValueError(f"{source}: parameters do not match the model: missing {missing[:5]}, "
+                     f"unexpected {extra[:5]}")
+  out = {}
+  for k, spec in want.items():
+    if tuple(flat[k].shape) != tuple(spec.shape):
+      raise ValueError(f"{source}: {'/'.join(k)} has shape {tuple(flat[k].shape)}; the model "
+                       f"expects {tuple(spec.shape)}")
+    value = np.asarray(flat[k]).astype(spec.dtype)
+    sharding = getattr(spec, "sharding", None)
+    out[k] = jax.device_put(value, sharding) if sharding is not None else jnp.asarray(value)
+  return traverse_util.unflatten_dict(out)
+
+
+def _checkpoint_dir(path: str) -> tuple[str, int | None]:
+  """`(checkpoints folder, step or None)` of a workdir, checkpoints folder or step folder."""
+  path = os.path.abspath(path)
+  if os.path.isdir(os.path.join(path, "params")) and os.path.basename(path).isdigit():
+    return os.path.dirname(path), int(os.path.basename(path))
+  if os.path.isdir(os.path.join(path, "checkpoints")):
+    return os.path.join(path, "checkpoints"), None
+  return path, None
+
+
+def read_params(path: str, target: Any, cfg: ModelConfig | None = None,
+                step: int | None = None) -> Any:
+  """Reads pretrained params onto the shapes, dtypes and shardings of `target`.
+
+  Args:
+    path: a run's workdir, its `checkpoints` folder, one step folder (`.../checkpoints/1200`),
+      or a diffusers folder (needs `cfg`, the model the weights are converted for).
+    target: `jax.ShapeDtypeStruct` tree (with shardings) of the expected params.
+    cfg: the model config, for diffusers folders (layout and family).
+    step: which checkpoint step; default the latest.
+  """
+  if os.path.isdir(path) and is_diffusers_folder(path):
+    if cfg is None:
+      raise ValueError(f"init_from: {path} is a diffusers folder; a model config is needed to "
+                       "convert it")
+    return _place(_wan_weights().load_diffusers(path, cfg), target, path)
+  directory, found_step = _checkpoint_dir(path)
+  step = found_step if step is None else step
+  if not os.path.isdir(directory):
+    raise FileNotFoundError(f"init_from: no checkpoint directory at {directory}")
+  manager = ocp.CheckpointManager(directory, options=ocp.CheckpointManagerOptions(read_only=True),
+                                  item_names=("params",))
+  step = manager.latest_step() if step is None else step
+  try:
+    if step is None or step not in manager.all_steps():
+      raise FileNotFoundError(f"init_from: no checkpoint step {step} under {directory} "
+                              f"(found steps {list(manager.all_steps())})")
+    restored = manager.restore(step, args=ocp.args.Composite(
+        params=ocp.args.StandardRestore(target)))
+  except (ValueError, KeyError) as e:
+    raise ValueError(f"init_from: the params in {directory}/{step} do not match the model config "
+                     f"(different family, preset, patch size or scan_layers?): {e}") from e
+  finally:
+    manager.close()
+  return restored["params"]
+
+
+def write_model_json(directory: str, cfg: ModelConfig) -> None:
+  """Records the model config of a run or params directory, LoRA settings included (the adapter
+  exporter reads them; exported params have the adapter folded in)."""
+  os.makedirs(directory, exist_ok=True)
+  with open(os.path.join(directory, MODEL_JSON), "w") as f:
+    json.dump(config_to_dict(cfg), f, indent=1)
+
+
+def read_model_json(path: str) -> ModelConfig:
+  """The config in `model.json` of a params directory (or of the workdir above a step folder)."""
+  directory, _ = _checkpoint_dir(path)
+  for candidate in (path, os.path.dirname(directory)):
+    file = os.path.join(candidate, MODEL_JSON)
+    if os.path.isfile(file):
+      with open(file) as f:
+        return config_from_dict(json.load(f))
+  raise FileNotFoundError(f"{path}: no {MODEL_JSON} (written by runs and by "
+                          "`python -m densedpo_jax.convert`); pass the model config explicitly")
+
+
+def save_params(directory: str, params: Any, cfg: ModelConfig, step: int = 0) -> str:
+  """Writes `params` as `<directory>/checkpoints/<step>/params` plus `model.json`; returns the
+  checkpoints folder. `config.init_from=<directory>` and `load_pretrained` read it."""
+  write_model_json(directory, cfg)
+  path = os.path.join(os.path.abspath(directory), "checkpoints")
+  manager = ocp.CheckpointManager(path, options=ocp.CheckpointManagerOptions(create=True),
+                                  item_names=("params",))
+  manager.save(step, args=ocp.args.Composite(params=ocp.args.StandardSave(params)), force=True)
+  manager.wait_until_finished()
+  manager.close()
+  return path
+
+
+def load_pretrained(path: str, **overrides: Any) -> tuple[nn.Module, dict[str, Any]]:
+  """`(module, variables)` of pretrained weights, ready for `module.apply(variables, x, t, text, mask)`.
+
+  Args:
+    path: a diffusers `transformer/` folder, a folder written by `python -m densedpo_jax.convert`,
+      or a run's workdir (its exported params: LoRA already folded in).
+    **overrides: config fields to change, e.g. `dtype='bfloat16'`, `scan_layers=True`.
+  """
+  if os.path.isdir(path) and is_diffusers_folder(path):
+    cfg = _wan_weights().read_config(path)
+  else:
+    cfg = read_model_json(path)
+  cfg = cfg.replace(lora=LoRAConfig()).replace(**overrides)
+  device = jax.sharding.SingleDeviceSharding(jax.local_devices()[0])
+  target = jax.tree_util.tree_map(lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=device),
+                                  nn.unbox(abstract_params(cfg)))
+  return build(cfg), {"params": read_params(path, target, cfg)}
