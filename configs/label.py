@@ -2,6 +2,7 @@
 
   segment (default)  per-segment judge comparison with a tie margin: the dense "human"
   global             whole-video preference from total artifacts: the motion-biased "human"
+  jsonl              attach a JSONL label file (people, a VLM, another team): --config.label.file
 """
 import ml_collections
 
@@ -25,4 +26,6 @@ def get_config(arg=None):
   c.label.in_name = "pairs"
   c.label.out_dir = "workdirs/pairs_guided"
   c.label.out_name = f"pairs_{labeler}"
+  c.label.file = ""  # labeler=jsonl: the label file (data/labels_io.py format).
+  c.label.source = "human"  # labeler=jsonl: provenance stored on the labeled pairs.
   return c

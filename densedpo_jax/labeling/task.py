@@ -1,4 +1,5 @@
-"""task=label: label a pair dataset with a ShapesWorld oracle and report the label statistics."""
+"""task=label: label a pair dataset (a ShapesWorld oracle, or a JSONL label file) and report the
+label statistics."""
 from __future__ import annotations
 
 import json
@@ -7,7 +8,7 @@ import os
 import ml_collections
 from absl import logging
 
-from densedpo_jax.data import arrayrecord_io, summary
+from densedpo_jax.data import arrayrecord_io, labels_io, summary
 from densedpo_jax.labeling.oracle import GlobalOracle, Labeler, SegmentOracle, label_dataset
 
 LABELERS = {"segment": SegmentOracle, "global": GlobalOracle}
@@ -37,7 +38,18 @@ def _check_existing(spec: ml_collections.ConfigDict) -> None:
 
 def label_pairs(spec: ml_collections.ConfigDict) -> dict:
   """Labels `spec.in_dir/in_name` (its first `spec.max_pairs` pairs; 0: all) into
-  `spec.out_dir/out_name` (skipped when it exists)."""
+  `spec.out_dir/out_name` (skipped when it exists). `labeler=jsonl` imports `spec.file` instead
+  (every time: the file may have grown), reporting every bad or unknown line by number."""
+  if spec.labeler == "jsonl":
+    if not spec.file:
+      raise ValueError("config.label.labeler='jsonl' needs config.label.file (a JSONL label file)")
+    counts = labels_io.import_labels(spec.file, spec.in_dir, spec.in_name, spec.out_dir,
+                                     spec.out_name, labeler=spec.source,
+                                     labeler_params={"file": os.path.abspath(spec.file)})
+    print(f"labels from {spec.file}: {counts['labeled']} pairs labeled, {counts['unchanged']} "
+          "without a line")
+    print(summary.format_summary(summary.summarize(spec.out_dir, spec.out_name)))
+    return counts
   if os.path.exists(arrayrecord_io.sidecar_path(spec.out_dir, spec.out_name)):
     _check_existing(spec)
     logging.info("Labels %s/%s already exist: skipping labeling.", spec.out_dir, spec.out_name)

@@ -1,0 +1,92 @@
+"""The Wan 2.1 VAE and umT5 text encoder (PyTorch, from a diffusers checkpoint folder).
+
+    encoders = WanEncoders("Wan2.1-T2V-1.3B-Diffusers")      # its vae/, text_encoder/, tokenizer/
+    latents = encoders.encode_videos(videos)     # uint8 [B, F, H, W, 3] -> [B, 1 + (F-1)/4, H/8, W/8, 16]
+    videos = encoders.decode_latents(latents)    # the inverse, uint8
+    emb, lengths = encoders.embed_prompts(prompts)   # [B, 512, 4096] zero-padded past each length
+
+Latents are normalised as the Wan pipeline expects them: `(mode - latents_mean) / latents_std`,
+per channel, with the mean/std of the VAE's config (the published values). Prompts are cleaned,
+tokenised to 512 tokens and embedded exactly as `WanPipeline._get_t5_prompt_embeds` does. The VAE
+and umT5 stay in PyTorch (maxdiffusion keeps umT5 there as well); they run on the GPU when there is
+one.
+"""
+from __future__ import annotations
+
+import numpy as np
+
+MAX_TEXT_TOKENS = 512  # The Wan pipeline's max_sequence_length.
+
+
+class WanEncoders:
+  """Loads whichever of the VAE and the text encoder are asked for; float32 by default."""
+
+  def __init__(self, weights: str, *, vae: bool = True, text: bool = True,
+               device: str | None = None, dtype: str = "float32"):
+    import torch
+    from diffusers import AutoencoderKLWan
+    from transformers import AutoTokenizer, UMT5EncoderModel
+    self.torch = torch
+    self.device = device or ("cuda" if torch.cuda.is_available() else "cpu")
+    self.dtype = getattr(torch, dtype)
+    self.vae = self.tokenizer = self.text_encoder = None
+    if vae:
+      self.vae = AutoencoderKLWan.from_pretrained(weights, subfolder="vae", torch_dtype=self.dtype)
+      self.vae.to(self.device).eval()
+      c = self.vae.config
+      self.temporal_factor, self.spatial_factor = c.scale_factor_temporal, c.scale_factor_spatial
+      self.mean = torch.tensor(c.latents_mean, dtype=torch.float32).view(1, -1, 1, 1, 1)
+      self.std = torch.tensor(c.latents_std, dtype=torch.float32).view(1, -1, 1, 1, 1)
+    if text:
+      self.tokenizer = AutoTokenizer.from_pretrained(weights, subfolder="tokenizer")
+      self.text_encoder = UMT5EncoderModel.from_pretrained(weights, subfolder="text_encoder",
+                                                           torch_dtype=self.dtype)
+      self.text_encoder.to(self.device).eval()
+
+  # Video.
+
+  def encode_videos(self, videos: np.ndarray) -> np.ndarray:
+    """uint8 `[B, F, H, W, 3]` (F = 1 + 4k; H, W multiples of 16) -> normalised float32 latents
+    `[B, 1 + k, H/8, W/8, 16]`, channels last."""
+    torch = self.torch
+    x = torch.from_numpy(np.ascontiguousarray(videos)).permute(0, 4, 1, 2, 3)
+    x = (x.float() / 127.5 - 1.0).to(self.device, self.dtype)
+    with torch.no_grad():
+      mode = self.vae.encode(x).latent_dist.mode().float().cpu()
+    z = (mode - self.mean) / self.std
+    return z.permute(0, 2, 3, 4, 1).numpy()
+
+  def decode_latents(self, latents: np.ndarray) -> np.ndarray:
+    """Normalised latents `[B, T', h, w, 16]` -> uint8 videos `[B, 1 + 4 (T'-1), 8h, 8w, 3]`."""
+    torch = self.torch
+    z = torch.from_numpy(np.asarray(latents, np.float32)).permute(0, 4, 1, 2, 3)
+    z = (z * self.std + self.mean).to(self.device, self.dtype)
+    with torch.no_grad():
+      video = self.vae.decode(z, return_dict=False)[0].float().cpu()
+    video = ((video.clamp(-1, 1) + 1) * 127.5).round().to(torch.uint8)
+    return video.permute(0, 2, 3, 4, 1).numpy()
+
+  # Text.
+
+  def _tokenize(self, prompts: list[str]):
+    from diffusers.pipelines.wan.pipeline_wan import prompt_clean
+    return self.tokenizer([prompt_clean(p) for p in prompts], padding="max_length",
+                          max_length=MAX_TEXT_TOKENS, truncation=True, add_special_tokens=True,
+                          return_attention_mask=True, return_tensors="pt")
+
+  def token_lengths(self, prompts: list[str]) -> list[int]:
+    """Real token counts (end token included, at most 512) of each prompt."""
+    return self._tokenize(prompts).attention_mask.sum(1).tolist()
+
+  def embed_prompts(self, prompts: list[str]) -> tuple[np.ndarray, list[int]]:
+    """float32 `[B, 512, D]` umT5 embeddings, zero past each prompt's length, and the lengths."""
+    torch = self.torch
+    tokens = self._tokenize(prompts)
+    with torch.no_grad():
+      emb = self.text_encoder(tokens.input_ids.to(self.device),
+                              tokens.attention_mask.to(self.device)).last_hidden_state
+    emb = emb.float().cpu().numpy()
+    lengths = tokens.attention_mask.sum(1).tolist()
+    for row, n in zip(emb, lengths):
+      row[n:] = 0.0
+    return emb, lengths

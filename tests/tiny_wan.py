@@ -1,0 +1,41 @@
+"""A Wan 2.1 diffusers folder of tiny random models, built from configs (no download): `vae/`
+(AutoencoderKLWan, diffusers' own test config), `text_encoder/` (UMT5EncoderModel), `tokenizer/`
+(a word-level tokenizer built here) and `transformer/` (WanTransformer3DModel)."""
+import os
+
+TEXT_DIM = 32
+WORDS = ("a red blue green circle square triangle moves left right up down fast slowly the ball "
+         "dog runs jumps in park").split()
+
+
+def build_tokenizer(path: str):
+  from tokenizers import Tokenizer, models, pre_tokenizers, processors
+  from transformers import PreTrainedTokenizerFast
+  vocab = {"<pad>": 0, "</s>": 1, "<unk>": 2, **{w: i + 3 for i, w in enumerate(WORDS)}}
+  tok = Tokenizer(models.WordLevel(vocab, unk_token="<unk>"))
+  tok.pre_tokenizer = pre_tokenizers.Whitespace()
+  tok.post_processor = processors.TemplateProcessing(single="$A </s>", special_tokens=[("</s>", 1)])
+  fast = PreTrainedTokenizerFast(tokenizer_object=tok, pad_token="<pad>", eos_token="</s>",
+                                 unk_token="<unk>")
+  fast.save_pretrained(path)
+  return len(vocab)
+
+
+def build_wan_folder(root: str, seed: int = 0) -> str:
+  """Writes the folder and returns its path."""
+  import torch
+  from diffusers import AutoencoderKLWan, WanTransformer3DModel
+  from transformers import UMT5Config, UMT5EncoderModel
+  torch.manual_seed(seed)
+  vocab = build_tokenizer(os.path.join(root, "tokenizer"))
+  AutoencoderKLWan(base_dim=3, z_dim=16, dim_mult=[1, 1, 1, 1], num_res_blocks=1,
+                   temperal_downsample=[False, True, True]).save_pretrained(os.path.join(root, "vae"))
+  UMT5EncoderModel(UMT5Config(vocab_size=vocab, d_model=TEXT_DIM, d_kv=8, d_ff=64, num_layers=2,
+                              num_heads=4, relative_attention_num_buckets=8)).save_pretrained(
+                                  os.path.join(root, "text_encoder"))
+  WanTransformer3DModel(patch_size=(1, 2, 2), num_attention_heads=2, attention_head_dim=12,
+                        in_channels=16, out_channels=16, text_dim=TEXT_DIM, freq_dim=256,
+                        ffn_dim=32, num_layers=2, cross_attn_norm=True,
+                        qk_norm="rms_norm_across_heads", rope_max_seq_len=32).save_pretrained(
+                            os.path.join(root, "transformer"))
+  return root
