@@ -35,6 +35,7 @@ setup(
         # (`pip install torch==2.13.0` here: the CPU build), or pip pulls a CUDA build.
         "interop": ["torch>=2.4", "diffusers>=0.35", "transformers>=4.50", "safetensors>=0.4.3",
                     "peft>=0.15", "av>=12", "sentencepiece>=0.2", "tokenizers>=0.19"],
+        "encode": ["densedpo_jax[interop]"],  # The name the data-bridge docs use.
         "tpu": ["jax[tpu]"],
         "cuda": ["jax[cuda12]"],
     },

@@ -12,8 +12,8 @@ import jax
 import jax.numpy as jnp
 
 from densedpo_jax.model.config import DiTConfig
-from densedpo_jax.model.layers import (Attention, Mlp, patchify, rope_3d, run_blocks,
-                                       timestep_embedding, unpatchify)
+from densedpo_jax.model.layers import (Attention, Mlp, check_inputs, patchify, rope_3d,
+                                       run_blocks, timestep_embedding, unpatchify)
 from densedpo_jax.model.lora import LoRADense
 
 Array = jax.Array
@@ -132,16 +132,4 @@ class VideoDiT(nn.Module):
     return out.astype(x.dtype)
 
   def _check_inputs(self, x, t, text, text_mask):
-    cfg = self.cfg
-    if x.ndim != 5 or x.shape[-1] != cfg.in_channels:
-      raise ValueError(f"VideoDiT: x has shape {x.shape}; expected [B, T, H, W, C] with "
-                       f"C = in_channels = {cfg.in_channels}")
-    b = x.shape[0]
-    if t.shape != (b,):
-      raise ValueError(f"VideoDiT: t has shape {t.shape}; expected [B] = ({b},)")
-    if text.ndim != 3 or text.shape[0] != b or text.shape[-1] != cfg.text_dim:
-      raise ValueError(f"VideoDiT: text has shape {text.shape}; expected [B, L, text_dim] = "
-                       f"({b}, L, {cfg.text_dim})")
-    if text_mask.shape != text.shape[:2]:
-      raise ValueError(f"VideoDiT: text_mask has shape {text_mask.shape}; expected [B, L] = "
-                       f"{text.shape[:2]}")
+    check_inputs("VideoDiT", self.cfg, x, t, text, text_mask)

@@ -118,9 +118,11 @@ class Attention(nn.Module):
 
 
 class Mlp(nn.Module):
-  """`width -> mlp_dim -> width` with tanh-GELU."""
+  """`width -> mlp_dim -> width` with tanh-GELU; `names` of the two projections (Wan keeps
+  diffusers' `net_0`, `net_2`)."""
   cfg: DiTConfig
   lora_enabled: bool = True
+  names: tuple[str, str] = ("fc_in", "fc_out")
 
   @nn.compact
   def __call__(self, x: Array) -> Array:
@@ -128,10 +130,26 @@ class Mlp(nn.Module):
     kw = dict(lora=cfg.lora, lora_enabled=self.lora_enabled, dtype=cfg.dtype,
               param_dtype=cfg.param_dtype)
     h = LoRADense(cfg.mlp_dim, ("embed", "mlp"), use_lora=cfg.lora.applies_to("mlp_in"),
-                  name="fc_in", **kw)(x)
+                  name=self.names[0], **kw)(x)
     h = nn.with_logical_constraint(nn.gelu(h, approximate=True), ("batch", "length", "mlp"))
     return LoRADense(cfg.width, ("mlp", "embed"), use_lora=cfg.lora.applies_to("mlp_out"),
-                     name="fc_out", **kw)(h)
+                     name=self.names[1], **kw)(h)
+
+
+def check_inputs(model: str, cfg, x: Array, t: Array, text: Array, text_mask: Array) -> None:
+  """Shape checks shared by the models' calls; errors name the argument and the expected shape."""
+  if x.ndim != 5 or x.shape[-1] != cfg.in_channels:
+    raise ValueError(f"{model}: x has shape {x.shape}; expected [B, T, H, W, C] with "
+                     f"C = in_channels = {cfg.in_channels}")
+  b = x.shape[0]
+  if t.shape != (b,):
+    raise ValueError(f"{model}: t has shape {t.shape}; expected [B] = ({b},)")
+  if text.ndim != 3 or text.shape[0] != b or text.shape[-1] != cfg.text_dim:
+    raise ValueError(f"{model}: text has shape {text.shape}; expected [B, L, text_dim] = "
+                     f"({b}, L, {cfg.text_dim})")
+  if text_mask.shape != text.shape[:2]:
+    raise ValueError(f"{model}: text_mask has shape {text_mask.shape}; expected [B, L] = "
+                     f"{text.shape[:2]}")
 
 
 def remat_block(block: type[nn.Module], cfg) -> type[nn.Module]:

@@ -22,8 +22,8 @@ import jax
 import jax.numpy as jnp
 
 from densedpo_jax.model.config import WanConfig
-from densedpo_jax.model.layers import (attention, patchify, rope_3d, run_blocks,
-                                       timestep_embedding, unpatchify)
+from densedpo_jax.model.layers import (Mlp, attention, check_inputs, patchify, rope_3d,
+                                       run_blocks, timestep_embedding, unpatchify)
 from densedpo_jax.model.lora import LoRADense
 
 Array = jax.Array
@@ -91,23 +91,6 @@ class WanAttention(nn.Module):
     return self._dense("out", ("heads", "embed"))(out.reshape(out.shape[:2] + (cfg.width,)))
 
 
-class WanFeedForward(nn.Module):
-  """`D -> ffn_dim -> D` with tanh-GELU (diffusers `FeedForward`: `net.0.proj`, `net.2`)."""
-  cfg: WanConfig
-  lora_enabled: bool = True
-
-  @nn.compact
-  def __call__(self, x: Array) -> Array:
-    cfg = self.cfg
-    kw = dict(lora=cfg.lora, lora_enabled=self.lora_enabled, dtype=cfg.dtype,
-              param_dtype=cfg.param_dtype)
-    h = LoRADense(cfg.ffn_dim, ("embed", "mlp"), use_lora=cfg.lora.applies_to("mlp_in"),
-                  name="net_0", **kw)(x)
-    h = nn.with_logical_constraint(nn.gelu(h, approximate=True), ("batch", "length", "mlp"))
-    return LoRADense(cfg.width, ("mlp", "embed"), use_lora=cfg.lora.applies_to("mlp_out"),
-                     name="net_2", **kw)(h)
-
-
 class WanBlock(nn.Module):
   """One Wan block. Returns `(x, None)` so the same module serves a loop and `nn.scan`."""
   cfg: WanConfig
@@ -131,7 +114,7 @@ class WanBlock(nn.Module):
     x = x + WanAttention(cfg, "cross", self.lora_enabled, name="attn2")(h, context, mask=mask)
 
     h = (_layer_norm(cfg, "norm3", False)(x.astype(F32)) * (1 + scale2) + shift2).astype(dtype)
-    h = WanFeedForward(cfg, self.lora_enabled, name="ffn")(h)
+    h = Mlp(cfg, self.lora_enabled, names=("net_0", "net_2"), name="ffn")(h)  # diffusers FeedForward.
     x = nn.with_logical_constraint((x.astype(F32) + h.astype(F32) * gate2).astype(dtype), TOKENS)
     return x, None
 
@@ -238,19 +221,7 @@ class WanTransformer(nn.Module):
     return out.astype(x.dtype)
 
   def _check_inputs(self, x, t, text, text_mask):
-    cfg = self.cfg
-    if x.ndim != 5 or x.shape[-1] != cfg.in_channels:
-      raise ValueError(f"WanTransformer: x has shape {x.shape}; expected [B, F, H, W, C] with "
-                       f"C = in_channels = {cfg.in_channels}")
-    b = x.shape[0]
-    if t.shape != (b,):
-      raise ValueError(f"WanTransformer: t has shape {t.shape}; expected [B] = ({b},)")
-    if text.ndim != 3 or text.shape[0] != b or text.shape[-1] != cfg.text_dim:
-      raise ValueError(f"WanTransformer: text has shape {text.shape}; expected [B, L, text_dim] = "
-                       f"({b}, L, {cfg.text_dim})")
-    if text.shape[1] > cfg.text_len:
+    check_inputs("WanTransformer", self.cfg, x, t, text, text_mask)
+    if text.shape[1] > self.cfg.text_len:
       raise ValueError(f"WanTransformer: text has {text.shape[1]} tokens; at most text_len = "
-                       f"{cfg.text_len} (the Wan pipeline's max_sequence_length)")
-    if text_mask.shape != text.shape[:2]:
-      raise ValueError(f"WanTransformer: text_mask has shape {text_mask.shape}; expected [B, L] = "
-                       f"{text.shape[:2]}")
+                       f"{self.cfg.text_len} (the Wan pipeline's max_sequence_length)")
