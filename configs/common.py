@@ -52,6 +52,9 @@ def base() -> ml_collections.ConfigDict:
   c.data.read_threads = 2
   c.data.prefetch = 16
   c.data.min_nontie_frac = 0.2
+  # Share of the dataset's records that may be unreadable (corrupt bytes, a truncated shard) and
+  # are then skipped and counted; 0: the first one stops the run, naming its shard and record.
+  c.data.max_unreadable_share = 0.0
 
   c.optim = ml_collections.ConfigDict()
   c.optim.lr = 1e-4

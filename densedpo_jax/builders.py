@@ -31,5 +31,6 @@ def make_source(data: ml_collections.ConfigDict):
   if data.kind == "shapesworld":
     return tfds_builder.shapesworld_source(data.split, data_dir=data.path or None)
   if data.kind in ("pairs", "videos"):
-    return arrayrecord_io.ShardedSource(data.path, data.name)
+    return arrayrecord_io.ShardedSource(data.path, data.name,
+                                        max_unreadable_share=data.max_unreadable_share)
   raise ValueError(f"config.data.kind={data.kind!r}; expected 'pairs', 'videos' or 'shapesworld'")

@@ -3,7 +3,10 @@
 `config.task` selects the job. Configs are locked: overriding a key that does not exist is an
 error naming the key. Run from the repository root (config files import `configs.common`).
 """
+import difflib
+import importlib.util
 import os
+import sys
 
 from absl import app, flags, logging
 from ml_collections import config_flags
@@ -65,6 +68,46 @@ def main(argv):
     task.main(config)
 
 
+def _load_config(spec: str):
+  """The ConfigDict of `path[:arg]`, loaded as config_flags does (for checking overrides)."""
+  path, _, arg = spec.partition(":")
+  module_spec = importlib.util.spec_from_file_location("_config_to_check", path)
+  if module_spec is None or not os.path.isfile(path):
+    raise SystemExit(f"error: --config={spec}: no config file {path!r}")
+  module = importlib.util.module_from_spec(module_spec)
+  module_spec.loader.exec_module(module)
+  return module.get_config(arg) if arg else module.get_config()
+
+
+def check_config_overrides(argv: list[str]) -> str | None:
+  """The one-line error for the first `--config.x=y` whose key the config lacks, else None:
+  it names the key and the closest valid one (absl would print a long traceback)."""
+  spec = next((a.split("=", 1)[1] for a in argv if a.startswith("--config=")), None)
+  if spec is None and "--config" in argv[:-1]:
+    spec = argv[argv.index("--config") + 1]
+  keys = [a[len("--config."):].split("=", 1)[0] for a in argv if a.startswith("--config.")]
+  if spec is None or not keys:
+    return None
+  config = _load_config(spec)
+  for key in keys:
+    node, parts = config, key.split(".")
+    for depth, part in enumerate(parts):
+      children = list(node.keys()) if hasattr(node, "keys") else []
+      if part not in children:
+        prefix = ".".join(parts[:depth])
+        close = difflib.get_close_matches(part, children, n=1, cutoff=0.5)
+        hint = (f"; did you mean {'.'.join(filter(None, [prefix, close[0]]))!r}?" if close else
+                f"; valid keys{' under ' + repr(prefix) if prefix else ''}: {sorted(children)}"
+                if children else f"; {prefix!r} is a value, not a group")
+        return f"error: unknown config key {key!r} for --config={spec}{hint}"
+      node = node[part]
+  return None
+
+
 if __name__ == "__main__":
+  _error = check_config_overrides(sys.argv[1:])
+  if _error:
+    print(_error, file=sys.stderr)
+    sys.exit(2)
   flags.mark_flags_as_required(["config"])
   app.run(main)

@@ -30,15 +30,15 @@ class NonFiniteLossError(FloatingPointError):
   pass
 
 
-def make_dataset(config: ml_collections.ConfigDict):
-  """Per-process batches: a Grain IterDataset (call `iter()` for a checkpointable iterator)."""
+def make_dataset(config: ml_collections.ConfigDict, source):
+  """Per-process batches of `source`: a Grain IterDataset (`iter()` gives a checkpointable
+  iterator)."""
   data = config.data
   if data.batch_size % jax.process_count():
     raise ValueError(f"config.data.batch_size={data.batch_size} is not divisible by "
                      f"{jax.process_count()} processes")
   common = dict(batch_size=data.batch_size // jax.process_count(), seed=config.seed,
                 read_threads=data.read_threads, prefetch_buffer_size=data.prefetch)
-  source = make_source(data)
   if config.loss == "flow_matching":
     return pipeline.video_dataset(source, **common)
   mode = "dense" if config.loss == "dense_dpo" else "global"
@@ -106,7 +106,8 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
                      f"{dict(mesh.shape)}: change the batch size or config.mesh.shape")
 
   # Data.
-  dataset = make_dataset(config)
+  source = make_source(config.data)
+  dataset = make_dataset(config, source)
   data_iter = iter(dataset)
   first_batch = next(iter(dataset))  # A fresh iterator: only for shapes.
 
@@ -182,38 +183,50 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
   if config.profile and jax.process_index() == 0:
     hooks.append(periodic_actions.Profile(logdir=workdir, num_profile_steps=5))
   key = jax.random.key(config.seed + 1)
-  unchecked, summary, history = None, None, {}
+  # Metric windows partition the steps: each closes at a multiple of log_every, at a save and at
+  # the stop, so every step is logged exactly once across restarts (`window_steps` = its length).
+  unchecked, summary, window, history = None, None, 0, {}
   step = start
-  with mesh:
-    while step < config.total_steps and not stop["stop"]:
-      batch = sharding.shard_batch(next(data_iter), mesh)
-      state, metrics = step_fn(state, frozen, batch, key)
-      step += 1
-      for hook in hooks:
-        hook(step)
-      summary = metrics if summary is None else summary.merge(metrics)
-      if unchecked is not None:  # Checked one step late, so the host does not stall the devices.
-        _check_finite(*unchecked)
-      unchecked = (step, metrics)
-      last = step == config.total_steps
-      log = step % config.log_every == 0 or last
-      save = step % config.checkpoint_every == 0 or last or stop["stop"]
-      if log or save:  # Nothing non-finite is logged as good or saved.
-        _check_finite(*unchecked)
-        unchecked = None
-      if log:
-        history[step] = {k: float(v) for k, v in summary.compute().items()}
-        writer.write_scalars(step, history[step])
-        summary = None
-      sample = sampler is not None and (step % config.sample.every == 0 or last)
-      params = export(state) if save or sample else None
-      if save:
-        ckpt.save(step, state, data_iter, params, force=True)
-      if sample:
-        videos = np.asarray(multihost_utils.process_allgather(sampler(params), tiled=True))
-        write_samples(writer, workdir, step, videos, config.sample.fps)
-  ckpt.close()
-  writer.flush()
+  if start:
+    logging.info("Resumed at step %d; the next metric window starts at step %d", start, start + 1)
+  try:
+    with mesh:
+      while step < config.total_steps and not stop["stop"]:
+        batch = sharding.shard_batch(next(data_iter), mesh)
+        state, metrics = step_fn(state, frozen, batch, key)
+        step += 1
+        for hook in hooks:
+          hook(step)
+        summary = metrics if summary is None else summary.merge(metrics)
+        window += 1
+        if unchecked is not None:  # Checked one step late, so the host does not stall the devices.
+          _check_finite(*unchecked)
+        unchecked = (step, metrics)
+        last = step == config.total_steps
+        save = step % config.checkpoint_every == 0 or last or stop["stop"]
+        log = step % config.log_every == 0 or save
+        if log:  # Nothing non-finite is logged as good or saved.
+          _check_finite(*unchecked)
+          unchecked = None
+          history[step] = dict({k: float(v) for k, v in summary.compute().items()},
+                               window_steps=window)
+          if getattr(source, "unreadable", None):  # Skipped (config.data.max_unreadable_share).
+            history[step]["unreadable_records"] = len(source.unreadable)
+          writer.write_scalars(step, history[step])
+          summary, window = None, 0
+        sample = sampler is not None and (step % config.sample.every == 0 or last)
+        params = export(state) if save or sample else None
+        if save:
+          ckpt.save(step, state, data_iter, params, force=True)
+        if sample:
+          videos = np.asarray(multihost_utils.process_allgather(sampler(params), tiled=True))
+          write_samples(writer, workdir, step, videos, config.sample.fps)
+    if stop["stop"]:
+      logging.warning("Stopped by a signal at step %d of %d; checkpoint %d saved.", step,
+                      config.total_steps, step)
+  finally:  # Every exit (a NaN, a data error, Ctrl-C) finishes the saves already started.
+    ckpt.close()
+    writer.flush()
   return history
 
 

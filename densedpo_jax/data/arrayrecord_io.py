@@ -26,12 +26,14 @@ from __future__ import annotations
 import dataclasses
 import json
 import os
+import threading
 import uuid
 from typing import Any, Iterable, Iterator, Optional, Sequence, Union
 
 import numpy as np
 from array_record.python import array_record_data_source
 from array_record.python import array_record_module
+from absl import logging
 
 from densedpo_jax.data import codec
 from densedpo_jax.data import schema
@@ -237,11 +239,12 @@ class RawRecord:
   """One undecoded element of a source, with its provenance for error messages.
 
   Attributes:
-    data: encoded record bytes (codec format), or a dict of features (TFDS).
+    data: encoded record bytes (codec format), a dict of features (TFDS), or None for an
+      unreadable record that the source was told to skip.
     path: file (or dataset) it came from.
     position: index of the record within `path`.
   """
-  data: Union[bytes, dict]
+  data: Union[bytes, dict, None]
   path: str
   position: int
 
@@ -252,21 +255,60 @@ class ShardedSource:
   Satisfies grain's RandomAccessDataSource protocol (`__len__`, `__getitem__`,
   `__getitems__`), is thread-safe and picklable (for grain worker processes).
   Decoding is left to the pipeline (`decode_raw`), after shuffling and sharding.
+
+  Unreadable bytes (a corrupt chunk, a truncated shard) raise `RecordError` naming the shard,
+  the record and the shard's record range. With `max_unreadable_share > 0` such records are
+  skipped instead (`RawRecord.data is None`, dropped by the pipeline) and counted in
+  `unreadable`, until they exceed that share of the dataset.
   """
 
-  def __init__(self, directory: str, name: str):
+  def __init__(self, directory: str, name: str, max_unreadable_share: float = 0.0):
     self.directory, self.name = directory, name
+    self.max_unreadable_share = float(max_unreadable_share)
     self.sidecar = read_sidecar(directory, name)
     self.files = [os.path.join(directory, s["file"]) for s in self.sidecar["shards"]]
     counts = [s["num_records"] for s in self.sidecar["shards"]]
     self._length = int(sum(counts))
     # ArrayRecord's source refuses empty files: index only the non-empty shards.
     self._files = [f for f, n in zip(self.files, counts) if n]
-    self._starts = np.cumsum([0] + [n for n in counts if n][:-1])
-    self._source = array_record_data_source.ArrayRecordDataSource(self._files) if self._files else None
-    if self._source is not None and len(self._source) != self._length:
-      raise ValueError(f"{sidecar_path(directory, name)}: the sidecar counts {self._length} records, "
-                       f"the shards hold {len(self._source)}")
+    self._counts = [n for n in counts if n]
+    self._starts = np.cumsum([0] + self._counts[:-1])
+    self.unreadable: dict[int, str] = {}  # Global index -> why, for records skipped so far.
+    self._lock = threading.Lock()
+    self._readers = [self._open(k) for k in range(len(self._files))]
+
+  def _open(self, k: int):
+    """The reader of non-empty shard k, or None (skip mode) when it cannot be opened."""
+    try:
+      reader = array_record_data_source.ArrayRecordDataSource([self._files[k]])
+      found = len(reader)
+    except Exception as e:  # pylint: disable=broad-except  (riegeli raises bare RuntimeErrors)
+      self._unreadable(range(self._starts[k], self._starts[k] + self._counts[k]), k, None, e)
+      return None
+    if found != self._counts[k]:
+      raise ValueError(f"{sidecar_path(self.directory, self.name)}: the sidecar counts "
+                       f"{self._counts[k]} records in {self._files[k]}, the shard holds {found}")
+    return reader
+
+  def _unreadable(self, indices, k: int, position: Optional[int], error: Exception) -> None:
+    """Counts `indices` as skipped, or raises RecordError when skipping is off or over budget."""
+    first, last = int(self._starts[k]), int(self._starts[k] + self._counts[k] - 1)
+    where = (f"unreadable ({type(error).__name__}: {str(error) or 'cannot open: truncated?'}); "
+             f"the shard holds records {first}-{last} of {self.name!r}")
+    if self.max_unreadable_share <= 0:
+      raise schema.RecordError("<bytes>", where + "; set config.data.max_unreadable_share to skip "
+                               "unreadable records", os.path.basename(self._files[k]), position)
+    with self._lock:
+      self.unreadable.update({int(i): where for i in indices})
+      share = len(self.unreadable) / max(self._length, 1)
+    logging.warning("%s, record %s: %s; skipped (%d unreadable so far)",
+                    self._files[k], "?" if position is None else position, where,
+                    len(self.unreadable))
+    if share > self.max_unreadable_share:
+      raise schema.RecordError("<bytes>", f"{len(self.unreadable)} unreadable records "
+                               f"({share:.1%}) exceed max_unreadable_share = "
+                               f"{self.max_unreadable_share:.1%}; last: {where}",
+                               os.path.basename(self._files[k]), position)
 
   @property
   def kind(self) -> str:
@@ -275,27 +317,41 @@ class ShardedSource:
   def __len__(self) -> int:
     return self._length
 
+  def _shard_of(self, index: int) -> tuple[int, int]:
+    k = int(np.searchsorted(self._starts, index, side="right") - 1)
+    return k, int(index - self._starts[k])
+
   def locate(self, index: int) -> tuple[str, int]:
     """Global index -> (shard file name, position in that shard)."""
-    k = int(np.searchsorted(self._starts, index, side="right") - 1)
-    return os.path.basename(self._files[k]), int(index - self._starts[k])
+    k, position = self._shard_of(index)
+    return os.path.basename(self._files[k]), position
 
   def __getitem__(self, index) -> RawRecord:
     index = int(index)
     if not 0 <= index < self._length:
       raise IndexError(f"index {index} out of range for {self._length} records of {self.name!r}")
-    return RawRecord(self._source[index], *self.locate(index))
+    k, position = self._shard_of(index)
+    name = os.path.basename(self._files[k])
+    if self._readers[k] is None:  # Skipped when opened; its records were counted then.
+      return RawRecord(None, name, position)
+    try:
+      return RawRecord(self._readers[k][position], name, position)
+    except Exception as e:  # pylint: disable=broad-except  (riegeli raises bare RuntimeErrors)
+      self._unreadable([index], k, position, e)
+      return RawRecord(None, name, position)
 
   def __getitems__(self, indices: Sequence[int]) -> list[RawRecord]:
-    datas = self._source.__getitems__([int(i) for i in indices])
-    return [RawRecord(d, *self.locate(i)) for d, i in zip(datas, indices)]
+    return [self[i] for i in indices]
 
   def __repr__(self) -> str:
     return f"ShardedSource({self.directory!r}, {self.name!r}, {self._length} records)"
 
 
-def decode_raw(raw: RawRecord, validate: bool = True) -> schema.Record:
-  """RawRecord -> validated record; errors name the shard file, position and field."""
+def decode_raw(raw: RawRecord, validate: bool = True) -> Optional[schema.Record]:
+  """RawRecord -> validated record (None for a skipped unreadable one); errors name the shard
+  file, position and field."""
+  if raw.data is None:
+    return None
   if isinstance(raw.data, dict):
     return schema_from_features(raw.data, raw.path, raw.position, validate)
   return codec.decode(raw.data, raw.path, raw.position, validate)

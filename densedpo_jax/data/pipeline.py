@@ -86,7 +86,8 @@ def records_dataset(source, *, seed: int, shuffle: bool = True, num_epochs: Opti
     ds = ds[index::count]
   if num_epochs != 1:
     ds = ds.repeat(num_epochs)
-  return ds.map(functools.partial(arrayrecord_io.decode_raw, validate=validate))
+  ds = ds.map(functools.partial(arrayrecord_io.decode_raw, validate=validate))
+  return ds.filter(lambda rec: rec is not None)  # Unreadable records the source skipped.
 
 
 def _check_kind(source, kind: str) -> None:
@@ -112,7 +113,8 @@ def require_a_kept_pair(source, mode: str, min_nontie_frac: float) -> None:
   Scans in source order and stops at the first pair kept (usually the first record).
   """
   for i in range(len(source)):
-    if keep_pair(arrayrecord_io.decode_raw(source[i]), mode, min_nontie_frac):
+    rec = arrayrecord_io.decode_raw(source[i])
+    if rec is not None and keep_pair(rec, mode, min_nontie_frac):
       return
   what = (f"more than {min_nontie_frac:.0%} non-tie segments" if mode == "dense"
           else "a non-tie global label")

@@ -30,6 +30,7 @@ import numpy as np
 from densedpo_jax import segments
 from densedpo_jax.data import arrayrecord_io
 from densedpo_jax.data import codec
+from densedpo_jax.data import schema
 
 
 def _shares(counter: collections.Counter, keys=(-1, 0, 1)) -> dict[str, float]:
@@ -37,8 +38,13 @@ def _shares(counter: collections.Counter, keys=(-1, 0, 1)) -> dict[str, float]:
   return {str(k): (counter[k] / total if total else math.nan) for k in keys}
 
 
-def summarize(directory: str, name: str, min_nontie_frac: float = 0.2) -> dict[str, Any]:
-  """Summary of a dataset written by `arrayrecord_io` (see the module doc for the keys)."""
+def summarize(directory: str, name: str, min_nontie_frac: float = 0.2,
+              verify: bool = False) -> dict[str, Any]:
+  """Summary of a dataset written by `arrayrecord_io` (see the module doc for the keys).
+
+  With `verify`, every record is also read whole, decoded and validated, and unreadable or
+  invalid records are listed in `problems` (`shard`, `record`, `error`) instead of stopping.
+  """
   side = arrayrecord_io.read_sidecar(directory, name)
   out: dict[str, Any] = {
       "name": name,
@@ -55,7 +61,20 @@ def summarize(directory: str, name: str, min_nontie_frac: float = 0.2) -> dict[s
   seg_counts, glob_counts = collections.Counter(), collections.Counter()
   ties_by_pos, labeled_by_pos = collections.Counter(), collections.Counter()
   etas, n_seg, n_glob, mixed, non_uniform, kept = [], 0, 0, 0, 0, 0
-  for raw, header in arrayrecord_io.iter_headers(directory, name):
+  src = arrayrecord_io.ShardedSource(directory, name, max_unreadable_share=1.0 if verify else 0.0)
+  problems = []
+  for i in range(len(src)):
+    raw = src[i]
+    if raw.data is None:
+      problems.append({"shard": raw.path, "record": raw.position, "error": src.unreadable[i]})
+      continue
+    header = codec.read_header(raw.data, raw.path, raw.position)
+    if verify:
+      try:
+        arrayrecord_io.decode_raw(raw)
+      except (schema.RecordError, ValueError) as e:
+        problems.append({"shard": raw.path, "record": raw.position, "error": str(e)})
+        continue
     f = header["fields"]
     prompts.add(f["prompt"])
     if header["kind"] != "pair":
@@ -79,6 +98,7 @@ def summarize(directory: str, name: str, min_nontie_frac: float = 0.2) -> dict[s
       n_glob += 1
       glob_counts[f["global_label"]] += 1
   out["num_prompts"] = len(prompts)
+  out["verified"], out["problems"] = verify, problems
   if kind == "pair":
     out.update({
         "sources": dict(sources),
@@ -105,6 +125,10 @@ def format_summary(s: dict[str, Any]) -> str:
       f"  records        {s['num_records']} in {s['num_shards']} shards, "
       f"{s['bytes'] / 2**20:.1f} MiB ({s['bytes_per_record'] / 2**10:.1f} KiB a record)",
       f"  prompts        {s['num_prompts']} distinct",
+      *([f"  verified       {s['num_records'] - len(s['problems'])} of {s['num_records']} records "
+         "readable and valid"] if s.get("verified") else []),
+      *[f"  PROBLEM        {p['shard']}, record {p['record']}: {p['error']}"
+        for p in s.get("problems", [])],
       f"  latent         {sig.get('latent_shape')} stored as {sig.get('latent_dtype')}; "
       f"text {sig.get('text_shape')}",
       f"  timing         num_frames={sig.get('num_frames')}, temporal_factor={sig.get('temporal_factor')}, "
@@ -135,10 +159,13 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
   parser.add_argument("name")
   parser.add_argument("--min_nontie_frac", type=float, default=0.2)
   parser.add_argument("--json", action="store_true", help="print JSON instead of a table")
+  parser.add_argument("--verify", action="store_true",
+                      help="also read and validate every record (latents included); exit 1 if "
+                      "any is unreadable or invalid")
   args = parser.parse_args(argv)
-  s = summarize(args.directory, args.name, args.min_nontie_frac)
+  s = summarize(args.directory, args.name, args.min_nontie_frac, verify=args.verify)
   print(json.dumps(s, indent=1) if args.json else format_summary(s))
-  return 0
+  return 1 if s["problems"] else 0
 
 
 if __name__ == "__main__":
