@@ -36,6 +36,8 @@ setup(
         "interop": ["torch>=2.4", "diffusers>=0.35", "transformers>=4.50", "safetensors>=0.4.3",
                     "peft>=0.15", "av>=12", "sentencepiece>=0.2", "tokenizers>=0.19"],
         "encode": ["densedpo_jax[interop]"],  # The name the data-bridge docs use.
+        # The VLM labeler's client: retries with backoff, timeouts and async for free.
+        "vlm": ["openai>=1.40"],
         "tpu": ["jax[tpu]"],
         "cuda": ["jax[cuda12]"],
     },

@@ -3,10 +3,14 @@
   segment (default)  per-segment judge comparison with a tie margin: the dense "human"
   global             whole-video preference from total artifacts: the motion-biased "human"
   jsonl              attach a JSONL label file (people, a VLM, another team): --config.label.file
+  vlm                a vision-language model over the Chat Completions protocol (label.vlm.*)
 """
+import dataclasses
+
 import ml_collections
 
 from configs import common
+from densedpo_jax.labeling.vlm import VLMSettings
 
 
 def get_config(arg=None):
@@ -28,4 +32,11 @@ def get_config(arg=None):
   c.label.out_name = f"pairs_{labeler}"
   c.label.file = ""  # labeler=jsonl: the label file (data/labels_io.py format).
   c.label.source = "human"  # labeler=jsonl: provenance stored on the labeled pairs.
+  # labeler=vlm: every VLMSettings field (API key from the environment variable api_key_env;
+  # cache '' = <out_dir>/<out_name>.vlm_cache.sqlite), a dry run that only counts the calls, and
+  # the decoded videos of non-ShapesWorld pairs (python -m densedpo_jax.decode output).
+  c.label.vlm = ml_collections.ConfigDict(dataclasses.asdict(VLMSettings()))
+  c.label.vlm.dry_run = False
+  c.label.videos_dir = ""
+  c.label.num_previews = 8  # GIFs of the first labeled pairs, with label strips, for people.
   return c

@@ -102,14 +102,17 @@ def evaluate_models(config: ml_collections.ConfigDict, workdir: str, source, cfg
                                for i in range(0, len(videos), spec.batch_size)])
       videos = pixels.astype(np.float32) / 127.5 - 1.0  # The pixel convention of previews.
     first = videos[::spec.seeds_per_prompt][:spec.preview_prompts]
-    previews.save_png(os.path.join(out_dir, f"{name}.png"), previews.grid(first))
-    previews.save_gif(os.path.join(out_dir, f"{name}.gif"), first, fps=records[0].fps)
+    captions = [f"{name}: {r.prompt}" for r in records[:len(first)]]
     if spec.judge == "shapesworld":
       from densedpo_jax.shapesworld import judge  # Only ShapesWorld has a pixel judge.
       scores = judge.judge_videos(videos, prompts, spec.frames_per_segment)
       results[name] = judge.aggregate(scores)
       buckets[name] = judge.speed_buckets(scores, buckets=3)
-    else:
+      captions = [f"{c} | quality {s.visual_quality:.2f}, speed {s.mean_speed:.2f} px/frame"
+                  for c, s in zip(captions, scores[::spec.seeds_per_prompt])]
+    previews.save_png(os.path.join(out_dir, f"{name}.png"), previews.captioned_grid(first, captions))
+    previews.save_gif(os.path.join(out_dir, f"{name}.gif"), first, fps=records[0].fps)
+    if spec.judge != "shapesworld":
       model_dir = os.path.join(out_dir, name)
       os.makedirs(model_dir, exist_ok=True)
       files = []

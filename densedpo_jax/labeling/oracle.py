@@ -24,6 +24,7 @@ import zlib
 from typing import Any, Callable, Optional
 
 import numpy as np
+from absl import logging
 
 from densedpo_jax.data import arrayrecord_io
 from densedpo_jax.data import schema
@@ -190,6 +191,8 @@ def label_dataset(directory: str, name: str, out_directory: str, out_name: str, 
   glob_counts, seg_counts = collections.Counter(), collections.Counter()
   mixed, slower, nontie = 0, 0, 0
   pref_speed, rej_speed = [], []
+  # The speed judge needs ShapesWorld pixels: motion statistics only for those.
+  motion = hasattr(labeler, "label_with_scores") or decoder is identity_decoder
   with arrayrecord_io.ShardedWriter(out_directory, out_name, shards, metadata=meta) as w:
     for i in range(n):
       rec = arrayrecord_io.decode_raw(src[i])
@@ -198,17 +201,23 @@ def label_dataset(directory: str, name: str, out_directory: str, out_name: str, 
         seg, glob, (sa, sb) = labeler.label_with_scores(rec, va, vb)
       else:
         seg, glob = labeler.label(rec, va, vb)
-        sa, sb = (judge.judge_video(v, rec.prompt, rec.frames_per_segment, config or WorldConfig(),
-                                    num_segments=rec.num_segments) for v in (va, vb))
+        if motion:
+          sa, sb = (judge.judge_video(v, rec.prompt, rec.frames_per_segment,
+                                      config or WorldConfig(), num_segments=rec.num_segments)
+                    for v in (va, vb))
       seg = np.asarray(seg, np.int8)
       glob = int(glob)
+      extra = labeler.record_metadata(rec.id) if hasattr(labeler, "record_metadata") else {}
       w.write(dataclasses.replace(rec, segment_labels=seg, global_label=glob, labeler=labeler.name,
-                                  labeler_params=dict(labeler.params)))
+                                  labeler_params=dict(labeler.params),
+                                  metadata=dict(rec.metadata, **extra)))
+      if hasattr(labeler, "progress") and ((i + 1) % 10 == 0 or i + 1 == n):
+        logging.info(labeler.progress(i + 1, n))
       glob_counts[glob] += 1
       seg_counts.update(seg.tolist())
       mixed += bool((seg == 1).any() and (seg == -1).any())
-      if glob != 0:
-        nontie += 1
+      nontie += glob != 0
+      if glob != 0 and motion:
         win, lose = (sa, sb) if glob == 1 else (sb, sa)
         slower += win.mean_speed < lose.mean_speed
         pref_speed.append(win.mean_speed)
@@ -217,7 +226,7 @@ def label_dataset(directory: str, name: str, out_directory: str, out_name: str, 
       "num_pairs": n, "labeler": labeler.name, "labeler_params": dict(labeler.params),
       "global_label_share": _shares(glob_counts), "segment_label_share": _shares(seg_counts),
       "mixed_winner_share": mixed / n if n else math.nan, "num_nontie_global": nontie,
-      "motion_bias": slower / nontie if nontie else math.nan,
+      "motion_bias": slower / len(pref_speed) if pref_speed else math.nan,
       "preferred_mean_speed": float(np.mean(pref_speed)) if pref_speed else math.nan,
       "rejected_mean_speed": float(np.mean(rej_speed)) if rej_speed else math.nan,
   }

@@ -1,0 +1,309 @@
+"""Segment labels from a vision-language model over the OpenAI Chat Completions protocol.
+
+The paper's recipe (Sec. 4.3, App. A.6): for one short segment of an aligned pair, the frames of
+the first video (8 fps) as separate images, then those of the second, then the question; asked
+again with the videos swapped, and kept only when both orders agree (else a tie). `mode='whole'`
+asks once per order about the whole clip (the paper's long-video comparison).
+
+    labeler = VLMLabeler(VLMSettings(base_url="http://127.0.0.1:8000/v1", model="Qwen/Qwen2.5-VL-7B-Instruct"))
+    seg, glob = labeler.label(pair, video_a, video_b)     # videos [T, H, W, 3] in [-1, 1]
+
+Works with hosted APIs and local servers (vLLM, SGLang, Ollama). The API key comes from the
+environment variable named in the settings. Answers are cached on disk (sqlite, JSON values),
+keyed by everything that determines them, so a rerun after a crash pays no call twice.
+"""
+from __future__ import annotations
+
+import asyncio
+import base64
+import dataclasses
+import hashlib
+import io
+import json
+import os
+import re
+import time
+from typing import Any, Optional
+
+import numpy as np
+from absl import logging
+from PIL import Image
+
+from densedpo_jax import previews
+from densedpo_jax.data import schema
+from densedpo_jax.labeling.oracle import Labeler, majority_vote
+from densedpo_jax.labeling.vlm_cache import AnswerCache
+
+TEMPLATE_VERSION = "densedpo-vlm-1"
+FIRST_INTRO = "These are frames from the first video, in temporal order:"
+SECOND_INTRO = "These are frames from the second video, in temporal order:"
+INSTRUCTION = (
+    "Both videos were generated from the prompt: \"{prompt}\". They are structurally similar "
+    "(same layout and motion), so compare their details and artifacts: deformed limbs, hands or "
+    "faces, blur, objects that appear, vanish or deform, flicker. Be conservative: if both have "
+    "similar artifacts, or you are not sure, answer tie. Which video has fewer artifacts? Answer "
+    "first, second or tie, then a short reason.")
+VERDICTS = ("first", "second", "tie")
+RESPONSE_FORMAT = {"type": "json_schema", "json_schema": {"name": "verdict", "strict": True, "schema": {
+    "type": "object", "additionalProperties": False, "required": ["verdict", "reason"],
+    "properties": {"verdict": {"type": "string", "enum": list(VERDICTS)},
+                   "reason": {"type": "string"}}}}}
+
+
+class BudgetExceeded(RuntimeError):
+  """The request or token budget is spent; answers so far are cached, a rerun resumes."""
+
+
+@dataclasses.dataclass(frozen=True)
+class VLMSettings:
+  """Where to ask and how. `instruction` '' means the versioned default (`INSTRUCTION`)."""
+  base_url: str = "https://api.openai.com/v1"
+  model: str = "gpt-4o"
+  api_key_env: str = "OPENAI_API_KEY"
+  instruction: str = ""
+  mode: str = "segment"  # 'segment' (2 calls a segment) | 'whole' (2 calls a pair)
+  sample_fps: float = 8.0
+  max_side: int = 512  # Longest image side in pixels (small frames are scaled up, nearest).
+  jpeg_quality: int = 90
+  temperature: float = 0.0
+  max_tokens: int = 200
+  json_schema: str = "auto"  # 'auto' (try response_format, fall back to text) | 'on' | 'off'
+  concurrency: int = 8
+  timeout_s: float = 60.0
+  max_retries: int = 4  # The openai client's retries with backoff (429, 5xx, timeouts).
+  max_requests: int = 0  # API calls allowed this run (cache hits are free); 0: no limit.
+  max_total_tokens: int = 0  # Tokens allowed this run; 0: no limit.
+  cache: str = ""  # sqlite file; '' disables the cache.
+
+  def __post_init__(self):
+    if self.mode not in ("segment", "whole"):
+      raise ValueError(f"VLMSettings.mode={self.mode!r}; expected 'segment' or 'whole'")
+    if self.json_schema not in ("auto", "on", "off"):
+      raise ValueError(f"VLMSettings.json_schema={self.json_schema!r}; expected auto, on or off")
+
+
+def parse_verdict(text: str) -> Optional[str]:
+  """'first' | 'second' | 'tie' from a JSON answer or the answer's first word; None otherwise."""
+  try:
+    verdict = json.loads(text).get("verdict")
+    if isinstance(verdict, str) and verdict.strip().lower() in VERDICTS:
+      return verdict.strip().lower()
+  except (json.JSONDecodeError, AttributeError, TypeError):
+    pass
+  m = re.match(r"[\s\W]*(first|second|tie)\b", text or "", re.IGNORECASE)
+  return m.group(1).lower() if m else None
+
+
+def sample_frames(num_frames: int, fps: float, start: int, stop: int, sample_fps: float) -> list[int]:
+  """Frame indices in `[start, stop)` at `sample_fps` (every frame when the clip is slower)."""
+  step = max(fps / sample_fps, 1.0)
+  out, k = [], 0
+  while True:
+    f = start + int(round(k * step))
+    if f >= min(stop, num_frames):
+      return out
+    out.append(f)
+    k += 1
+
+
+def jpeg_data_url(frame: np.ndarray, max_side: int, quality: int) -> str:
+  """uint8 `[H, W, 3]` -> a JPEG data URL, scaled so the longest side is `max_side` pixels."""
+  image = Image.fromarray(frame)
+  scale = max_side / max(image.size)
+  if scale != 1:
+    size = (max(1, round(image.size[0] * scale)), max(1, round(image.size[1] * scale)))
+    image = image.resize(size, Image.NEAREST if scale > 1 else Image.BILINEAR)
+  buffer = io.BytesIO()
+  image.save(buffer, format="JPEG", quality=quality)
+  return "data:image/jpeg;base64," + base64.b64encode(buffer.getvalue()).decode("ascii")
+
+
+def segment_ranges(pair: schema.PairRecord) -> list[tuple[int, int]]:
+  """`[start, stop)` pixel frames of each labeled segment (the last absorbs a remainder)."""
+  s, n, per = pair.num_segments, pair.num_frames, pair.frames_per_segment
+  return [(k * per, n if k == s - 1 else min((k + 1) * per, n)) for k in range(s)]
+
+
+class VLMLabeler(Labeler):
+  """A `Labeler` asking a Chat Completions VLM; see the module doc. Counts in `stats`."""
+  name = "vlm"
+
+  def __init__(self, settings: VLMSettings, client=None):
+    self.settings = settings
+    self.instruction = settings.instruction or INSTRUCTION
+    self._client = client
+    self._json = settings.json_schema != "off"
+    self.cache = AnswerCache(settings.cache) if settings.cache else None
+    self.stats = {"requests": 0, "calls": 0, "cache_hits": 0, "failures": 0, "retried": 0,
+                  "disagreements": 0, "tie_segments": 0, "segments": 0, "tokens": 0}
+    self.details: dict[str, list[dict]] = {}  # Pair id -> raw answers of each question.
+    self._started = time.time()
+    self._loop = asyncio.new_event_loop()  # One loop for the client's connections, every pair.
+    self._probed = False
+    self._probe_lock = asyncio.Lock()
+
+  @property
+  def params(self) -> dict[str, Any]:
+    s = self.settings
+    return {"template_version": TEMPLATE_VERSION, "model": s.model, "base_url": s.base_url,
+            "mode": s.mode, "sample_fps": s.sample_fps, "max_side": s.max_side,
+            "temperature": s.temperature, "instruction_sha256":
+            hashlib.sha256(self.instruction.encode()).hexdigest()[:16]}
+
+  # Requests.
+
+  def messages(self, prompt: str, frames_first: list[str], frames_second: list[str]) -> list[dict]:
+    """The user message: first video's frames, second video's frames, then the question."""
+    image = lambda url: {"type": "image_url", "image_url": {"url": url}}
+    content = ([{"type": "text", "text": FIRST_INTRO}] + [image(u) for u in frames_first]
+               + [{"type": "text", "text": SECOND_INTRO}] + [image(u) for u in frames_second]
+               + [{"type": "text", "text": self.instruction.format(prompt=prompt)}])
+    return [{"role": "user", "content": content}]
+
+  def _key(self, frames_first, frames_second, order: str) -> str:
+    s = self.settings
+    digest = lambda urls: [hashlib.sha256(u.encode()).hexdigest() for u in urls]
+    return hashlib.sha256(json.dumps({
+        "model": s.model, "template": TEMPLATE_VERSION, "instruction": self.instruction,
+        "sampling": [s.temperature, s.max_tokens, s.sample_fps, s.max_side, s.jpeg_quality],
+        "first": digest(frames_first), "second": digest(frames_second), "order": order},
+        sort_keys=True).encode()).hexdigest()
+
+  def questions(self, pair: schema.PairRecord, video_a: np.ndarray, video_b: np.ndarray):
+    """`[(question index, order, messages, cache key)]` of a pair: two orders a question."""
+    s = self.settings
+    a, b = previews.to_uint8(video_a), previews.to_uint8(video_b)
+    ranges = segment_ranges(pair) if s.mode == "segment" else [(0, pair.num_frames)]
+    out = []
+    for q, (start, stop) in enumerate(ranges):
+      idx = sample_frames(pair.num_frames, pair.fps, start, stop, s.sample_fps)
+      urls_a = [jpeg_data_url(a[i], s.max_side, s.jpeg_quality) for i in idx]
+      urls_b = [jpeg_data_url(b[i], s.max_side, s.jpeg_quality) for i in idx]
+      for order, first, second in (("ab", urls_a, urls_b), ("ba", urls_b, urls_a)):
+        out.append((q, order, self.messages(pair.prompt, first, second),
+                    self._key(first, second, order)))
+    return out
+
+  # Calls.
+
+  def client(self):
+    if self._client is None:
+      import openai  # The [vlm] extra.
+      key = os.environ.get(self.settings.api_key_env, "")
+      self._client = openai.AsyncOpenAI(base_url=self.settings.base_url, api_key=key or "none",
+                                        timeout=self.settings.timeout_s,
+                                        max_retries=self.settings.max_retries)
+    return self._client
+
+  def _check_budget(self) -> None:
+    s = self.settings
+    if s.max_requests and self.stats["calls"] >= s.max_requests:
+      raise BudgetExceeded(f"request budget spent: {self.stats['calls']} calls (max_requests = "
+                           f"{s.max_requests}); answers so far are cached, rerun to continue")
+    if s.max_total_tokens and self.stats["tokens"] >= s.max_total_tokens:
+      raise BudgetExceeded(f"token budget spent: {self.stats['tokens']} tokens (max_total_tokens "
+                           f"= {s.max_total_tokens}); answers so far are cached, rerun to continue")
+
+  async def _create(self, kw, json_mode: bool):
+    """One API call; with `json_mode`, `response_format` asks for the verdict schema."""
+    client = self.client()
+    if json_mode:
+      return await client.chat.completions.create(response_format=RESPONSE_FORMAT, **kw)
+    return await client.chat.completions.create(**kw)
+
+  async def _complete(self, messages) -> str:
+    """The answer text of one question ('' after failed retries; the client retries 429, 5xx
+    and timeouts with backoff). In 'auto' mode the first call probes `response_format`, alone,
+    and a refusal switches every later call to free text."""
+    import openai
+    s = self.settings
+    self._check_budget()
+    self.stats["calls"] += 1
+    kw = dict(model=s.model, messages=messages, temperature=s.temperature, max_tokens=s.max_tokens)
+    try:
+      if self._json and s.json_schema == "auto" and not self._probed:
+        async with self._probe_lock:
+          if not self._probed:
+            try:
+              response = await self._create(kw, json_mode=True)
+            except openai.BadRequestError:
+              logging.warning("vlm: the server refused response_format; asking for free text")
+              self._json = False
+              response = await self._create(kw, json_mode=False)
+            self._probed = True
+            return self._text(response)
+      return self._text(await self._create(kw, json_mode=self._json))
+    except openai.APIError as e:  # Includes timeouts and connection errors after the retries.
+      logging.warning("vlm: call failed after retries: %s", e)
+      return ""
+
+  def _text(self, response) -> str:
+    if response.usage is not None:
+      self.stats["tokens"] += int(response.usage.total_tokens or 0)
+    return response.choices[0].message.content or ""
+
+  async def _answer(self, messages, key: str, semaphore) -> dict:
+    """`{'text', 'verdict', 'cached'}`: from the cache, or asked (retried once if unparseable)."""
+    if self.cache is not None and (hit := self.cache.get(key)) is not None:
+      self.stats["cache_hits"] += 1
+      return dict(hit, cached=True)
+    async with semaphore:
+      texts = [await self._complete(messages)]
+      if parse_verdict(texts[0]) is None:
+        self.stats["retried"] += 1
+        texts.append(await self._complete(messages))
+    answer = {"text": texts[-1], "verdict": parse_verdict(texts[-1]), "attempts": texts}
+    if answer["verdict"] is not None and self.cache is not None:
+      self.cache.put(key, answer)
+    return dict(answer, cached=False)
+
+  async def _ask_all(self, questions) -> list[dict]:
+    semaphore = asyncio.Semaphore(max(1, self.settings.concurrency))
+    return await asyncio.gather(*[self._answer(m, k, semaphore) for _, _, m, k in questions])
+
+  # Labels.
+
+  def label(self, pair, video_a, video_b):
+    questions = self.questions(pair, video_a, video_b)
+    answers = self._loop.run_until_complete(self._ask_all(questions))
+    self.stats["requests"] += len(questions)
+    num = len(questions) // 2
+    labels, details = np.zeros((num,), np.int8), []
+    for q in range(num):
+      ab, ba = answers[2 * q], answers[2 * q + 1]  # Orders 'ab' then 'ba' (see questions()).
+      winner_ab = {"first": 1, "second": -1, "tie": 0}.get(ab["verdict"])
+      winner_ba = {"first": -1, "second": 1, "tie": 0}.get(ba["verdict"])
+      failed = winner_ab is None or winner_ba is None
+      self.stats["failures"] += int(winner_ab is None) + int(winner_ba is None)
+      agree = not failed and winner_ab == winner_ba
+      self.stats["disagreements"] += int(not failed and not agree)
+      labels[q] = winner_ab if agree else 0
+      details.append({"question": q, "answers": [ab["text"], ba["text"]],
+                      "verdicts": [ab["verdict"], ba["verdict"]], "label": int(labels[q])})
+    if self.settings.mode == "segment":
+      seg, glob = labels, int(majority_vote(labels))
+    else:
+      glob = int(labels[0])
+      seg = np.full((pair.num_segments,), glob, np.int8)
+    self.stats["segments"] += len(seg)
+    self.stats["tie_segments"] += int((seg == 0).sum())
+    self.details[pair.id] = details
+    return seg, glob
+
+  def record_metadata(self, pair_id: str) -> dict[str, Any]:
+    """What a labeled record keeps of the VLM: each question's two raw answers and verdicts."""
+    return {"vlm": self.details.get(pair_id, [])}
+
+  def progress(self, done: int, total: int) -> str:
+    elapsed = time.time() - self._started
+    eta = elapsed / max(done, 1) * (total - done)
+    s = self.stats
+    return (f"vlm: {done}/{total} pairs, {s['calls']} calls, {s['cache_hits']} cache hits, "
+            f"{s['failures']} failures, {s['tokens']} tokens, ETA {eta:.0f} s")
+
+  def count_calls(self, pair, video_a, video_b) -> tuple[int, int]:
+    """`(questions, already cached)` of a pair, for a dry run (no call is made)."""
+    questions = self.questions(pair, video_a, video_b)
+    cached = sum(self.cache is not None and self.cache.get(k) is not None
+                 for _, _, _, k in questions)
+    return len(questions), cached
