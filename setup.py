@@ -9,6 +9,7 @@ setup(
     long_description_content_type="text/markdown",
     python_requires=">=3.11",
     packages=find_packages(include=["densedpo_jax", "densedpo_jax.*"]),
+    package_data={"densedpo_jax.annotate": ["static/*"]},
     install_requires=[
         "jax>=0.6,<0.13",
         "flax>=0.10,<0.14",
@@ -38,6 +39,8 @@ setup(
         "encode": ["densedpo_jax[interop]"],  # The name the data-bridge docs use.
         # The VLM labeler's client: retries with backoff, timeouts and async for free.
         "vlm": ["openai>=1.40"],
+        # Browser test of the annotation page: drives Debian's chromium (never downloads one).
+        "browser": ["playwright>=1.40"],
         "tpu": ["jax[tpu]"],
         "cuda": ["jax[cuda12]"],
     },

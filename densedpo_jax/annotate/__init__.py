@@ -1,0 +1,1 @@
+"""A local web page for people to label pairs segment by segment (`python -m densedpo_jax.annotate`)."""

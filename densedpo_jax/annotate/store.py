@@ -1,0 +1,167 @@
+"""What the annotation server knows: the pairs to label, their frames, who labels what, the file.
+
+Pairs come from a pair dataset (frames decoded once and cached as PNG sprite sheets), plus
+optional gold pairs with known answers (identical videos: every segment a tie; a segment
+corrupted with `shapesworld.artifacts`: the clean member wins it). Labels are appended to a JSONL
+file in `data/labels_io.py`'s import format the moment they arrive (gold answers to
+`<out>.gold.jsonl`, which the import never sees); a restart reads both files back and resumes.
+"""
+from __future__ import annotations
+
+import dataclasses
+import json
+import os
+import threading
+import time
+import zlib
+from typing import Any, Callable, Optional
+
+import numpy as np
+from PIL import Image
+
+from densedpo_jax import previews
+from densedpo_jax.data import arrayrecord_io, schema
+
+LEASE_SECONDS = 600  # A pair handed out and not submitted goes back to the pool after this.
+
+
+@dataclasses.dataclass
+class Item:
+  """One pair to label: its record (or gold pair), the frames and the known answer, if gold."""
+  id: str
+  prompt: str
+  fps: float
+  frames_per_segment: int
+  num_segments: int
+  frames: tuple[np.ndarray, np.ndarray]  # uint8 [T, H, W, 3] of members a and b.
+  gold: Optional[list[int]] = None  # Known segment labels (a/b order) of a gold pair.
+
+
+def _hash01(text: str) -> float:
+  return zlib.crc32(text.encode("utf-8")) / 2 ** 32
+
+
+def gold_items(items: list[Item], count: int, seed: int = 0) -> list[Item]:
+  """`count` gold pairs built from the given pairs' member a: alternately identical videos (all
+  ties) and a copy with one segment corrupted (artifacts), where the clean member wins it."""
+  from densedpo_jax.shapesworld import artifacts  # ShapesWorld's corruptions (any RGB video works).
+  out, rng = [], np.random.default_rng(seed)
+  for k in range(count):
+    src = items[k % len(items)]
+    a = src.frames[0]
+    if k % 2 == 0:
+      out.append(dataclasses.replace(src, id=f"gold-{k}-identical", frames=(a, a.copy()),
+                                     gold=[0] * src.num_segments))
+      continue
+    s = int(rng.integers(src.num_segments))
+    start = s * src.frames_per_segment
+    frames = np.arange(start, min(start + src.frames_per_segment, len(a)))
+    kind = ("vanishing", "blur")[(k // 2) % 2]  # Both show on any RGB video.
+    bad = previews.to_uint8(artifacts.corrupt(a.astype(np.float32) / 127.5 - 1.0, frames, kind, 1.0))
+    labels = [0] * src.num_segments
+    if k % 4 == 1:
+      frames, labels[s] = (a, bad), 1
+    else:
+      frames, labels[s] = (bad, a), -1
+    out.append(dataclasses.replace(src, id=f"gold-{k}-corrupt-{s}", frames=frames, gold=labels))
+  return out
+
+
+class Store:
+  """Thread-safe catalogue, assignment and label file of one annotation session."""
+
+  def __init__(self, items: list[Item], out: str, double_share: float = 0.0, seed: int = 0,
+               cache_dir: Optional[str] = None, clock: Callable[[], float] = time.time):
+    self.items = {it.id: it for it in items}
+    self.order = sorted(self.items, key=lambda i: _hash01(f"{seed}:{i}"))
+    self.out, self.gold_out = out, out + ".gold.jsonl"
+    self.double = {i for i in self.items if _hash01(f"double:{i}") < double_share}
+    self.cache_dir = cache_dir or out + ".frames"
+    self.clock, self.lock = clock, threading.Lock()
+    self.done: dict[str, set[str]] = {i: set() for i in self.items}  # Pair -> annotators.
+    self.leases: dict[str, dict[str, float]] = {i: {} for i in self.items}
+    for path in (out, self.gold_out):
+      if os.path.exists(path):
+        with open(path, encoding="utf-8") as f:
+          for line in f:
+            if line.strip():
+              d = json.loads(line)
+              if d.get("id") in self.done:
+                self.done[d["id"]].add(d.get("annotator", ""))
+
+  def wanted(self, pair_id: str) -> int:
+    return 2 if pair_id in self.double else 1
+
+  def next_pair(self, annotator: str) -> Optional[Item]:
+    """The first pair in the session's order that this annotator has not labeled and that still
+    needs an annotator not already holding it; leased to `annotator`."""
+    now = self.clock()
+    with self.lock:
+      for pid in self.order:
+        leases = {a: t for a, t in self.leases[pid].items() if now - t < LEASE_SECONDS}
+        self.leases[pid] = leases
+        if annotator in self.done[pid]:
+          continue
+        if annotator in leases:
+          return self.items[pid]
+        if len(self.done[pid]) + len(leases) < self.wanted(pid):
+          leases[annotator] = now
+          return self.items[pid]
+    return None
+
+  def progress(self, annotator: str) -> dict[str, int]:
+    with self.lock:
+      mine = sum(annotator in d for d in self.done.values())
+      complete = sum(len(self.done[p]) >= self.wanted(p) for p in self.items)
+    return {"labeled_by_you": mine, "complete": complete, "total": len(self.items)}
+
+  def swap(self, pair_id: str, annotator: str) -> bool:
+    """Whether this annotator sees b on the left (random per pair and annotator, stable)."""
+    return _hash01(f"swap:{pair_id}:{annotator}") < 0.5
+
+  def record(self, pair_id: str, annotator: str, line: dict[str, Any]) -> None:
+    """Appends one validated label line and marks the pair done for the annotator."""
+    path = self.gold_out if self.items[pair_id].gold is not None else self.out
+    with self.lock:
+      os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
+      with open(path, "a", encoding="utf-8") as f:
+        f.write(json.dumps(line) + "\n")
+        f.flush()
+        os.fsync(f.fileno())
+      self.done[pair_id].add(annotator)
+      self.leases[pair_id].pop(annotator, None)
+
+  def sprite(self, pair_id: str, member: str, min_side: int = 256) -> bytes:
+    """PNG of every frame of a member side by side, scaled up (rendered once, then cached)."""
+    path = os.path.join(self.cache_dir, f"{zlib.crc32(pair_id.encode()):08x}-{member}.png")
+    if not os.path.exists(path):
+      frames = self.items[pair_id].frames[0 if member == "a" else 1]
+      sheet = np.concatenate(list(previews.upscale(frames, min_side)), axis=1)
+      os.makedirs(self.cache_dir, exist_ok=True)
+      tmp = path + f".{threading.get_ident()}.tmp"
+      Image.fromarray(sheet).save(tmp, format="PNG")
+      os.replace(tmp, path)
+    with open(path, "rb") as f:
+      return f.read()
+
+
+def items_from_dataset(directory: str, name: str, decoder=None) -> list[Item]:
+  """Items of a pair dataset; `decoder(rec) -> (a, b)` in [-1, 1] (default: the latents are
+  pixels, as in ShapesWorld)."""
+  out = []
+  for rec in arrayrecord_io.iter_records(directory, name):
+    if not isinstance(rec, schema.PairRecord):
+      raise ValueError(f"{directory}/{name} holds {rec.KIND} records; the page labels pairs")
+    if decoder is None:
+      if rec.temporal_factor != 1 or np.shape(rec.latent_a)[-1] != 3:
+        raise ValueError(f"{directory}/{name}: latent records; pass --videos_dir with their "
+                         "decoded videos (python -m densedpo_jax.decode)")
+      a, b = rec.latent_a, rec.latent_b
+    else:
+      a, b = decoder(rec)
+    out.append(Item(rec.id, rec.prompt, rec.fps, rec.frames_per_segment, rec.num_segments,
+                    (previews.to_uint8(np.asarray(a, np.float32)),
+                     previews.to_uint8(np.asarray(b, np.float32)))))
+  if not out:
+    raise ValueError(f"{directory}/{name} has no pairs")
+  return out

@@ -1,0 +1,194 @@
+"""The annotation page: its server over real HTTP on 127.0.0.1, the report, and a real headless
+browser (Debian's chromium driven by Playwright) labeling a pair with the keyboard."""
+import json
+import os
+import threading
+import urllib.error
+import urllib.request
+
+import numpy as np
+import pytest
+
+from densedpo_jax.annotate import report as report_lib
+from densedpo_jax.annotate.server import make_server, to_record_labels
+from densedpo_jax.annotate.store import Store, gold_items, items_from_dataset
+from densedpo_jax.data import labels_io
+from tests.test_train import write_pairs
+
+CHROMIUM = "/usr/bin/chromium"
+
+
+@pytest.fixture
+def pairs(tmp_path):
+  return write_pairs(str(tmp_path / "pairs"), n=6)  # 4 frames, 2 segments of 2 frames.
+
+
+def start(store, host="127.0.0.1", token=None):
+  server = make_server(store, host, 0, token)
+  threading.Thread(target=server.serve_forever, daemon=True).start()
+  return server, f"http://127.0.0.1:{server.server_address[1]}"
+
+
+def call(url, body=None, headers=None):
+  """`(status, parsed JSON or bytes)` of a GET (or a POST when `body` is given)."""
+  data = None if body is None else (body if isinstance(body, bytes) else json.dumps(body).encode())
+  request = urllib.request.Request(url, data=data, headers=headers or {})
+  try:
+    with urllib.request.urlopen(request, timeout=10) as r:
+      raw, kind = r.read(), r.headers["Content-Type"]
+      status = r.status
+  except urllib.error.HTTPError as e:
+    raw, kind, status = e.read(), e.headers["Content-Type"], e.code
+  return status, (json.loads(raw) if kind == "application/json" else raw)
+
+
+@pytest.fixture
+def session(pairs, tmp_path):
+  servers = []
+
+  def open_session(**kw):
+    store = Store(items_from_dataset(pairs, "pairs"), str(tmp_path / "labels.jsonl"), **kw)
+    server, url = start(store)
+    servers.append(server)
+    return store, url
+  yield open_session
+  for s in servers:
+    s.shutdown()
+    s.server_close()
+
+
+def test_a_label_is_written_and_imports_in_the_records_order(session, pairs, tmp_path):
+  store, url = session()
+  status, nxt = call(f"{url}/api/next?annotator=alice")
+  assert status == 200 and nxt["num_segments"] == 2 and nxt["num_frames"] == 4
+  status, png = call(f"{url}/api/frames?pair={nxt['pair']}&side=left&annotator=alice")
+  assert status == 200 and png[:4] == b"\x89PNG"
+  status, out = call(f"{url}/api/label", {"annotator": "alice", "pair": nxt["pair"],
+                                          "segments": ["left", "tie"], "whole": "left",
+                                          "seconds": 12.5})
+  assert status == 200 and out["ok"]
+  swapped = store.swap(nxt["pair"], "alice")
+  want = [-1, 0] if swapped else [1, 0]  # Left is b when swapped.
+  parsed = labels_io.parse_labels(str(tmp_path / "labels.jsonl"), {nxt["pair"]: 2})
+  assert parsed[nxt["pair"]]["segment_labels"].tolist() == want
+  assert parsed[nxt["pair"]]["global_label"] == want[0]
+  line = json.loads(open(tmp_path / "labels.jsonl").read())
+  assert line["annotator"] == "alice" and line["swapped"] == swapped and line["seconds"] == 12.5
+  counts = labels_io.import_labels(str(tmp_path / "labels.jsonl"), pairs, "pairs", pairs, "labeled")
+  assert counts["labeled"] == 1
+
+
+def test_bad_input_is_refused_naming_the_field_and_nothing_is_written(session, tmp_path):
+  store, url = session()
+  pid = call(f"{url}/api/next?annotator=bob")[1]["pair"]
+  cases = [({"annotator": "b o b", "pair": pid, "segments": ["left", "tie"]}, "annotator"),
+           ({"annotator": "bob", "pair": "nope", "segments": ["left", "tie"]}, "pair"),
+           ({"annotator": "bob", "pair": pid, "segments": ["left"]}, "segments"),
+           ({"annotator": "bob", "pair": pid, "segments": ["left", "up"]}, "segments"),
+           ({"annotator": "bob", "pair": pid, "segments": ["left", "tie"], "whole": 3}, "whole"),
+           ({"annotator": "bob", "pair": pid, "segments": ["left", "tie"], "comment": "x" * 3000},
+            "comment"),
+           (b"{not json", "JSON")]
+  for body, field in cases:
+    status, out = call(f"{url}/api/label", body)
+    assert status == 400 and field in out["error"], (body, out)
+  assert call(f"{url}/api/next?annotator=..%2F..")[0] == 400
+  assert not os.path.exists(tmp_path / "labels.jsonl")
+  # A broken pair may come without segment labels.
+  status, _ = call(f"{url}/api/label", {"annotator": "bob", "pair": pid, "segments": None,
+                                        "broken": True, "comment": "both frozen"})
+  assert status == 200
+
+
+def test_annotators_get_different_pairs_and_a_restart_resumes(session, pairs, tmp_path):
+  store, url = session()
+  a = call(f"{url}/api/next?annotator=alice")[1]["pair"]
+  b = call(f"{url}/api/next?annotator=bob")[1]["pair"]
+  assert a != b and call(f"{url}/api/next?annotator=alice")[1]["pair"] == a  # Still hers.
+  call(f"{url}/api/label", {"annotator": "alice", "pair": a, "segments": ["tie", "tie"]})
+  # A new server over the same file: alice resumes at her first unlabeled pair, never `a` again.
+  store2, url2 = session()
+  seen = set()
+  while True:
+    nxt = call(f"{url2}/api/next?annotator=alice")[1]
+    if nxt["done"]:
+      break
+    seen.add(nxt["pair"])
+    call(f"{url2}/api/label", {"annotator": "alice", "pair": nxt["pair"], "segments": ["tie", "tie"]})
+  assert a not in seen and len(seen) == 5
+  # With every pair shown to two people, bob gets pairs alice already did.
+  store3, url3 = session(double_share=1.0)
+  assert not call(f"{url3}/api/next?annotator=bob")[1]["done"]
+
+
+def test_a_token_is_required_off_loopback_and_no_path_escapes(pairs, tmp_path):
+  store = Store(items_from_dataset(pairs, "pairs"), str(tmp_path / "l.jsonl"))
+  with pytest.raises(ValueError, match="token"):
+    make_server(store, "0.0.0.0", 0)
+  server, url = start(store, host="0.0.0.0", token="s3cret")
+  try:
+    assert call(f"{url}/")[0] == 403
+    assert call(f"{url}/api/next?annotator=a&token=wrong")[0] == 403
+    assert call(f"{url}/?token=s3cret")[0] == 200
+    assert call(f"{url}/api/next?annotator=a", headers={"X-Token": "s3cret"})[0] == 200
+    for path in ("/static/../server.py", "/static/%2e%2e/server.py", "/../../etc/passwd",
+                 "/static/app.js/../../store.py", "/api/frames?pair=../../etc&side=left&annotator=a"):
+      status, body = call(f"{url}{path}{'&' if '?' in path else '?'}token=s3cret")
+      assert status in (400, 404) and b"import" not in json.dumps(body).encode()
+  finally:
+    server.shutdown()
+    server.server_close()
+
+
+def test_gold_pairs_and_the_report(pairs, tmp_path):
+  items = items_from_dataset(pairs, "pairs")
+  gold = gold_items(items, 2)
+  assert gold[0].gold == [0, 0] and np.array_equal(gold[0].frames[0], gold[0].frames[1])
+  assert sorted(abs(v) for v in gold[1].gold) == [0, 1]
+  lines = [
+      {"id": "p0", "annotator": "a", "segment_labels": [1, 0], "seconds": 10},
+      {"id": "p0", "annotator": "b", "segment_labels": [1, -1], "seconds": 30},
+      {"id": "p1", "annotator": "a", "segment_labels": [-1, 1], "seconds": 20},
+      {"id": "p1", "annotator": "b", "segment_labels": [-1, 1], "seconds": 40},
+      {"id": "g", "annotator": "a", "segment_labels": [0, 1], "gold": [0, 1], "seconds": 5},
+      {"id": "g", "annotator": "b", "segment_labels": [0, -1], "gold": [0, 1], "seconds": 5}]
+  r = report_lib.report(lines)
+  assert r["annotators"]["a"]["gold_agreement"] == 1.0 and r["annotators"]["b"]["gold_agreement"] == 0.5
+  assert r["annotators"]["a"]["pairs"] == 3 and r["annotators"]["b"]["median_seconds"] == 30
+  # Kappa by hand: first [1, 0, -1, 1], second [1, -1, -1, 1]; observed 3/4; marginals
+  # first (-1: 1/4, 0: 1/4, 1: 1/2), second (-1: 1/2, 0: 0, 1: 1/2): expected 1/8 + 0 + 1/4.
+  assert r["kappa"] == pytest.approx((0.75 - 0.375) / (1 - 0.375))
+  assert r["double_labeled_pairs"] == 2 and len(r["kappa_by_segment"]) == 2
+
+
+@pytest.mark.skipif(not os.path.exists(CHROMIUM), reason=f"{CHROMIUM} is absent (apt-get install chromium)")
+def test_a_person_labels_a_pair_with_the_keyboard_in_a_real_browser(session, tmp_path):
+  playwright = pytest.importorskip("playwright.sync_api")
+  store, url = session()
+  with playwright.sync_playwright() as p:
+    # A fresh user-data dir; never a downloaded browser.
+    context = p.chromium.launch_persistent_context(
+        str(tmp_path / "profile"), executable_path=CHROMIUM, headless=True,
+        viewport={"width": 1000, "height": 900},
+        args=["--headless", "--no-sandbox", "--disable-gpu", "--disable-background-networking",
+              "--disable-component-update"])
+    try:
+      page = context.new_page()
+      page.goto(f"{url}/?annotator=carol")
+      page.wait_for_function("document.body.dataset.ready && document.body.dataset.ready.length > 0",
+                             timeout=20000)
+      pid = page.evaluate("document.body.dataset.ready")
+      page.keyboard.press("ArrowRight")
+      page.keyboard.press("1")  # Segment 1: left better.
+      page.keyboard.press("0")  # Segment 2: tie.
+      page.screenshot(path=str(tmp_path / "annotate_page.png"))
+      page.keyboard.press("Enter")
+      page.wait_for_function(f"document.body.dataset.ready && document.body.dataset.ready !== {json.dumps(pid)}",
+                             timeout=20000)
+    finally:
+      context.close()
+  os.makedirs("test-artifacts", exist_ok=True)
+  os.replace(tmp_path / "annotate_page.png", os.path.join("test-artifacts", "annotate_page.png"))
+  line = json.loads(open(tmp_path / "labels.jsonl").readline())
+  assert line["id"] == pid and line["annotator"] == "carol"
+  assert line["segment_labels"] == to_record_labels([1, 0], store.swap(pid, "carol"))
