@@ -105,7 +105,7 @@ def test_annotators_get_different_pairs_and_a_restart_resumes(session, pairs, tm
   a = call(f"{url}/api/next?annotator=alice")[1]["pair"]
   b = call(f"{url}/api/next?annotator=bob")[1]["pair"]
   assert a != b and call(f"{url}/api/next?annotator=alice")[1]["pair"] == a  # Still hers.
-  call(f"{url}/api/label", {"annotator": "alice", "pair": a, "segments": ["tie", "tie"]})
+  call(f"{url}/api/label", {"annotator": "alice", "pair": a, "segments": ["left", "right"]})
   # A new server over the same file: alice resumes at her first unlabeled pair, never `a` again.
   store2, url2 = session()
   seen = set()
@@ -114,11 +114,24 @@ def test_annotators_get_different_pairs_and_a_restart_resumes(session, pairs, tm
     if nxt["done"]:
       break
     seen.add(nxt["pair"])
-    call(f"{url2}/api/label", {"annotator": "alice", "pair": nxt["pair"], "segments": ["tie", "tie"]})
+    call(f"{url2}/api/label", {"annotator": "alice", "pair": nxt["pair"], "segments": ["left", "right"]})
   assert a not in seen and len(seen) == 5
-  # With every pair shown to two people, bob gets pairs alice already did.
+  # A second submission of the same pair is refused, and nothing is written twice.
+  assert call(f"{url2}/api/label", {"annotator": "alice", "pair": a,
+                                    "segments": ["left", "left"]})[0] == 409
+  # With every pair shown to two people, bob gets pairs alice already did; their two lines import
+  # as one label per pair: kept where they agree, a tie where they differ.
   store3, url3 = session(double_share=1.0)
-  assert not call(f"{url3}/api/next?annotator=bob")[1]["done"]
+  nxt = call(f"{url3}/api/next?annotator=bob")[1]
+  alice = [json.loads(line) for line in open(tmp_path / "labels.jsonl")
+           if json.loads(line)["id"] == nxt["pair"]][0]["segment_labels"]
+  bob = [alice[0], -alice[1]]  # Agrees on segment 1, not on segment 2.
+  screen = to_record_labels(bob, store3.swap(nxt["pair"], "bob"))  # Its own inverse.
+  choice = {1: "left", -1: "right"}
+  assert call(f"{url3}/api/label", {"annotator": "bob", "pair": nxt["pair"],
+                                    "segments": [choice[v] for v in screen]})[0] == 200
+  parsed = labels_io.parse_labels(str(tmp_path / "labels.jsonl"), {p: 2 for p in store3.items})
+  assert parsed[nxt["pair"]]["segment_labels"].tolist() == [alice[0], 0]
 
 
 def test_a_token_is_required_off_loopback_and_no_path_escapes(pairs, tmp_path):
@@ -127,9 +140,11 @@ def test_a_token_is_required_off_loopback_and_no_path_escapes(pairs, tmp_path):
     make_server(store, "0.0.0.0", 0)
   server, url = start(store, host="0.0.0.0", token="s3cret")
   try:
-    assert call(f"{url}/")[0] == 403
+    assert call(f"{url}/api/next?annotator=a")[0] == 403
     assert call(f"{url}/api/next?annotator=a&token=wrong")[0] == 403
-    assert call(f"{url}/?token=s3cret")[0] == 200
+    assert call(f"{url}/api/label", {"annotator": "a", "pair": "p0"})[0] == 403
+    # The page's files hold no data: the browser loads them with the page.
+    assert call(f"{url}/")[0] == 200 and call(f"{url}/static/app.js")[0] == 200
     assert call(f"{url}/api/next?annotator=a", headers={"X-Token": "s3cret"})[0] == 200
     for path in ("/static/../server.py", "/static/%2e%2e/server.py", "/../../etc/passwd",
                  "/static/app.js/../../store.py", "/api/frames?pair=../../etc&side=left&annotator=a"):

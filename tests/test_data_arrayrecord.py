@@ -139,3 +139,12 @@ def test_more_shards_than_records(tmp_path):
   arrayrecord_io.write_records(_pairs(2), str(tmp_path), "pairs", num_shards=4)
   src = arrayrecord_io.ShardedSource(str(tmp_path), "pairs")
   assert len(src) == 2 and [arrayrecord_io.decode_raw(src[i]).id for i in range(2)] == ["p000", "p001"]
+
+
+def test_a_source_pickles_for_grain_workers(tmp_path):
+  import pickle
+  arrayrecord_io.write_records(_pairs(3), str(tmp_path), "pairs", num_shards=2)
+  src = arrayrecord_io.ShardedSource(str(tmp_path), "pairs", max_unreadable_share=0.5)
+  copy = pickle.loads(pickle.dumps(src))
+  assert copy.max_unreadable_share == 0.5 and len(copy) == 3
+  assert arrayrecord_io.decode_raw(copy[2]).id == arrayrecord_io.decode_raw(src[2]).id

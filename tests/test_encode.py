@@ -254,3 +254,9 @@ def test_the_whole_real_model_path(wan, tmp_path):
   for name in ("base", "dense"):
     sample, fps = video_io.read_video(str(tmp_path / "eval" / "eval" / name / "sample_00001.mp4"))
     assert sample.shape == (17, H, W, 3) and fps == 16.0
+
+
+def test_file_names_of_ids_are_unique():
+  names = {decode.safe_name(i) for i in ("a/b", "a_b", "a:b", "clip1", "../x")}
+  assert len(names) == 5 and decode.safe_name("clip1") == "clip1"
+  assert all("/" not in n and not n.startswith(".") for n in names)

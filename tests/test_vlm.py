@@ -196,19 +196,25 @@ def test_cache_hits_on_rerun_and_the_budget_stops_without_paying_twice(server, t
   s = server()
   cache = str(tmp_path / "cache.sqlite")
   pairs = [make_pair(i, [i % 4], []) for i in range(3)]
-  limited = VLMLabeler(settings(s.url, cache=cache, max_requests=10, concurrency=1))
+  limited = VLMLabeler(settings(s.url, cache=cache, max_requests=10, concurrency=8))
   label(limited, pairs[0])  # 8 calls.
-  with pytest.raises(vlm.BudgetExceeded, match="max_requests = 10"):
-    label(limited, pairs[1])
-  paid = len(s.bodies)
-  assert paid == 10
+  with pytest.raises(vlm.BudgetExceeded, match="needs 8 more.*max_requests = 10"):
+    label(limited, pairs[1])  # Would exceed the budget: not started, nothing paid for nothing.
+  assert len(s.bodies) == 8
   again = VLMLabeler(settings(s.url, cache=cache))
   labels = [label(again, p)[0].tolist() for p in pairs]
   assert labels[0] == [-1, 0, 0, 0] and labels[2] == [0, 0, -1, 0]
-  assert len(s.bodies) == 24 and again.stats["cache_hits"] == 10  # Nothing asked twice.
+  assert len(s.bodies) == 24 and again.stats["cache_hits"] == 8  # Nothing asked twice.
   other_model = VLMLabeler(settings(s.url, cache=cache, model="another"))
   label(other_model, pairs[0])
   assert len(s.bodies) == 32  # The model is part of the key.
+
+
+def test_a_wrong_key_or_model_stops_instead_of_labeling_ties(server):
+  s = server(fail=[401] * 50)
+  labeler = VLMLabeler(settings(s.url, max_retries=0))
+  with pytest.raises(Exception, match="401"):
+    label(labeler, make_pair(7, [0], []))
 
 
 def test_whole_mode_asks_once_per_order(server):

@@ -188,6 +188,8 @@ def test_converted_folder_equals_the_diffusers_folder(trained, tmp_path):
   # Scanned layout and bf16 storage.
   convert.main(["wan", str(root / "transformer"), str(tmp_path / "scanned"), "--scan_layers",
                 "--dtype", "bfloat16"])
+  with pytest.raises(FileExistsError, match="already holds params"):  # Never half-overwritten.
+    convert.main(["wan", str(root / "transformer"), str(tmp_path / "scanned")])
   module, scanned = load_pretrained(str(tmp_path / "scanned"))
   assert module.cfg.scan_layers and module.cfg.param_dtype == "bfloat16"
   assert scanned["params"]["blocks"]["attn1"]["to_q"]["kernel"].shape == (2, 24, 24)

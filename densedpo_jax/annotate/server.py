@@ -7,8 +7,8 @@
                                   "whole": "left"|"right"|"tie"|null, "broken": bool,
                                   "comment": str, "seconds": float}
 
-Binds 127.0.0.1 by default. Any other address needs a token, which every request must carry
-(`?token=` or the `X-Token` header). Every input is validated and refused with a 400 naming the
+Binds 127.0.0.1 by default. Any other address needs a token, which every API request must
+carry (`?token=` or the `X-Token` header); the page's own files hold no data and need none. Every input is validated and refused with a 400 naming the
 field; files are served only from a fixed table, never from a path in the request.
 """
 from __future__ import annotations
@@ -38,6 +38,10 @@ class BadRequest(ValueError):
   """A refused input: the message names the field and what was expected."""
 
 
+class Conflict(BadRequest):
+  """A second label of the same pair by the same annotator (409)."""
+
+
 def is_loopback(host: str) -> bool:
   try:
     return ipaddress.ip_address(host).is_loopback
@@ -59,6 +63,8 @@ def parse_label(store: Store, body: dict[str, Any]) -> tuple[str, str, dict[str,
   if not isinstance(pid, str) or pid not in store.items:
     raise BadRequest(f"pair: unknown pair id {pid!r}")
   item, swapped = store.items[pid], store.swap(pid, annotator)
+  if annotator in store.done[pid]:
+    raise Conflict(f"pair: {annotator} already labeled {pid!r}")
   broken = body.get("broken", False)
   if not isinstance(broken, bool):
     raise BadRequest(f"broken: expected true or false, got {broken!r}")
@@ -71,12 +77,12 @@ def parse_label(store: Store, body: dict[str, Any]) -> tuple[str, str, dict[str,
   else:
     if not isinstance(segments, list) or len(segments) != item.num_segments:
       raise BadRequest(f"segments: expected a list of {item.num_segments} choices, got {segments!r}")
-    bad = [v for v in segments if v not in CHOICES]
+    bad = [v for v in segments if not isinstance(v, str) or v not in CHOICES]
     if bad:
       raise BadRequest(f"segments: values must be one of {sorted(CHOICES)}, got {bad}")
     seg = to_record_labels([CHOICES[v] for v in segments], swapped)
   whole = body.get("whole")
-  if whole is not None and whole not in CHOICES:
+  if whole is not None and (not isinstance(whole, str) or whole not in CHOICES):
     raise BadRequest(f"whole: expected one of {sorted(CHOICES)} or null, got {whole!r}")
   seconds = body.get("seconds", 0.0)
   if not isinstance(seconds, (int, float)) or not 0 <= seconds < 86400:
@@ -120,12 +126,12 @@ def make_handler(store: Store, token: str | None):
     def do_GET(self):
       url = urlparse(self.path)
       query = parse_qs(url.query)
-      if not self._authorised(query):
-        return
-      if url.path in STATIC:
+      if url.path in STATIC:  # The page itself: no pairs, no labels.
         name, kind = STATIC[url.path]
         with open(os.path.join(STATIC_DIR, name), "rb") as f:
           return self._send(200, f.read(), kind)
+      if not self._authorised(query):
+        return
       annotator = (query.get("annotator") or [""])[0]
       if url.path in ("/api/next", "/api/frames") and not ANNOTATOR.match(annotator):
         return self._json(400, {"error": f"annotator: expected 1-64 of A-Z a-z 0-9 _ . @ -, "
@@ -154,7 +160,8 @@ def make_handler(store: Store, token: str | None):
         return
       if url.path != "/api/label":
         return self._json(404, {"error": f"no such endpoint: {url.path}"})
-      length = int(self.headers.get("Content-Length") or 0)
+      length = self.headers.get("Content-Length") or "0"
+      length = int(length) if length.isdigit() else 0
       if not 0 < length <= MAX_BODY:
         return self._json(400, {"error": f"body: expected 1 to {MAX_BODY} bytes of JSON"})
       try:
@@ -165,8 +172,9 @@ def make_handler(store: Store, token: str | None):
       except (json.JSONDecodeError, UnicodeDecodeError):
         return self._json(400, {"error": "body: not valid JSON"})
       except BadRequest as e:
-        return self._json(400, {"error": str(e)})
-      store.record(pid, annotator, line)
+        return self._json(409 if isinstance(e, Conflict) else 400, {"error": str(e)})
+      if not store.record(pid, annotator, line):
+        return self._json(409, {"error": f"pair: {annotator} already labeled {pid!r}"})
       print(f"annotate: {annotator} labeled {pid} in {line['seconds']:.0f} s", flush=True)
       self._json(200, {"ok": True, "progress": store.progress(annotator)})
 

@@ -9,6 +9,7 @@ file in `data/labels_io.py`'s import format the moment they arrive (gold answers
 from __future__ import annotations
 
 import dataclasses
+import hashlib
 import json
 import os
 import threading
@@ -119,10 +120,13 @@ class Store:
     """Whether this annotator sees b on the left (random per pair and annotator, stable)."""
     return _hash01(f"swap:{pair_id}:{annotator}") < 0.5
 
-  def record(self, pair_id: str, annotator: str, line: dict[str, Any]) -> None:
-    """Appends one validated label line and marks the pair done for the annotator."""
+  def record(self, pair_id: str, annotator: str, line: dict[str, Any]) -> bool:
+    """Appends one validated label line and marks the pair done for the annotator; False (and
+    nothing written) when this annotator already labeled it (a double submit)."""
     path = self.gold_out if self.items[pair_id].gold is not None else self.out
     with self.lock:
+      if annotator in self.done[pair_id]:
+        return False
       os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
       with open(path, "a", encoding="utf-8") as f:
         f.write(json.dumps(line) + "\n")
@@ -130,12 +134,14 @@ class Store:
         os.fsync(f.fileno())
       self.done[pair_id].add(annotator)
       self.leases[pair_id].pop(annotator, None)
+    return True
 
   def sprite(self, pair_id: str, member: str, min_side: int = 256) -> bytes:
     """PNG of every frame of a member side by side, scaled up (rendered once, then cached)."""
-    path = os.path.join(self.cache_dir, f"{zlib.crc32(pair_id.encode()):08x}-{member}.png")
+    frames = self.items[pair_id].frames[0 if member == "a" else 1]
+    digest = hashlib.sha1(pair_id.encode() + frames.tobytes()).hexdigest()[:20]
+    path = os.path.join(self.cache_dir, f"{digest}-{member}-{min_side}.png")
     if not os.path.exists(path):
-      frames = self.items[pair_id].frames[0 if member == "a" else 1]
       sheet = np.concatenate(list(previews.upscale(frames, min_side)), axis=1)
       os.makedirs(self.cache_dir, exist_ok=True)
       tmp = path + f".{threading.get_ident()}.tmp"

@@ -277,6 +277,13 @@ class ShardedSource:
     self._lock = threading.Lock()
     self._readers = [self._open(k) for k in range(len(self._files))]
 
+  def __getstate__(self) -> dict:  # Picklable for grain worker processes: reopen there.
+    return {"directory": self.directory, "name": self.name,
+            "max_unreadable_share": self.max_unreadable_share}
+
+  def __setstate__(self, state: dict) -> None:
+    self.__init__(**state)
+
   def _open(self, k: int):
     """The reader of non-empty shard k, or None (skip mode) when it cannot be opened."""
     try:

@@ -7,7 +7,9 @@ One line a pair:
 `segment_labels` (length S, values in {-1, 0, 1}; +1: video a wins) and
 `global_label` (-1, 0 or 1) may each be null or missing; extra keys are ignored
 on import, so an exported file (which adds prompt and timing for the annotator)
-can be filled in and imported back as it is.
+can be filled in and imported back as it is. Files of the annotation page may hold one line per
+annotator of a pair (distinct `annotator` fields): their labels are combined, kept where they
+agree and a tie where they differ; a line with `"broken": true` is not used.
 
 Import checks every line before anything is written and raises one
 `LabelImportError` listing every bad line (bad JSON, missing or unknown id,
@@ -85,7 +87,7 @@ def parse_labels(jsonl_path: str, num_segments_by_id: dict[str, int]) -> dict[st
   Raises:
     LabelImportError: listing every bad line.
   """
-  problems, out = [], {}
+  problems, out, seen = [], {}, {}
   with open(jsonl_path, encoding="utf-8") as f:
     for n, line in enumerate(f, start=1):
       if not line.strip():
@@ -102,8 +104,13 @@ def parse_labels(jsonl_path: str, num_segments_by_id: dict[str, int]) -> dict[st
       if pid not in num_segments_by_id:
         problems.append((n, f"unknown id {pid!r}"))
         continue
-      if pid in out:
-        problems.append((n, f"duplicate id {pid!r}"))
+      annotator = obj.get("annotator")
+      if pid in seen and (annotator is None or annotator in seen[pid]):
+        problems.append((n, f"duplicate id {pid!r}" + (f" from annotator {annotator!r}"
+                                                        if annotator is not None else "")))
+        continue
+      seen.setdefault(pid, set()).add(annotator)
+      if obj.get("broken") is True:  # Flagged by an annotator: nothing of this line is used.
         continue
       entry, bad = {"segment_labels": None, "global_label": None}, []
       seg = obj.get("segment_labels")
@@ -126,10 +133,20 @@ def parse_labels(jsonl_path: str, num_segments_by_id: dict[str, int]) -> dict[st
       if bad:
         problems.extend((n, m) for m in bad)
       elif entry["segment_labels"] is not None or entry["global_label"] is not None:
-        out[pid] = entry
+        out[pid] = _agree(out[pid], entry) if pid in out else entry
   if problems:
     raise LabelImportError(jsonl_path, problems)
   return out
+
+
+def _agree(first: dict[str, Any], second: dict[str, Any]) -> dict[str, Any]:
+  """Two annotators' labels of one pair: kept where they agree, a tie where they differ or one
+  of them gave none."""
+  seg = [first["segment_labels"], second["segment_labels"]]
+  glob = [first["global_label"], second["global_label"]]
+  return {"segment_labels": (np.where(seg[0] == seg[1], seg[0], 0).astype(np.int8)
+                             if seg[0] is not None and seg[1] is not None else None),
+          "global_label": glob[0] if glob[0] == glob[1] else (None if None in glob else 0)}
 
 
 def import_labels(jsonl_path: str, directory: str, name: str, out_directory: str, out_name: str,

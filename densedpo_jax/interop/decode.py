@@ -22,6 +22,7 @@ import json
 import os
 import re
 import time
+import zlib
 from typing import Callable
 
 import numpy as np
@@ -54,8 +55,12 @@ def auto_kind(side: dict) -> str:
 
 
 def safe_name(record_id: str) -> str:
-  """A file name for an id: path separators and other odd characters become '_'."""
-  return re.sub(r"[^A-Za-z0-9._=-]", "_", record_id).lstrip(".") or "_"
+  """A file name for an id, unique per id: odd characters become '_' and, when any did, a hash
+  of the id is appended (so `a/b` and `a_b` never share files)."""
+  name = re.sub(r"[^A-Za-z0-9._=-]", "_", record_id).lstrip(".")
+  if name == record_id:
+    return name
+  return f"{name or '_'}-{zlib.crc32(record_id.encode('utf-8')):08x}"
 
 
 def _scaled(video: np.ndarray, scale: int) -> np.ndarray:

@@ -17,8 +17,9 @@ nothing is lost), latents and text in bfloat16.
 
 Resumable: records are committed in parts (`NAME.parts/`), each written atomically, and the dataset
 sidecar is written last; a rerun skips committed parts and refuses a changed manifest or settings.
-A missing, corrupt or too-short video or a bad label stops the run naming the manifest line and
-field, or with `--skip_bad` is skipped and counted (listed in `NAME.skipped.jsonl`).
+A bad label stops the run before anything is encoded, naming the manifest line and field; a
+missing, corrupt or too-short video does too, or with `--skip_bad` is skipped and counted (listed
+in `NAME.skipped.jsonl`).
 """
 from __future__ import annotations
 
@@ -124,7 +125,9 @@ class Settings:
 def _load_clip(entry: Entry, index: int, settings: Settings, manifest: str) -> np.ndarray:
   field = "video" if len(entry.videos) == 1 else ("video_a", "video_b")[index]
   try:
-    frames, src_fps = video_io.read_video(entry.videos[index])
+    # One second more than needed: resampling takes the nearest source frame.
+    frames, src_fps = video_io.read_video(entry.videos[index],
+                                          seconds=(settings.num_frames - 1) / settings.fps + 1.0)
     return video_io.conform(frames, src_fps, fps=settings.fps, height=settings.height,
                             width=settings.width, num_frames=settings.num_frames,
                             path=entry.videos[index])

@@ -59,6 +59,9 @@ def export_merged(workdir: str, out: str, step: int | None = None, dtype: str = 
   step, params = checkpointing.read_item(workdir, "params", step)
   state_dict = {k: v.astype(np.dtype(dtype)) for k, v in wan_weights.to_diffusers(params, cfg).items()}
   os.makedirs(out, exist_ok=True)
+  for old in os.listdir(out):  # An earlier export's shards or index would shadow these weights.
+    if old.startswith(WEIGHTS_NAME):
+      os.remove(os.path.join(out, old))
   with open(os.path.join(out, "config.json"), "w") as f:
     json.dump(wan_weights.diffusers_config(cfg), f, indent=1)
   shards, current, size = [], {}, 0

@@ -33,10 +33,11 @@ class VideoError(ValueError):
 
 # Reading.
 
-def read_video(path: str) -> tuple[np.ndarray, float]:
-  """All frames of the first video stream of `path`: (uint8 RGB `[F, H, W, 3]`, frames per second).
+def read_video(path: str, seconds: float | None = None) -> tuple[np.ndarray, float]:
+  """The frames of the first video stream of `path`: (uint8 RGB `[F, H, W, 3]`, frames per second).
 
-  The rate is the stream's average rate, else its guessed rate, else its base rate.
+  The rate is the stream's average rate, else its guessed rate, else its base rate. `seconds`
+  stops decoding once that much of the clip is read (a long clip is never held whole).
   """
   if not os.path.isfile(path):
     raise VideoError(f"{path}: no such file")
@@ -45,7 +46,12 @@ def read_video(path: str) -> tuple[np.ndarray, float]:
       if not container.streams.video:
         raise VideoError(f"{path}: no video stream")
       fps = _stream_fps(container.streams.video[0], path)
-      frames = [f.to_ndarray(format="rgb24") for f in container.decode(video=0)]
+      limit = None if seconds is None else int(math.ceil(seconds * fps)) + 1
+      frames = []
+      for f in container.decode(video=0):
+        frames.append(f.to_ndarray(format="rgb24"))
+        if limit is not None and len(frames) >= limit:
+          break
   except VideoError:
     raise
   except _AV_ERRORS as e:

@@ -160,11 +160,12 @@ class VLMLabeler(Labeler):
                + [{"type": "text", "text": self.instruction.format(prompt=prompt)}])
     return [{"role": "user", "content": content}]
 
-  def _key(self, frames_first, frames_second, order: str) -> str:
+  def _key(self, prompt: str, frames_first, frames_second, order: str) -> str:
     s = self.settings
     digest = lambda urls: [hashlib.sha256(u.encode()).hexdigest() for u in urls]
     return hashlib.sha256(json.dumps({
         "model": s.model, "template": TEMPLATE_VERSION, "instruction": self.instruction,
+        "prompt": prompt,
         "sampling": [s.temperature, s.max_tokens, s.sample_fps, s.max_side, s.jpeg_quality],
         "first": digest(frames_first), "second": digest(frames_second), "order": order},
         sort_keys=True).encode()).hexdigest()
@@ -181,7 +182,7 @@ class VLMLabeler(Labeler):
       urls_b = [jpeg_data_url(b[i], s.max_side, s.jpeg_quality) for i in idx]
       for order, first, second in (("ab", urls_a, urls_b), ("ba", urls_b, urls_a)):
         out.append((q, order, self.messages(pair.prompt, first, second),
-                    self._key(first, second, order)))
+                    self._key(pair.prompt, first, second, order)))
     return out
 
   # Calls.
@@ -226,14 +227,19 @@ class VLMLabeler(Labeler):
           if not self._probed:
             try:
               response = await self._create(kw, json_mode=True)
-            except openai.BadRequestError:
+            except openai.BadRequestError as e:
+              if "response_format" not in str(e) and "json" not in str(e).lower():
+                raise
               logging.warning("vlm: the server refused response_format; asking for free text")
               self._json = False
               response = await self._create(kw, json_mode=False)
             self._probed = True
             return self._text(response)
       return self._text(await self._create(kw, json_mode=self._json))
-    except openai.APIError as e:  # Includes timeouts and connection errors after the retries.
+    except (openai.AuthenticationError, openai.PermissionDeniedError, openai.NotFoundError,
+            openai.BadRequestError):
+      raise  # A wrong key, model, URL or request: every call would fail; never label ties.
+    except openai.APIError as e:  # Timeouts, connection errors, 429 / 5xx after the retries.
       logging.warning("vlm: call failed after retries: %s", e)
       return ""
 
@@ -258,8 +264,21 @@ class VLMLabeler(Labeler):
     return dict(answer, cached=False)
 
   async def _ask_all(self, questions) -> list[dict]:
-    semaphore = asyncio.Semaphore(max(1, self.settings.concurrency))
-    return await asyncio.gather(*[self._answer(m, k, semaphore) for _, _, m, k in questions])
+    """Every answer of a pair. A pair whose uncached questions exceed the request budget left is
+    not started; an error raised mid-pair comes after the answers that arrived were cached."""
+    s = self.settings
+    uncached = sum(self.cache is None or self.cache.get(k) is None for _, _, _, k in questions)
+    if s.max_requests and self.stats["calls"] + uncached > s.max_requests:
+      raise BudgetExceeded(f"request budget spent: {self.stats['calls']} calls, this pair needs "
+                           f"{uncached} more (max_requests = {s.max_requests}); answers so far "
+                           "are cached, rerun to continue")
+    semaphore = asyncio.Semaphore(max(1, s.concurrency))
+    answers = await asyncio.gather(*[self._answer(m, k, semaphore) for _, _, m, k in questions],
+                                   return_exceptions=True)
+    for a in answers:
+      if isinstance(a, BaseException):
+        raise a
+    return answers
 
   # Labels.
 

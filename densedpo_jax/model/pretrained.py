@@ -131,14 +131,18 @@ def read_model_json(path: str) -> ModelConfig:
 
 def save_params(directory: str, params: Any, cfg: ModelConfig, step: int = 0) -> str:
   """Writes `params` as `<directory>/checkpoints/<step>/params` plus `model.json`; returns the
-  checkpoints folder. `config.init_from=<directory>` and `load_pretrained` read it."""
-  write_model_json(directory, cfg)
+  checkpoints folder. `config.init_from=<directory>` and `load_pretrained` read it. An existing
+  params directory is refused: its model.json and weights could disagree after a partial write."""
   path = os.path.join(os.path.abspath(directory), "checkpoints")
+  if os.path.exists(path) or os.path.exists(os.path.join(directory, MODEL_JSON)):
+    raise FileExistsError(f"{directory} already holds params ({path}); delete it or choose "
+                          "another destination")
   manager = ocp.CheckpointManager(path, options=ocp.CheckpointManagerOptions(create=True),
                                   item_names=("params",))
   manager.save(step, args=ocp.args.Composite(params=ocp.args.StandardSave(params)), force=True)
   manager.wait_until_finished()
   manager.close()
+  write_model_json(directory, cfg)  # Last: a folder with a model.json is complete.
   return path
 
 

@@ -86,14 +86,16 @@ function mark(value) { const p = state.pair; state.labels[state.seg] = value;
   draw(); }
 
 async function submit() {
-  const p = state.pair; if (!p) return;
+  const p = state.pair; if (!p || state.submitting) return;
   const broken = $("broken").checked;
   if (!broken && state.labels.some((v) => v === null)) { status("Label every segment (1 / 2 / 0) or mark the pair broken.", true); return; }
   const body = { annotator: annotator(), pair: p.pair, broken, comment: $("comment").value,
                  segments: state.labels.some((v) => v === null) ? null : state.labels, whole: state.whole,
                  seconds: (performance.now() - state.started) / 1000 };
+  state.submitting = true;
   try { await api("/api/label", { method: "POST", body: JSON.stringify(body) }); status(`Saved ${p.pair}`); await next(); }
   catch (e) { status(e.message, true); }
+  finally { state.submitting = false; }
 }
 
 document.addEventListener("keydown", (e) => {
