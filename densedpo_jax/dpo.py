@@ -37,6 +37,19 @@ def _check_batch(batch):
     raise ValueError(f"batch['text_mask'] must be [B, L] = {text[:2]}, got {mask}")
 
 
+def draw_noise(batch, key, *, share_noise=True, t_sampler=flow.logit_normal_t):
+  """`{'t' [B], 'eps_a', 'eps_b'}` of a batch of pairs: what `dpo_errors` draws from `key`.
+
+  Drawn once for a whole batch, they make a step split into micro-batches see exactly the noise
+  of the unsplit step.
+  """
+  shape = np.shape(batch["latent_a"])
+  key_t, key_a, key_b = jax.random.split(key, 3)
+  eps_a = jax.random.normal(key_a, shape, jnp.float32)
+  eps_b = eps_a if share_noise else jax.random.normal(key_b, shape, jnp.float32)
+  return {"t": t_sampler(key_t, (shape[0],)), "eps_a": eps_a, "eps_b": eps_b}
+
+
 def dpo_errors(apply_fn, params, lora, batch, key, *, share_noise=True,
                t_sampler=flow.logit_normal_t):
   """Per-frame flow-matching errors of policy and reference on both pair members.
@@ -46,7 +59,7 @@ def dpo_errors(apply_fn, params, lora, batch, key, *, share_noise=True,
       `VideoDiT(cfg).apply`; `variables = {'params': params, 'lora': lora}`.
     params: base weights; lora: adapter weights (the policy is base + LoRA).
     batch: dict with `latent_a, latent_b [B, T, H, W, C]`, `text_emb [B, L, D]`,
-      `text_mask [B, L]` bool.
+      `text_mask [B, L]` bool, and optionally the noise of `draw_noise` (then `key` is unused).
     key: PRNG key for `t` and `eps`.
     share_noise: the same `eps` for a and b (else independent noises). `t` is always shared.
     t_sampler: `(key, shape) -> t` in [0, 1], e.g. `flow.logit_normal_t` or `flow.uniform_t`.
@@ -54,12 +67,11 @@ def dpo_errors(apply_fn, params, lora, batch, key, *, share_noise=True,
     dict of `err_theta_a, err_ref_a, err_theta_b, err_ref_b`, each `[B, T]`.
   """
   _check_batch(batch)
-  x0_a, x0_b = batch["latent_a"], batch["latent_b"]
+  x0_a, x0_b = batch["latent_a"].astype(jnp.float32), batch["latent_b"].astype(jnp.float32)
   b = x0_a.shape[0]
-  key_t, key_a, key_b = jax.random.split(key, 3)
-  t = t_sampler(key_t, (b,))
-  eps_a = jax.random.normal(key_a, x0_a.shape, x0_a.dtype)
-  eps_b = eps_a if share_noise else jax.random.normal(key_b, x0_b.shape, x0_b.dtype)
+  noise = batch if "t" in batch else draw_noise(batch, key, share_noise=share_noise,
+                                                t_sampler=t_sampler)
+  t, eps_a, eps_b = noise["t"], noise["eps_a"], noise["eps_b"]
 
   twice = lambda a: jnp.concatenate([a, a], axis=0)
   x0 = jnp.concatenate([x0_a, x0_b], axis=0)
@@ -98,4 +110,4 @@ def dpo_loss(apply_fn, params, lora, batch, key, *, beta, dense=True, granularit
   return losses.flow_dpo_loss(**errs, labels=batch["labels"], beta=beta)
 
 
-__all__ = ["dpo_errors", "dpo_loss"]
+__all__ = ["draw_noise", "dpo_errors", "dpo_loss"]

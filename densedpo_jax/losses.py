@@ -89,6 +89,8 @@ def _dpo(err_theta_a, err_ref_a, err_theta_b, err_ref_b, labels, valid, beta):
       "ref_err_win": mean(win(err_ref_a, err_ref_b)),
       "ref_err_lose": mean(lose(err_ref_a, err_ref_b)),
       "nontie_frac": nontie.sum() / jnp.maximum(valid.sum(), 1),
+      # The loss's normaliser: an accumulated loss weights its micro-batches by it.
+      "num_pairs": has_pair.sum().astype(jnp.float32),
   }
   return loss, metrics
 

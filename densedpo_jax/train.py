@@ -19,6 +19,7 @@ import numpy as np
 from absl import logging
 from clu import metric_writers, periodic_actions
 from jax.experimental import multihost_utils
+from jax.sharding import NamedSharding, PartitionSpec as P
 
 from densedpo_jax import checkpointing, previews, sampling, sharding, train_step
 from densedpo_jax.builders import make_source, model_config
@@ -100,10 +101,12 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
   rules = tuple((k, tuple(v) if isinstance(v, list) else v) for k, v in config.mesh.rules)
   logging.info("Mesh %s over %d devices", dict(mesh.shape), mesh.size)
   batch_devices = mesh.shape["data"] * mesh.shape["fsdp"]
-  if config.data.batch_size % batch_devices:
+  accum = config.optim.accum_steps
+  if config.data.batch_size % (batch_devices * accum):
     raise ValueError(f"config.data.batch_size={config.data.batch_size} is not divisible by the "
                      f"{batch_devices} devices of the batch axes ('data', 'fsdp') of mesh "
-                     f"{dict(mesh.shape)}: change the batch size or config.mesh.shape")
+                     f"{dict(mesh.shape)} x config.optim.accum_steps={accum}: change the batch "
+                     "size, the mesh or the accumulation")
 
   # Data.
   source = make_source(config.data)
@@ -149,7 +152,8 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
   frozen_shardings = params_shardings if lora_trained else {}
 
   # Step.
-  step_fn = jax.jit(train_step.make_train_step(model, config, tx),
+  micro_sharding = NamedSharding(mesh, P(None, sharding.BATCH_AXES))
+  step_fn = jax.jit(train_step.make_train_step(model, config, tx, batch_devices, micro_sharding),
                     in_shardings=(state_shardings, frozen_shardings, batch_sharding, None),
                     out_shardings=(state_shardings, None), donate_argnums=(0,))
 
@@ -203,6 +207,10 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
           _check_finite(*unchecked)
         unchecked = (step, metrics)
         last = step == config.total_steps
+        if sampler is not None and (step % config.sample.every == 0 or last):
+          videos = np.asarray(multihost_utils.process_allgather(sampler(export(state)), tiled=True))
+          write_samples(writer, workdir, step, videos, config.sample.fps)
+        # Decided after sampling, so a signal that arrives while it runs still saves this step.
         save = step % config.checkpoint_every == 0 or last or stop["stop"]
         log = step % config.log_every == 0 or save
         if log:  # Nothing non-finite is logged as good or saved.
@@ -214,13 +222,8 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
             history[step]["unreadable_records"] = len(source.unreadable)
           writer.write_scalars(step, history[step])
           summary, window = None, 0
-        sample = sampler is not None and (step % config.sample.every == 0 or last)
-        params = export(state) if save or sample else None
         if save:
-          ckpt.save(step, state, data_iter, params, force=True)
-        if sample:
-          videos = np.asarray(multihost_utils.process_allgather(sampler(params), tiled=True))
-          write_samples(writer, workdir, step, videos, config.sample.fps)
+          ckpt.save(step, state, data_iter, export(state), force=True)
     if stop["stop"]:
       logging.warning("Stopped by a signal at step %d of %d; checkpoint %d saved.", step,
                       config.total_steps, step)

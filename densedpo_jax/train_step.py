@@ -66,23 +66,48 @@ def ema_decay(step: jax.Array, max_decay: float) -> jax.Array:
   return jnp.minimum(max_decay, (1.0 + n) / (10.0 + n))
 
 
+def _t_sampler(config) -> Callable:
+  return functools.partial(flow.sample_t, kind=config.t_sampler.kind, mean=config.t_sampler.mean,
+                           std=config.t_sampler.std)
+
+
+def to_compute_floats(batch: dict[str, Any]) -> dict[str, Any]:
+  """bf16 / f16 arrays of a batch (the stored dtypes the host sends) -> float32, on device."""
+  low = (jnp.bfloat16, jnp.float16)
+  return {k: v.astype(jnp.float32) if v.dtype in low else v for k, v in batch.items()}
+
+
+def draw_batch_noise(config, batch: dict[str, Any], key: jax.Array) -> dict[str, Any]:
+  """The step's noise for the whole batch (t, eps), drawn before any split into micro-batches,
+  so that an accumulated step sees exactly the noise of the unsplit one."""
+  t_sampler = _t_sampler(config)
+  if config.loss == "flow_matching":
+    key_t, key_eps, _ = jax.random.split(key, 3)
+    x0 = batch["latent"]
+    return {"t": t_sampler(key_t, (x0.shape[0],)),
+            "eps": jax.random.normal(key_eps, x0.shape, jnp.float32)}
+  return dpo.draw_noise(batch, key, share_noise=config.dpo.share_noise, t_sampler=t_sampler)
+
+
 def make_loss_fn(model, config) -> Callable:
-  """`loss_fn(trainable, frozen, batch, key) -> (loss, metrics)` for `config.loss`."""
+  """`loss_fn(trainable, frozen, batch, key) -> (loss, (metrics, weight))` for `config.loss`.
+
+  `batch` carries its noise (`draw_batch_noise`); `weight` is the loss's normaliser (videos, or
+  pairs with a non-tie label), by which an accumulated step weights its micro-batches.
+  """
   lora_trained = config.loss != "flow_matching" or config.lora.rank > 0
-  t_sampler = functools.partial(flow.sample_t, kind=config.t_sampler.kind,
-                                mean=config.t_sampler.mean, std=config.t_sampler.std)
+  t_sampler = _t_sampler(config)
 
   def variables(trainable, frozen):
     return {"params": frozen, "lora": trainable} if lora_trained else {"params": trainable}
 
   def flow_matching(trainable, frozen, batch, key):
-    x0 = batch["latent"]
-    key_t, key_eps, key_drop = jax.random.split(key, 3)
-    t = t_sampler(key_t, (x0.shape[0],))
-    eps = jax.random.normal(key_eps, x0.shape, x0.dtype)
+    x0, t, eps = batch["latent"], batch["t"], batch["eps"]
+    key_drop = jax.random.split(key, 3)[2]
     v = model.apply(variables(trainable, frozen), flow.add_noise(x0, eps, t), t,
                     batch["text_emb"], batch["text_mask"], train=True, rngs={"dropout": key_drop})
-    return losses.flow_matching_loss(v, flow.velocity_target(x0, eps))
+    loss, metrics = losses.flow_matching_loss(v, flow.velocity_target(x0, eps))
+    return loss, (metrics, jnp.float32(x0.shape[0]))
 
   def dpo_objective(trainable, frozen, batch, key):
     dense = config.loss == "dense_dpo"
@@ -92,48 +117,78 @@ def make_loss_fn(model, config) -> Callable:
     loss, metrics = dpo.dpo_loss(model.apply, frozen, trainable, batch, key, beta=config.dpo.beta,
                                  dense=dense, granularity=config.dpo.granularity,
                                  share_noise=config.dpo.share_noise, t_sampler=t_sampler)
-    return loss, {k: metrics[k] for k in DPO_METRICS}
+    return loss, ({k: metrics[k] for k in DPO_METRICS}, metrics["num_pairs"])
 
   if config.loss not in LOSSES:
     raise ValueError(f"config.loss={config.loss!r}; expected one of {LOSSES}")
   return flow_matching if config.loss == "flow_matching" else dpo_objective
 
 
-def _accumulated_grads(loss_fn, trainable, frozen, batch, key, accum_steps: int):
-  """Mean loss, metrics and gradients over `accum_steps` micro-batches (a `lax.scan`)."""
+def split_micro_batches(x: jax.Array, accum_steps: int, shards: int = 1,
+                        sharding: Any = None) -> jax.Array:
+  """`[B, ...]` -> `[accum_steps, B / accum_steps, ...]`, keeping each micro-batch's rows on the
+  devices that hold them: the batch is `shards` contiguous blocks (one per batch-axis device), and
+  micro-batch m takes the m-th slice of every block. `sharding` (e.g. `P(None, batch_axes)`)
+  pins that layout, so no micro-batch is gathered onto every device."""
+  b = x.shape[0]
+  per = b // (shards * accum_steps)
+  if b != per * shards * accum_steps:
+    raise ValueError(f"batch {b} is not divisible by {shards} batch shards x {accum_steps} "
+                     "accumulation steps")
+  y = x.reshape((shards, accum_steps, per) + x.shape[1:]).swapaxes(0, 1)
+  y = y.reshape((accum_steps, shards * per) + x.shape[1:])
+  return y if sharding is None else jax.lax.with_sharding_constraint(y, sharding)
+
+
+def _accumulated_grads(loss_fn, trainable, frozen, batch, key, accum_steps: int, shards: int = 1,
+                       micro_sharding: Any = None):
+  """Loss-weighted metrics and gradients over `accum_steps` micro-batches (a `lax.scan`).
+
+  `loss_fn -> (loss, (metrics, weight))`. Micro-batch losses are means over their own `weight`
+  units (videos, or non-tie pairs), so they are combined as `sum(weight_m * x_m) / sum(weight_m)`:
+  with the batch's noise drawn before the split, loss and gradients equal the full batch's.
+  """
   grad_fn = jax.value_and_grad(loss_fn, has_aux=True)
   if accum_steps == 1:
-    (_, metrics), grads = grad_fn(trainable, frozen, batch, key)
+    (_, (metrics, _)), grads = grad_fn(trainable, frozen, batch, key)
     return metrics, grads
-  micro = jax.tree_util.tree_map(
-      lambda x: x.reshape((accum_steps, x.shape[0] // accum_steps) + x.shape[1:]), batch)
+  micro = {k: split_micro_batches(v, accum_steps, shards, micro_sharding) for k, v in batch.items()}
 
   def body(carry, inputs):
-    grads_sum, metrics_sum = carry
+    grads_sum, metrics_sum, weight_sum = carry
     micro_batch, i = inputs
-    (_, metrics), grads = grad_fn(trainable, frozen, micro_batch, jax.random.fold_in(key, i))
-    add = lambda a, b: jax.tree_util.tree_map(jnp.add, a, b)
-    return (add(grads_sum, grads), add(metrics_sum, metrics)), None
+    (_, (metrics, weight)), grads = grad_fn(trainable, frozen, micro_batch,
+                                            jax.random.fold_in(key, i))
+    add = lambda a, b: jax.tree_util.tree_map(lambda x, y: x + weight * y, a, b)
+    return (add(grads_sum, grads), add(metrics_sum, metrics), weight_sum + weight), None
 
   zeros = jax.tree_util.tree_map(jnp.zeros_like, trainable)
   metrics0 = jax.eval_shape(lambda: grad_fn(trainable, frozen, jax.tree_util.tree_map(
-      lambda x: x[0], micro), key)[0][1])
+      lambda x: x[0], micro), key)[0][1][0])
   metrics0 = jax.tree_util.tree_map(lambda s: jnp.zeros(s.shape, s.dtype), metrics0)
-  (grads, metrics), _ = jax.lax.scan(body, (zeros, metrics0), (micro, jnp.arange(accum_steps)))
-  scale = lambda tree: jax.tree_util.tree_map(lambda x: x / accum_steps, tree)
+  (grads, metrics, weight), _ = jax.lax.scan(body, (zeros, metrics0, jnp.float32(0)),
+                                             (micro, jnp.arange(accum_steps)))
+  scale = lambda tree: jax.tree_util.tree_map(lambda x: x / jnp.maximum(weight, 1.0), tree)
   return scale(metrics), scale(grads)
 
 
-def make_train_step(model, config, tx: optax.GradientTransformation) -> Callable:
-  """`step(state, frozen, batch, key) -> (state, metrics)`; jit it with shardings (train.py)."""
+def make_train_step(model, config, tx: optax.GradientTransformation, batch_shards: int = 1,
+                    micro_sharding: Any = None) -> Callable:
+  """`step(state, frozen, batch, key) -> (state, metrics)`; jit it with shardings (train.py).
+
+  `batch_shards` and `micro_sharding`: the batch's device blocks and the sharding that keeps
+  accumulation micro-batches on them (`split_micro_batches`).
+  """
   loss_fn = make_loss_fn(model, config)
   schedule = learning_rate_schedule(config.optim)
   collection = metrics_collection(config.loss)
 
   def step(state: TrainState, frozen, batch, key):
     key = jax.random.fold_in(key, state.step)
+    batch = to_compute_floats(batch)
+    batch = dict(batch, **draw_batch_noise(config, batch, key))
     metrics, grads = _accumulated_grads(loss_fn, state.trainable, frozen, batch, key,
-                                        config.optim.accum_steps)
+                                        config.optim.accum_steps, batch_shards, micro_sharding)
     updates, opt_state = tx.update(grads, state.opt_state, state.trainable)
     trainable = optax.apply_updates(state.trainable, updates)
     ema = state.ema

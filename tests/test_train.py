@@ -251,7 +251,7 @@ def test_gradient_accumulation_equals_the_full_batch(accum_steps):
   def loss_fn(params, frozen, b, key):  # Mean squared error of a linear model; key unused.
     err = b["x"] @ params["w"] - b["y"]
     loss = jnp.mean(err ** 2)
-    return loss, {"loss": loss}
+    return loss, ({"loss": loss}, jnp.float32(err.shape[0]))  # Weight: rows averaged over.
 
   metrics, grads = _accumulated_grads(loss_fn, w, {}, batch, jax.random.key(0), accum_steps)
   x, y, wv = (np.asarray(a, np.float64) for a in (batch["x"], batch["y"], w["w"]))
