@@ -10,6 +10,7 @@ from typing import Any, Sequence
 
 import flax.linen as nn
 import jax
+import ml_dtypes
 import numpy as np
 from jax.experimental import mesh_utils
 from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
@@ -110,7 +111,7 @@ def shard_batch(batch: Any, mesh: Mesh) -> Any:
   strings) are dropped: only numeric arrays travel to the devices.
   """
   sharding = batch_sharding(mesh)
-  numeric = {k: v for k, v in batch.items()
-             if isinstance(v, (np.ndarray, jax.Array)) and v.dtype.kind in "biuf"}
+  numeric = {k: v for k, v in batch.items() if isinstance(v, (np.ndarray, jax.Array))
+             and (v.dtype.kind in "biuf" or v.dtype == ml_dtypes.bfloat16)}
   return jax.tree_util.tree_map(
       lambda x: jax.make_array_from_process_local_data(sharding, np.asarray(x)), numeric)

@@ -3,6 +3,7 @@ import dataclasses
 import itertools
 import json
 
+import ml_dtypes
 import numpy as np
 import pytest
 
@@ -52,7 +53,9 @@ def _assert_batches_equal(xs, ys):
 def test_pair_batch_layout(pairs):
   src, _ = pairs
   b = next(iter(pipeline.pair_dataset(src, batch_size=4, seed=0, filter_pairs=False)))
-  assert b["latent_a"].shape == b["latent_b"].shape == (4, *SHAPE) and b["latent_a"].dtype == np.float32
+  # Stored dtypes travel as they are (bf16 latents here): half the host bytes of float32.
+  assert b["latent_a"].shape == b["latent_b"].shape == (4, *SHAPE)
+  assert b["latent_a"].dtype == ml_dtypes.bfloat16 and b["latent_a"].nbytes == 4 * np.prod(SHAPE) * 2
   assert b["text_emb"].shape == (4, 16, 64) and b["text_emb"].dtype == np.float32
   assert b["text_mask"].shape == (4, 16) and b["text_mask"].dtype == bool
   assert b["labels"].shape == (4, 5) and b["labels"].dtype == np.int8
@@ -63,7 +66,7 @@ def test_pair_batch_layout(pairs):
 
 def test_video_batch_layout(videos, pairs):
   b = next(iter(pipeline.video_dataset(videos, batch_size=3, seed=0)))
-  assert b["latent"].shape == (3, 4, 3, 3, 2) and b["latent"].dtype == np.float32
+  assert b["latent"].shape == (3, 4, 3, 3, 2)
   assert b["text_emb"].shape == (3, 16, 64) and b["text_mask"].shape == (3, 16)
   with pytest.raises(ValueError, match="holds pair records"):
     pipeline.video_dataset(pairs[0], batch_size=3, seed=0)

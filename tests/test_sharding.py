@@ -63,3 +63,12 @@ def test_shard_batch_splits_over_data_and_fsdp():
   assert placed["latent"].sharding.spec == P(("data", "fsdp"))
   assert {s.data.shape for s in placed["latent"].addressable_shards} == {(2, 3)}
   np.testing.assert_array_equal(np.asarray(placed["latent"]), batch["latent"])
+
+
+def test_shard_batch_keeps_stored_dtypes_and_drops_strings():
+  import ml_dtypes
+  mesh = sharding.create_mesh((2, 2, 2))
+  batch = {"latent": np.ones((8, 2), ml_dtypes.bfloat16), "mask": np.ones((8,), bool),
+           "id": np.asarray([f"x{i}" for i in range(8)])}
+  out = sharding.shard_batch(batch, mesh)
+  assert sorted(out) == ["latent", "mask"] and out["latent"].dtype == jnp.bfloat16

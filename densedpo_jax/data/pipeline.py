@@ -25,15 +25,16 @@ Pair filter modes (DESIGN.md section 1-2):
   With `filter_pairs=False` nothing is dropped (unlabeled pairs get 0 labels).
 
 Batch of pairs (B = batch_size, T' latent frames, S segments):
-  latent_a, latent_b  float32 [B, T', H, W, C]
-  text_emb            float32 [B, L, D];  text_mask bool [B, L]
+  latent_a, latent_b  [B, T', H, W, C] in the stored dtype (float32 / bfloat16 / float16: hosts
+                      move half the bytes of bf16 data; the train step casts on device)
+  text_emb            [B, L, D] in the stored dtype;  text_mask bool [B, L]
   labels              int8 [B, T'] in {-1, 0, +1}  (+1: a wins)
   global_label        int8 [B]  (0 when absent)
   segment_labels      int8 [B, S]  (0 when absent)
   segment_ids         int32 [B, T']  segment of each latent frame, -1 if it straddles two
   eta                 float32 [B]  (NaN for vanilla pairs)
   id                  str [B]
-Batch of videos: latent float32 [B, T', H, W, C], text_emb, text_mask, id.
+Batch of videos: latent [B, T', H, W, C] and text_emb in their stored dtypes, text_mask, id.
 
 Resuming: `it = iter(ds)`; `state = it.get_state()` (a small JSON-able dict);
 later `it2 = iter(ds); it2.set_state(state)` yields exactly the batches `it`
@@ -136,9 +137,9 @@ def pair_example(rec: schema.PairRecord, mode: str = "dense") -> dict[str, Any]:
   else:
     raise ValueError(f"mode must be one of {PAIR_MODES}, got {mode!r}")
   return {
-      "latent_a": rec.latent_a.astype(np.float32),
-      "latent_b": rec.latent_b.astype(np.float32),
-      "text_emb": rec.text_emb.astype(np.float32),
+      "latent_a": rec.latent_a,  # Stored dtypes (e.g. bf16): the train step casts on device.
+      "latent_b": rec.latent_b,
+      "text_emb": rec.text_emb,
       "text_mask": np.asarray(rec.text_mask, bool),
       "labels": labels,
       "global_label": np.int8(glob),
@@ -151,12 +152,13 @@ def pair_example(rec: schema.PairRecord, mode: str = "dense") -> dict[str, Any]:
 
 
 def video_example(rec: schema.VideoRecord) -> dict[str, Any]:
-  """A video record -> `{latent [T', H, W, C] f32, text_emb [L, D] f32, text_mask [L], id}`."""
+  """A video record -> `{latent [T', H, W, C], text_emb [L, D], text_mask [L], id}`, floats in
+  their stored dtypes (the train step casts them to float32 on device)."""
   if not isinstance(rec, schema.VideoRecord):
     raise TypeError(f"expected a VideoRecord, got {type(rec).__name__}")
   return {
-      "latent": rec.latent.astype(np.float32),
-      "text_emb": rec.text_emb.astype(np.float32),
+      "latent": rec.latent,
+      "text_emb": rec.text_emb,
       "text_mask": np.asarray(rec.text_mask, bool),
       "id": np.asarray(rec.id),
   }
