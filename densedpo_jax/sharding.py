@@ -18,7 +18,9 @@ from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
 MESH_AXES = ("data", "fsdp", "tensor")
 BATCH_AXES = ("data", "fsdp")
 
-# Logical name -> mesh axis (or axes, or None = replicated).
+# Logical name -> mesh axis (or axes, or None = replicated). Weights: embed, mlp, heads, kv,
+# layers; activations (model/layers.py): act_*. The trainer binds these rules around init, the
+# step and sampling (`nn.logical_axis_rules`), so the model's activation constraints act.
 DEFAULT_RULES: tuple[tuple[str, Any], ...] = (
     ("batch", BATCH_AXES),
     ("embed", "fsdp"),
@@ -27,6 +29,12 @@ DEFAULT_RULES: tuple[tuple[str, Any], ...] = (
     ("kv", None),
     ("length", None),
     ("layers", None),
+    ("act_batch", BATCH_AXES),
+    ("act_length", None),
+    ("act_embed", None),
+    ("act_heads", "tensor"),
+    ("act_kv", None),
+    ("act_mlp", "tensor"),
 )
 
 

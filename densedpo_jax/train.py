@@ -194,7 +194,10 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
   if start:
     logging.info("Resumed at step %d; the next metric window starts at step %d", start, start + 1)
   try:
-    with mesh:
+    # The mesh and the logical rules, bound while the step is traced: the model's activation
+    # constraints (model/layers.py) take effect (jax.set_mesh; a plain `with mesh:` leaves them
+    # inert in flax).
+    with jax.set_mesh(mesh), nn.logical_axis_rules(rules):
       while step < config.total_steps and not stop["stop"]:
         batch = sharding.shard_batch(next(data_iter), mesh)
         state, metrics = step_fn(state, frozen, batch, key)

@@ -12,12 +12,11 @@ import jax
 import jax.numpy as jnp
 
 from densedpo_jax.model.config import DiTConfig
-from densedpo_jax.model.layers import (Attention, Mlp, check_inputs, patchify, rope_3d,
+from densedpo_jax.model.layers import (TOKENS, Attention, Mlp, check_inputs, patchify, rope_3d,
                                        run_blocks, timestep_embedding, unpatchify)
 from densedpo_jax.model.lora import LoRADense
 
 Array = jax.Array
-TOKENS = ("batch", "length", "embed")
 
 
 def _dense(cfg: DiTConfig, features: int, axes, name: str, zero: bool = False) -> LoRADense:

@@ -13,6 +13,11 @@ from densedpo_jax.model.config import DiTConfig
 from densedpo_jax.model.lora import LoRADense
 
 Array = jax.Array
+# Logical names of activations, apart from the weights' (`embed`, `mlp`, `heads`): with FSDP the
+# weights' embed axis is sharded while tokens are not (sharding.py maps both).
+TOKENS = ("act_batch", "act_length", "act_embed")
+HEADS = ("act_batch", "act_length", "act_heads", "act_kv")
+HIDDEN = ("act_batch", "act_length", "act_mlp")
 
 
 def patchify(x: Array, patch_size: tuple[int, int, int]) -> Array:
@@ -111,7 +116,7 @@ class Attention(nn.Module):
     k = nn.RMSNorm(dtype=cfg.dtype, param_dtype=cfg.param_dtype, name="k_norm")(k)
     if rope is not None:
       q, k = apply_rope(q, *rope), apply_rope(k, *rope)
-    q = nn.with_logical_constraint(q, ("batch", "length", "heads", "kv"))
+    q = nn.with_logical_constraint(q, HEADS)
     out = attention(q, k.astype(q.dtype), v.astype(q.dtype), mask, cfg.attention_impl)
     out = out.reshape(out.shape[:2] + (cfg.width,))
     return self._dense(f"{p}_out", cfg.width, ("heads", "embed"))(out)
@@ -131,7 +136,7 @@ class Mlp(nn.Module):
               param_dtype=cfg.param_dtype)
     h = LoRADense(cfg.mlp_dim, ("embed", "mlp"), use_lora=cfg.lora.applies_to("mlp_in"),
                   name=self.names[0], **kw)(x)
-    h = nn.with_logical_constraint(nn.gelu(h, approximate=True), ("batch", "length", "mlp"))
+    h = nn.with_logical_constraint(nn.gelu(h, approximate=True), HIDDEN)
     return LoRADense(cfg.width, ("mlp", "embed"), use_lora=cfg.lora.applies_to("mlp_out"),
                      name=self.names[1], **kw)(h)
 

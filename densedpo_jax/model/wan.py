@@ -22,13 +22,12 @@ import jax
 import jax.numpy as jnp
 
 from densedpo_jax.model.config import WanConfig
-from densedpo_jax.model.layers import (Mlp, attention, check_inputs, patchify, rope_3d,
-                                       run_blocks, timestep_embedding, unpatchify)
+from densedpo_jax.model.layers import (HEADS, TOKENS, Mlp, attention, check_inputs, patchify,
+                                       rope_3d, run_blocks, timestep_embedding, unpatchify)
 from densedpo_jax.model.lora import LoRADense
 
 Array = jax.Array
 F32 = jnp.float32
-TOKENS = ("batch", "length", "embed")
 
 
 def apply_rope_interleaved(x: Array, cos: Array, sin: Array) -> Array:
@@ -86,7 +85,7 @@ class WanAttention(nn.Module):
     v = heads(self._dense("v", ("embed", "heads"))(context))
     if rope is not None:
       q, k = apply_rope_interleaved(q, *rope), apply_rope_interleaved(k, *rope)
-    q = nn.with_logical_constraint(q, ("batch", "length", "heads", "kv"))
+    q = nn.with_logical_constraint(q, HEADS)
     out = attention(q, k.astype(q.dtype), v.astype(q.dtype), mask, cfg.attention_impl)
     return self._dense("out", ("heads", "embed"))(out.reshape(out.shape[:2] + (cfg.width,)))
 
