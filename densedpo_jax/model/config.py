@@ -10,6 +10,7 @@ from typing import Any
 
 import jax.numpy as jnp
 
+ATTENTION_IMPLS = ("xla", "cudnn", "blockwise", "splash")  # model/attention.py
 LORA_TARGETS = (
     "self_q", "self_k", "self_v", "self_out",
     "cross_q", "cross_k", "cross_v", "cross_out",
@@ -61,7 +62,7 @@ class DiTConfig:
   pooled_text_cond: bool = True  # SD3-style: masked-mean text embedding added to the adaLN condition.
   rope_theta: float = 10000.0
   text_dropout: float = 0.1  # Probability of the null text during training (for CFG).
-  attention_impl: str = "xla"  # 'xla' | 'cudnn' (GPU, bf16/fp16 only).
+  attention_impl: str = "xla"  # 'xla' | 'cudnn' (GPU, bf16/fp16) | 'blockwise' | 'splash' (TPU).
   dtype: str = "float32"  # Compute dtype; parameters are always `param_dtype`.
   param_dtype: str = "float32"
   remat_policy: str = "none"  # 'none' | 'full' | a name in jax.checkpoint_policies.
@@ -73,8 +74,9 @@ class DiTConfig:
       raise ValueError(f"DiTConfig.width={self.width} is not divisible by num_heads={self.num_heads}")
     if self.head_dim % 2 or self.head_dim < 6:
       raise ValueError(f"DiTConfig head_dim={self.head_dim} must be even and >= 6 for 3D RoPE")
-    if self.attention_impl not in ("xla", "cudnn"):
-      raise ValueError(f"DiTConfig.attention_impl={self.attention_impl!r}; expected 'xla' or 'cudnn'")
+    if self.attention_impl not in ATTENTION_IMPLS:
+      raise ValueError(f"DiTConfig.attention_impl={self.attention_impl!r}; expected one of "
+                       f"{ATTENTION_IMPLS}")
     if len(self.patch_size) != 3 or min(self.patch_size) < 1:
       raise ValueError(f"DiTConfig.patch_size={self.patch_size}; expected three positive ints (pt, ph, pw)")
     for name in ("dtype", "param_dtype"):
@@ -153,8 +155,9 @@ class WanConfig:
       raise ValueError(f"WanConfig.width={self.width} is not divisible by num_heads={self.num_heads}")
     if self.head_dim % 2 or self.head_dim < 6:
       raise ValueError(f"WanConfig head_dim={self.head_dim} must be even and >= 6 for 3D RoPE")
-    if self.attention_impl not in ("xla", "cudnn"):
-      raise ValueError(f"WanConfig.attention_impl={self.attention_impl!r}; expected 'xla' or 'cudnn'")
+    if self.attention_impl not in ATTENTION_IMPLS:
+      raise ValueError(f"WanConfig.attention_impl={self.attention_impl!r}; expected one of "
+                       f"{ATTENTION_IMPLS}")
     if len(self.patch_size) != 3 or min(self.patch_size) < 1:
       raise ValueError(f"WanConfig.patch_size={self.patch_size}; expected three positive ints")
     for name in ("dtype", "param_dtype"):

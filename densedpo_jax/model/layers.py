@@ -9,6 +9,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from densedpo_jax.model.attention import attention
 from densedpo_jax.model.config import DiTConfig
 from densedpo_jax.model.lora import LoRADense
 
@@ -77,15 +78,6 @@ def timestep_embedding(t: Array, dim: int, max_period: float = 10000.0) -> Array
   freqs = np.exp(exponent.astype(np.float64)).astype(np.float32)
   args = (1000.0 * t.astype(jnp.float32))[:, None] * freqs[None, :]
   return jnp.concatenate([jnp.cos(args), jnp.sin(args)], axis=-1)
-
-
-def attention(q: Array, k: Array, v: Array, mask: Array | None, implementation: str) -> Array:
-  """Multi-head attention `[B, Nq, heads, D] x [B, Nk, heads, D] -> [B, Nq, heads, D]`.
-
-  The one place attention is computed: a TPU splash-attention kernel slots in here.
-  `mask` is boolean, broadcastable to `[B, heads, Nq, Nk]` (True = attend).
-  """
-  return jax.nn.dot_product_attention(q, k, v, mask=mask, implementation=implementation)
 
 
 class Attention(nn.Module):

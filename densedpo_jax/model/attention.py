@@ -1,0 +1,162 @@
+"""Attention implementations: `attention(q, k, v, mask, implementation)`, the one attention call.
+
+  xla        jax.nn.dot_product_attention's XLA path: the reference; materialises the
+             [B, heads, Nq, Nk] logits (GBs per layer at 32k tokens)
+  cudnn      the same call's cuDNN flash attention (GPU, bf16 / fp16)
+  blockwise  flash-style attention in plain JAX for every backend, CPU included: the keys are
+             visited block by block with an online softmax, and a custom backward recomputes
+             each block from the saved log-sum-exp, so memory is linear in sequence length
+  splash     TPU Pallas splash attention (jax.experimental.pallas.ops.tpu.splash_attention)
+
+Shapes: `q [B, Nq, heads, D]`, `k, v [B, Nk, heads, D]` -> `[B, Nq, heads, D]`. `mask` is boolean,
+broadcastable to `[B, heads, Nq, Nk]` (True = attend). The blockwise and splash paths take no mask:
+masked attention (cross-attention to at most a few hundred text tokens) is small, and runs on XLA.
+"""
+from __future__ import annotations
+
+import functools
+import math
+
+import jax
+import jax.numpy as jnp
+
+IMPLEMENTATIONS = ("xla", "cudnn", "blockwise", "splash")
+NEG = -1e30  # Finite "minus infinity": exp() underflows to 0 without inf - inf = NaN.
+
+
+def attention(q, k, v, mask=None, implementation: str = "xla", block_q: int = 512,
+              block_k: int = 512):
+  """Multi-head attention by `implementation` (see the module doc)."""
+  if implementation in ("xla", "cudnn") or mask is not None:
+    impl = "xla" if implementation in ("blockwise", "splash") else implementation
+    return jax.nn.dot_product_attention(q, k, v, mask=mask, implementation=impl)
+  if implementation == "blockwise":
+    return blockwise_attention(q, k, v, block_q, block_k)
+  if implementation == "splash":
+    return splash_attention(q, k, v)
+  raise ValueError(f"attention implementation {implementation!r}; expected one of {IMPLEMENTATIONS}")
+
+
+def _to_blocks(x, size: int):
+  """`[B, N, H, D]` -> `[N / size, B, size, H, D]` (N padded with zeros to a multiple of size)."""
+  b, n, h, d = x.shape
+  pad = -n % size
+  x = jnp.pad(x, ((0, 0), (0, pad), (0, 0), (0, 0)))
+  return x.reshape(b, (n + pad) // size, size, h, d).swapaxes(0, 1)
+
+
+def _from_blocks(x, n: int):
+  nb, b, size = x.shape[:3]
+  return x.swapaxes(0, 1).reshape((b, nb * size) + x.shape[3:])[:, :n]
+
+
+def _key_valid(nk: int, block_k: int):
+  """`[nk_blocks, block_k]` bool: False on the zero padding of the last key block."""
+  nb = -(-nk // block_k)
+  return (jnp.arange(nb * block_k) < nk).reshape(nb, block_k)
+
+
+def _logits(qi, kj, valid_j, scale):
+  """`[B, bq, H, D] x [B, bk, H, D]` -> float32 `[B, H, bq, bk]`, padding keys at NEG."""
+  s = jnp.einsum("bqhd,bkhd->bhqk", qi, kj, preferred_element_type=jnp.float32) * scale
+  return jnp.where(valid_j[None, None, None, :], s, NEG)
+
+
+def _forward(q, k, v, block_q, block_k):
+  b, nq, h, d = q.shape
+  scale = 1.0 / math.sqrt(d)
+  kb, vb, valid = _to_blocks(k, block_k), _to_blocks(v, block_k), _key_valid(k.shape[1], block_k)
+
+  def q_block(qi):
+    def kv_step(carry, kv):
+      m, l, acc = carry  # [B, H, bq], [B, H, bq], [B, bq, H, D]
+      kj, vj, valid_j = kv
+      s = _logits(qi, kj, valid_j, scale)
+      m_new = jnp.maximum(m, s.max(-1))
+      p = jnp.exp(s - m_new[..., None])
+      corr = jnp.exp(m - m_new)
+      l = l * corr + p.sum(-1)
+      pv = jnp.einsum("bhqk,bkhd->bqhd", p, vj.astype(jnp.float32))
+      return (m_new, l, acc * corr.transpose(0, 2, 1)[..., None] + pv), None
+
+    bq = qi.shape[1]
+    init = (jnp.full((b, h, bq), NEG, jnp.float32), jnp.zeros((b, h, bq), jnp.float32),
+            jnp.zeros((b, bq, h, d), jnp.float32))
+    (m, l, acc), _ = jax.lax.scan(kv_step, init, (kb, vb, valid))
+    out = acc / l.transpose(0, 2, 1)[..., None]
+    return out, m + jnp.log(l)  # lse [B, H, bq]
+
+  out, lse = jax.lax.map(q_block, _to_blocks(q, block_q))
+  return _from_blocks(out, nq).astype(q.dtype), lse  # lse stays blocked: [nq_blocks, B, H, bq]
+
+
+@functools.partial(jax.custom_vjp, nondiff_argnums=(3, 4))
+def blockwise_attention(q, k, v, block_q: int = 512, block_k: int = 512):
+  """Flash-style attention (no mask): exact softmax attention, memory linear in length."""
+  return _forward(q, k, v, block_q, block_k)[0]
+
+
+def _fwd(q, k, v, block_q, block_k):
+  out, lse = _forward(q, k, v, block_q, block_k)
+  return out, (q, k, v, out, lse)
+
+
+def _bwd(block_q, block_k, res, dout):
+  q, k, v, out, lse = res
+  nq, nk, d = q.shape[1], k.shape[1], q.shape[-1]
+  scale = 1.0 / math.sqrt(d)
+  f32 = lambda x: x.astype(jnp.float32)
+  delta = jnp.einsum("bnhd,bnhd->bhn", f32(dout), f32(out))  # rowsum(dout * out)
+  qb, dob = _to_blocks(q, block_q), _to_blocks(dout, block_q)
+  deltab = _to_blocks(delta.transpose(0, 2, 1)[..., None], block_q)[..., 0]  # [nqb, B, bq, H]
+  kb, vb, valid = _to_blocks(k, block_k), _to_blocks(v, block_k), _key_valid(nk, block_k)
+
+  def probs(qi, kj, valid_j, lse_i):
+    return jnp.exp(_logits(qi, kj, valid_j, scale) - lse_i[..., None])  # [B, H, bq, bk]
+
+  def dscores(p, do_i, vj, delta_i):
+    dp = jnp.einsum("bqhd,bkhd->bhqk", f32(do_i), f32(vj))
+    return p * (dp - delta_i.transpose(0, 2, 1)[..., None])
+
+  def dq_block(args):  # One query block against every key block.
+    qi, do_i, lse_i, delta_i = args
+    def step(dq, kv):
+      kj, vj, valid_j = kv
+      ds = dscores(probs(qi, kj, valid_j, lse_i), do_i, vj, delta_i)
+      return dq + jnp.einsum("bhqk,bkhd->bqhd", ds, f32(kj)) * scale, None
+    return jax.lax.scan(step, jnp.zeros(qi.shape, jnp.float32), (kb, vb, valid))[0]
+
+  def dkv_block(args):  # One key block against every query block.
+    kj, vj, valid_j = args
+    def step(carry, qs):
+      dk, dv = carry
+      qi, do_i, lse_i, delta_i = qs
+      p = probs(qi, kj, valid_j, lse_i)
+      ds = dscores(p, do_i, vj, delta_i)
+      dv = dv + jnp.einsum("bhqk,bqhd->bkhd", p, f32(do_i))
+      dk = dk + jnp.einsum("bhqk,bqhd->bkhd", ds, f32(qi)) * scale
+      return (dk, dv), None
+    zeros = jnp.zeros(kj.shape, jnp.float32)
+    return jax.lax.scan(step, (zeros, zeros), (qb, dob, lse, deltab))[0]
+
+  dq = _from_blocks(jax.lax.map(dq_block, (qb, dob, lse, deltab)), nq)
+  dk, dv = jax.lax.map(dkv_block, (kb, vb, valid))
+  return dq.astype(q.dtype), _from_blocks(dk, nk).astype(k.dtype), _from_blocks(dv, nk).astype(v.dtype)
+
+
+blockwise_attention.defvjp(_fwd, _bwd)
+
+
+def splash_attention(q, k, v):
+  """TPU splash attention (Pallas), full (non-causal) mask; TPU only."""
+  if jax.devices()[0].platform != "tpu":
+    raise ValueError("attention_impl='splash' runs on TPU only; use 'blockwise' (any backend) or "
+                     "'cudnn' (GPU)")
+  from jax.experimental.pallas.ops.tpu.splash_attention import (splash_attention_kernel as sk,
+                                                                splash_attention_mask as sm)
+  _, nq, h, d = q.shape
+  mask = sm.MultiHeadMask([sm.FullMask((nq, k.shape[1])) for _ in range(h)])
+  kernel = sk.make_splash_mha(mask, head_shards=1, q_seq_shards=1)
+  to_heads = lambda x: x.transpose(0, 2, 1, 3)  # [B, heads, N, D]
+  out = jax.vmap(kernel)(to_heads(q) / math.sqrt(d), to_heads(k), to_heads(v))
+  return out.transpose(0, 2, 1, 3)
