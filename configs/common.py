@@ -104,9 +104,15 @@ def paper_scale(c: ml_collections.ConfigDict, model: str = "paper") -> ml_collec
   """
   c.model.family, c.model.preset = SCALED_MODELS[model]
   c.model.dtype = "bfloat16"
+  # Remat only takes effect with scanned layers (without scan XLA schedules the recomputation
+  # early and keeps everything: measured with python -m densedpo_jax.plan --compiled).
+  c.model.scan_layers = True
+  c.model.remat_policy = "full"
+  c.model.attention_impl = "cudnn"  # GPU flash attention; 'splash' on TPU, 'blockwise' anywhere.
+  # Planned for 8 x 80 GB (python -m densedpo_jax.plan; the README's table): pairs per device
+  # and micro-step so that activations fit.
+  c.optim.accum_steps = {"paper": 16, "wan1.3b": 16, "wan14b": 32}[model]
   if c.model.family == "wan":
-    c.model.scan_layers = True
-    c.model.remat_policy = "full"
     c.sample.num_steps = 50
   if model == "wan14b":
     c.model.param_dtype = "bfloat16"  # The frozen base; the LoRA adapter is trained in float32.

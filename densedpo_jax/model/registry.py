@@ -30,6 +30,7 @@ def abstract_variables(cfg: ModelConfig) -> dict[str, Any]:
   pt, ph, pw = cfg.patch_size
   x = jnp.zeros((1, pt, ph, pw, cfg.in_channels))
   text = jnp.zeros((1, 1, cfg.text_dim))
+  cfg = cfg.replace(attention_impl="xla")  # Same variables; traceable on any backend.
   return jax.eval_shape(lambda: build(cfg).init(jax.random.key(0), x, jnp.zeros((1,)), text,
                                                 jnp.ones((1, 1), bool)))
 
