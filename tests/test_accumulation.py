@@ -56,10 +56,10 @@ def test_accumulated_dpo_equals_the_full_batch_on_eight_devices(loss):
   acc_metrics, acc_grads = run(4)
   assert float(full_metrics["loss"]) > 0.01
   np.testing.assert_allclose(acc_metrics["loss"], full_metrics["loss"], rtol=1e-5)
-  # float32 sums in another order: equal to ~1e-6 of each gradient's scale. Without the
-  # non-tie weighting (a mean of micro-batch means) they differ by ~1e-1 of it here.
+  # float32 sums in another order: measured within 3e-5 of each gradient's scale. Without the
+  # non-tie weighting (a mean of micro-batch means) they differ by 0.25-0.34 of it here.
   for g_acc, g_full in zip(jax.tree_util.tree_leaves(acc_grads), jax.tree_util.tree_leaves(full_grads)):
-    np.testing.assert_allclose(g_acc, g_full, rtol=0, atol=2e-5 * float(np.abs(g_full).max()))
+    np.testing.assert_allclose(g_acc, g_full, rtol=0, atol=3e-4 * float(np.abs(g_full).max()))
 
 
 def test_micro_batches_keep_their_rows_on_their_devices():
