@@ -189,7 +189,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
   key = jax.random.key(config.seed + 1)
   # Metric windows partition the steps: each closes at a multiple of log_every, at a save and at
   # the stop, so every step is logged exactly once across restarts (`window_steps` = its length).
-  unchecked, summary, window, history = None, None, 0, {}
+  unchecked, summary, window, history, saved = None, None, 0, {}, None
   step = start
   if start:
     logging.info("Resumed at step %d; the next metric window starts at step %d", start, start + 1)
@@ -227,6 +227,15 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
           summary, window = None, 0
         if save:
           ckpt.save(step, state, data_iter, export(state), force=True)
+          saved = step
+      if stop["stop"] and saved != step and step > start:  # The signal came after the decision.
+        if unchecked is not None:
+          _check_finite(*unchecked)
+        if summary is not None:
+          history[step] = dict({k: float(v) for k, v in summary.compute().items()},
+                               window_steps=window)
+          writer.write_scalars(step, history[step])
+        ckpt.save(step, state, data_iter, export(state), force=True)
     if stop["stop"]:
       logging.warning("Stopped by a signal at step %d of %d; checkpoint %d saved.", step,
                       config.total_steps, step)

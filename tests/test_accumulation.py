@@ -55,7 +55,7 @@ def test_accumulated_dpo_equals_the_full_batch_on_eight_devices(loss):
   full_metrics, full_grads = run(1)
   acc_metrics, acc_grads = run(4)
   assert float(full_metrics["loss"]) > 0.01
-  np.testing.assert_allclose(acc_metrics["loss"], full_metrics["loss"], rtol=1e-5)
+  np.testing.assert_allclose(acc_metrics["loss"], full_metrics["loss"], rtol=1e-4)
   # float32 sums in another order: measured within 3e-5 of each gradient's scale. Without the
   # non-tie weighting (a mean of micro-batch means) they differ by 0.25-0.34 of it here.
   for g_acc, g_full in zip(jax.tree_util.tree_leaves(acc_grads), jax.tree_util.tree_leaves(full_grads)):
