@@ -3,9 +3,7 @@ from __future__ import annotations
 
 import functools
 
-import flax.linen as nn
 import jax
-import jax.numpy as jnp
 
 from densedpo_jax import flow
 from densedpo_jax.model import LoRAConfig, ModelConfig, build, pretrained
@@ -30,8 +28,4 @@ def make_video_sampler(cfg: ModelConfig, shape: tuple[int, ...], num_steps: int,
 
 def load_exported_params(path: str, cfg: ModelConfig):
   """Exported weights of a run (or converted pretrained weights) onto the first local device."""
-  cfg = cfg.replace(lora=LoRAConfig())
-  device = jax.sharding.SingleDeviceSharding(jax.local_devices()[0])
-  target = jax.tree_util.tree_map(lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=device),
-                                  nn.unbox(pretrained.abstract_params(cfg)))
-  return pretrained.read_params(path, target, cfg)
+  return pretrained.read_params_on_device(path, cfg)

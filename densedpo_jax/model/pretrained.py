@@ -159,7 +159,13 @@ def load_pretrained(path: str, **overrides: Any) -> tuple[nn.Module, dict[str, A
   else:
     cfg = read_model_json(path)
   cfg = cfg.replace(lora=LoRAConfig()).replace(**overrides)
+  return build(cfg), {"params": read_params_on_device(path, cfg)}
+
+
+def read_params_on_device(path: str, cfg: ModelConfig) -> Any:
+  """`read_params` of `cfg`'s model (no adapter) onto the first local device."""
+  cfg = cfg.replace(lora=LoRAConfig())
   device = jax.sharding.SingleDeviceSharding(jax.local_devices()[0])
   target = jax.tree_util.tree_map(lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=device),
                                   nn.unbox(abstract_params(cfg)))
-  return build(cfg), {"params": read_params(path, target, cfg)}
+  return read_params(path, target, cfg)
