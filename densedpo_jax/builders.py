@@ -7,7 +7,6 @@ from __future__ import annotations
 
 import ml_collections
 
-from densedpo_jax.data import arrayrecord_io, tfds_builder
 from densedpo_jax.model import LoRAConfig, ModelConfig, get_model_config
 
 
@@ -28,6 +27,7 @@ def model_config(config: ml_collections.ConfigDict) -> ModelConfig:
 
 def make_source(data: ml_collections.ConfigDict):
   """The random-access record source named by `config.data`."""
+  from densedpo_jax.data import arrayrecord_io, tfds_builder  # The data stack, only when read.
   if data.kind == "shapesworld":
     return tfds_builder.shapesworld_source(data.split, data_dir=data.path or None)
   if data.kind in ("pairs", "videos"):

@@ -1,0 +1,97 @@
+"""Attention implementations on this backend: error against a float32 reference and time.
+
+    python benchmarks/attention.py                        # Wan 1.3B heads (12 x 128), bf16
+    python benchmarks/attention.py --tokens 1024 4096 --impls xla blockwise --dtype float32
+
+For each sequence length: forward and forward+backward (gradients of sum(out * cotangent) with
+respect to q, k, v) of `model.attention.attention` per implementation, the median of `--repeats`
+timed calls after a warm-up, and the relative error ||out - ref|| / ||ref|| of the output and of
+dq against the XLA implementation run in float32 on the same (rounded) inputs. FLOPs are the two
+attention matmuls: 4 N^2 D per head forward; forward+backward 3.5x that (the flash backward
+recomputes the logits).
+"""
+from __future__ import annotations
+
+import argparse
+import os
+import statistics
+import sys
+import time
+
+import jax
+import jax.numpy as jnp
+
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+from densedpo_jax.model.attention import attention  # noqa: E402
+
+
+def _median_time(fn, args, repeats: int) -> float:
+  jax.block_until_ready(fn(*args))
+  times = []
+  for _ in range(repeats):
+    start = time.perf_counter()
+    jax.block_until_ready(fn(*args))
+    times.append(time.perf_counter() - start)
+  return statistics.median(times)
+
+
+def _rel(x, ref) -> float:
+  x, ref = x.astype(jnp.float32), ref.astype(jnp.float32)
+  return float(jnp.linalg.norm(x - ref) / jnp.linalg.norm(ref))
+
+
+def main():
+  parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+  parser.add_argument("--tokens", type=int, nargs="+", default=[4096, 32760])
+  parser.add_argument("--heads", type=int, default=12)
+  parser.add_argument("--head_dim", type=int, default=128)
+  parser.add_argument("--batch", type=int, default=1)
+  parser.add_argument("--impls", nargs="+", default=["xla", "cudnn", "blockwise"])
+  parser.add_argument("--dtype", default="bfloat16")
+  parser.add_argument("--repeats", type=int, default=5)
+  args = parser.parse_args()
+  dtype = jnp.dtype(args.dtype)
+
+  rows = []
+  for n in args.tokens:
+    keys = jax.random.split(jax.random.key(n), 4)
+    shape = (args.batch, n, args.heads, args.head_dim)
+    q, k, v, do = (jax.random.normal(kk, shape, jnp.float32).astype(dtype) for kk in keys)
+    loss = lambda impl: lambda q, k, v: jnp.sum(
+        attention(q, k, v, implementation=impl).astype(jnp.float32) * do.astype(jnp.float32))
+    f32 = lambda x: x.astype(jnp.float32)
+    ref_out = ref_dq = None
+    if n <= 8192:  # The float32 XLA reference materialises N^2 logits a head.
+      ref_out = jax.jit(lambda q, k, v: attention(q, k, v, implementation="xla"))(
+          f32(q), f32(k), f32(v))
+      ref_dq = jax.jit(jax.grad(loss("xla")))(f32(q), f32(k), f32(v))
+    flops = 4 * args.batch * args.heads * n * n * args.head_dim
+    for impl in args.impls:
+      if impl == "xla" and n > 8192:
+        continue  # GBs of logits; the point of the other implementations.
+      try:
+        fwd = jax.jit(lambda q, k, v, impl=impl: attention(q, k, v, implementation=impl))
+        bwd = jax.jit(jax.grad(loss(impl)))
+        t_fwd = _median_time(fwd, (q, k, v), args.repeats)
+        t_bwd = _median_time(bwd, (q, k, v), args.repeats)
+        err_out = _rel(fwd(q, k, v), ref_out) if ref_out is not None else float("nan")
+        err_dq = _rel(bwd(q, k, v), ref_dq) if ref_dq is not None else float("nan")
+      except Exception as e:  # noqa: BLE001  (an implementation this backend lacks: say so)
+        print(f"[{impl} @ {n}] unavailable: {type(e).__name__}: {str(e).splitlines()[0][:120]}")
+        continue
+      rows.append((n, impl, t_fwd, t_bwd, flops, err_out, err_dq))
+      print(f"[{impl} @ {n}] fwd {t_fwd * 1e3:.2f} ms, fwd+bwd {t_bwd * 1e3:.2f} ms", flush=True)
+
+  print(f"\ndevice: {jax.devices()[0].device_kind} ({jax.default_backend()}), jax {jax.__version__};"
+        f" [B={args.batch}, N, heads={args.heads}, D={args.head_dim}] {dtype.name}")
+  head = ("tokens", "impl", "fwd ms", "fwd TFLOP/s", "fwd+bwd ms", "fwd+bwd TFLOP/s",
+          "out rel err", "dq rel err")
+  print("| " + " | ".join(head) + " |")
+  print("|" + "---|" * len(head))
+  for n, impl, t_fwd, t_bwd, flops, err_out, err_dq in rows:
+    print(f"| {n} | {impl} | {t_fwd * 1e3:.2f} | {flops / t_fwd / 1e12:.1f} | {t_bwd * 1e3:.2f} | "
+          f"{3.5 * flops / t_bwd / 1e12:.1f} | {err_out:.1e} | {err_dq:.1e} |")
+
+
+if __name__ == "__main__":
+  main()
