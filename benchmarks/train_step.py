@@ -79,6 +79,28 @@ def make_batch(loss: str, latent, text, batch: int, rng: np.random.Generator) ->
               segment_ids=np.repeat(np.arange(t, dtype=np.int32)[None] // 4, batch, 0))
 
 
+def build_step(c, latent, text, batch: int):
+  """The jitted step of config `c` (one device, state donated) on a random batch of its loss.
+
+  Returns `(cfg, step, state, frozen, data, variables)`; call `step(state, frozen, data, key)`.
+  """
+  cfg = model_config(c)
+  model = build(cfg)
+  tx = train_step.make_optimizer(c.optim)
+  data = make_batch(c.loss, latent, text, batch, np.random.default_rng(0))
+  data = jax.tree_util.tree_map(jnp.asarray, data)
+  variables = nn.unbox(model.init(
+      jax.random.key(0), jnp.zeros((1,) + latent), jnp.zeros((1,)),
+      jnp.zeros((1,) + text), jnp.ones((1, text[0]), bool)))
+  if c.loss == "flow_matching":
+    trainable, frozen = variables["params"], {}
+  else:
+    trainable, frozen = variables["lora"], variables["params"]
+  state = train_step.init_state(trainable, tx, use_ema=False)
+  step = jax.jit(train_step.make_train_step(model, c, tx), donate_argnums=0)
+  return cfg, step, state, frozen, data, variables
+
+
 def bench(preset: str, loss: str, steps: int) -> tuple[float, float]:
   """(median step seconds, training FLOPs a step) of one objective on one preset."""
   latent, text, batch = PRESETS[preset]
@@ -86,20 +108,7 @@ def bench(preset: str, loss: str, steps: int) -> tuple[float, float]:
   c.model.preset, c.loss, c.data.batch_size = preset, loss, batch
   if loss == "flow_matching":
     c.lora.rank = 0
-  cfg = model_config(c)
-  model = build(cfg)
-  tx = train_step.make_optimizer(c.optim)
-  data = make_batch(loss, latent, text, batch, np.random.default_rng(0))
-  data = jax.tree_util.tree_map(jnp.asarray, data)
-  variables = nn.unbox(model.init(
-      jax.random.key(0), jnp.zeros((1,) + latent), jnp.zeros((1,)),
-      jnp.zeros((1,) + text), jnp.ones((1, text[0]), bool)))
-  if loss == "flow_matching":
-    trainable, frozen = variables["params"], {}
-  else:
-    trainable, frozen = variables["lora"], variables["params"]
-  state = train_step.init_state(trainable, tx, use_ema=False)
-  step = jax.jit(train_step.make_train_step(model, c, tx), donate_argnums=0)
+  cfg, step, state, frozen, data, _ = build_step(c, latent, text, batch)
   key = jax.random.key(1)
   state, _ = jax.block_until_ready(step(state, frozen, data, key))  # Compile and warm-up.
   times = []

@@ -1,0 +1,213 @@
+"""Our jitted DPO and flow-matching train steps against the same steps written in PyTorch.
+
+    python benchmarks/vs_pytorch.py                        # tiny and mid, 10 steps, pair sampler
+    python benchmarks/vs_pytorch.py --presets tiny --quick
+
+Ours: `benchmarks/train_step.build_step` (`train_step.make_train_step`, jit, state donated).
+PyTorch: `torch_videodit.VideoDiT` holding the same weights (a forward parity check runs first
+and is printed), and steps written as flow_grpo / Diffusion-DPO write theirs: winners and losers
+concatenated on the batch, one `t` and one noise per pair, the policy forward with autograd, the
+reference forward under `torch.no_grad()` with the adapters bypassed, the Flow-DPO loss
+(`losses.flow_dpo_loss`), global-norm clipping and AdamW on the LoRA parameters only. The
+flow-matching step trains every parameter (no LoRA), with text dropout as ours.
+
+Each step is warmed up once (compile excluded), then the four steps are timed in turn, `--steps`
+rounds, and each row is the median. PyTorch runs eagerly on `os.cpu_count()` threads; JAX on its
+defaults. Sizes (LoRA rank 16 on every projection, text 16 x 64, logit-normal t, beta 500):
+
+  tiny  ShapesWorld's preset: width 128, depth 4, 4 heads, latent 16x16x16x3 (256 tokens), 16 pairs
+  mid   width 384, depth 12, 6 heads, latent 16x32x32x3 (1,024 tokens), 4 pairs
+
+Then `vs_pytorch_sampler.py`'s guided pair generation at the tiny preset (skip: `--no_pairs`).
+"""
+from __future__ import annotations
+
+import argparse
+import os
+import statistics
+import sys
+import time
+
+import jax
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))  # For configs/.
+from benchmarks import torch_videodit as tv  # noqa: E402
+from benchmarks import vs_pytorch_sampler  # noqa: E402
+from benchmarks.train_step import build_step  # noqa: E402
+from configs.common import base  # noqa: E402
+
+# name: (model overrides of the tiny preset, latent [T, H, W, C], text [L, D], pairs)
+PRESETS = {"tiny": ({}, (16, 16, 16, 3), (16, 64), 16),
+           "mid": (dict(width=384, depth=12, num_heads=6), (16, 32, 32, 3), (16, 64), 4)}
+LOSSES = {"dpo": "flow_dpo", "fm": "flow_matching"}
+
+
+def make_config(preset: str, loss: str):
+  overrides, _, _, batch = PRESETS[preset]
+  c = base()
+  c.model.preset, c.loss, c.data.batch_size = "tiny", loss, batch
+  c.model.update(overrides)
+  if loss == "flow_matching":
+    c.lora.rank = 0
+  return c
+
+
+# PyTorch.
+
+def flow_dpo_loss(err_a, ref_a, err_b, ref_b, labels, beta: float):
+  """`losses.flow_dpo_loss`: `[B]` errors; labels +1 (a preferred), -1 (b), 0 (tie: no loss)."""
+  z = -(beta / 2) * labels * ((err_a - ref_a) - (err_b - ref_b))
+  nontie = labels != 0
+  return -(F.logsigmoid(z) * nontie).sum() / nontie.sum().clamp(min=1)
+
+
+def make_optimizer(params, optim):
+  """AdamW with `train_step.learning_rate_schedule`'s warm-up (clipping is in the step)."""
+  opt = torch.optim.AdamW(params, lr=optim.lr, betas=(optim.b1, optim.b2), eps=1e-8,
+                          weight_decay=optim.weight_decay)
+  warm = lambda s: (optim.init_lr + (optim.lr - optim.init_lr) * min(s / max(optim.warmup_steps, 1),
+                                                                    1.0)) / optim.lr
+  return opt, torch.optim.lr_scheduler.LambdaLR(opt, warm)
+
+
+def noised(x0, n: int, gen):
+  """`(x_t, t, target)`: logit-normal `t [n]` and noise of `n` videos, repeated to fill `x0`."""
+  t = torch.sigmoid(torch.randn(n, generator=gen))
+  eps = torch.randn((n,) + x0.shape[1:], generator=gen)
+  reps = x0.shape[0] // n
+  t, eps = t.repeat(reps), eps.repeat(reps, 1, 1, 1, 1)
+  tb = t.view(-1, 1, 1, 1, 1)
+  return (1 - tb) * x0 + tb * eps, t, eps - x0
+
+
+class TorchStep:
+  """One PyTorch train step of config `c` (`'flow_dpo'`: LoRA only; `'flow_matching'`: all)."""
+
+  def __init__(self, model: tv.VideoDiT, c, data: dict):
+    self.model, self.c = model, c
+    self.data = {k: torch.from_numpy(np.array(v)) for k, v in data.items()}
+    if c.loss == "flow_dpo":
+      for p in model.parameters():
+        p.requires_grad_(False)
+      self.params = tv.lora_parameters(model)
+      for p in self.params:
+        p.requires_grad_(True)
+    else:
+      self.params = list(model.parameters())
+    self.opt, self.schedule = make_optimizer(self.params, c.optim)
+    self.gen = torch.Generator().manual_seed(1)
+
+  def loss(self):
+    d, model = self.data, self.model
+    if self.c.loss == "flow_matching":
+      x_t, t, target = noised(d["latent"], d["latent"].shape[0], self.gen)
+      drop = torch.rand(t.shape[0], generator=self.gen) < model.cfg.text_dropout
+      return F.mse_loss(model(x_t, t, d["text_emb"], d["text_mask"], null_text=drop), target)
+    n = d["latent_a"].shape[0]
+    x_t, t, target = noised(torch.cat([d["latent_a"], d["latent_b"]]), n, self.gen)
+    text, mask = torch.cat([d["text_emb"]] * 2), torch.cat([d["text_mask"]] * 2)
+    err = ((model(x_t, t, text, mask) - target) ** 2).mean((1, 2, 3, 4))
+    with torch.no_grad(), tv.adapters_disabled(model):
+      ref = ((model(x_t, t, text, mask) - target) ** 2).mean((1, 2, 3, 4))
+    return flow_dpo_loss(err[:n], ref[:n], err[n:], ref[n:], d["global_label"].float(),
+                         self.c.dpo.beta)
+
+  def __call__(self):
+    loss = self.loss()
+    self.opt.zero_grad(set_to_none=True)
+    loss.backward()
+    torch.nn.utils.clip_grad_norm_(self.params, self.c.optim.grad_clip)
+    self.opt.step()
+    self.schedule.step()
+    return loss.item()
+
+
+# Ours.
+
+class OursStep:
+  """`benchmarks/train_step.build_step`'s jitted step, called with a donated state."""
+
+  def __init__(self, c, latent, text, batch: int):
+    self.cfg, self.step, self.state, self.frozen, self.data, self.variables = build_step(
+        c, latent, text, batch)
+    self.key = jax.random.key(1)
+
+  def __call__(self):
+    self.state, metrics = jax.block_until_ready(
+        self.step(self.state, self.frozen, self.data, self.key))
+    return float(metrics.compute()["loss"])
+
+
+def build(preset: str):
+  """`({name: step}, parity error)` for 'ours dpo', 'torch dpo', 'ours fm', 'torch fm'."""
+  _, latent, text, batch = PRESETS[preset]
+  steps, error = {}, None
+  for short, loss in LOSSES.items():
+    c = make_config(preset, loss)
+    ours = OursStep(c, latent, text, batch)
+    variables = jax.device_get(ours.variables)
+    torch_model = tv.load_flax(tv.VideoDiT(ours.cfg), variables["params"], variables.get("lora"))
+    steps[f"ours {short}"], steps[f"torch {short}"] = ours, TorchStep(torch_model, c, ours.data)
+    if short == "dpo":  # Same weights, so the same forward: checked on random LoRA weights.
+      error = tv.parity_error(ours.cfg, latent, text[0], batch=2)
+  return steps, error
+
+
+def time_steps(steps: dict, rounds: int) -> dict[str, float]:
+  """Median seconds of each step: one warm-up each, then `rounds` rounds taking them in turn."""
+  for name, step in steps.items():
+    start = time.perf_counter()
+    loss = step()
+    print(f"  warm-up {name}: {time.perf_counter() - start:.1f} s, loss {loss:.4g}", flush=True)
+  times = {name: [] for name in steps}
+  for _ in range(rounds):
+    for name, step in steps.items():
+      start = time.perf_counter()
+      step()
+      times[name].append(time.perf_counter() - start)
+  return {name: statistics.median(t) for name, t in times.items()}
+
+
+def main():
+  parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+  parser.add_argument("--presets", nargs="+", default=list(PRESETS), choices=list(PRESETS))
+  parser.add_argument("--steps", type=int, default=10, help="timed steps a row (median)")
+  parser.add_argument("--quick", action="store_true", help="3 timed steps, 2 sampler runs")
+  parser.add_argument("--no_pairs", action="store_true", help="skip the pair-sampler comparison")
+  args = parser.parse_args()
+  steps = 3 if args.quick else args.steps
+  torch.set_num_threads(os.cpu_count())
+
+  rows = []
+  for preset in args.presets:
+    print(f"{preset}:", flush=True)
+    fns, error = build(preset)
+    print(f"  forward parity (float32, LoRA on and off): max |torch - ours| / max |ours| = "
+          f"{error:.1e}", flush=True)
+    rows.append((preset, error, time_steps(fns, steps)))
+
+  print(f"\ndevice: {jax.devices()[0].device_kind} ({os.cpu_count()} CPU cores), jax "
+        f"{jax.__version__}, torch {torch.__version__} ({torch.get_num_threads()} threads, eager); "
+        f"median of {steps} steps\n")
+  head = ("preset", "pairs", "ours DPO ms", "torch DPO ms", "DPO ours/torch", "ours FM ms",
+          "torch FM ms", "FM ours/torch", "ours DPO/FM", "torch DPO/FM", "parity err")
+  print("| " + " | ".join(head) + " |")
+  print("|" + "---|" * len(head))
+  for preset, error, t in rows:
+    ms = {k: v * 1e3 for k, v in t.items()}
+    print(f"| {preset} | {PRESETS[preset][3]} | {ms['ours dpo']:,.0f} | {ms['torch dpo']:,.0f} | "
+          f"{t['ours dpo'] / t['torch dpo']:.2f} | {ms['ours fm']:,.0f} | {ms['torch fm']:,.0f} | "
+          f"{t['ours fm'] / t['torch fm']:.2f} | {t['ours dpo'] / t['ours fm']:.2f} | "
+          f"{t['torch dpo'] / t['torch fm']:.2f} | {error:.1e} |")
+  print("\nDPO: B pairs (2B videos, policy fwd+bwd with LoRA, reference fwd); FM: B videos, all "
+        "parameters trained.")
+  if not args.no_pairs:
+    print()
+    vs_pytorch_sampler.report(runs=2 if args.quick else 5)
+
+
+if __name__ == "__main__":
+  main()
