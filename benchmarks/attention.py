@@ -1,12 +1,14 @@
 """Attention implementations on this backend: error against a float32 reference and time.
 
     python benchmarks/attention.py                        # Wan 1.3B heads (12 x 128), bf16
-    python benchmarks/attention.py --tokens 1024 4096 --impls xla blockwise --dtype float32
+    python benchmarks/attention.py --tokens 256 --batch 32 --heads 4 --head_dim 32 --dtype float32 \
+        --impls jax.nn xla blockwise                    # CPU, the tiny preset's attention
 
-For each sequence length: forward and forward+backward (gradients of sum(out * cotangent) with
+`jax.nn` is `jax.nn.dot_product_attention`'s XLA path, which `xla` replaced. For each length:
+forward and forward+backward (gradients of sum(out * cotangent) with
 respect to q, k, v) of `model.attention.attention` per implementation, the median of `--repeats`
 timed calls after a warm-up, and the relative error ||out - ref|| / ||ref|| of the output and of
-dq against the XLA implementation run in float32 on the same (rounded) inputs. FLOPs are the two
+dq against `jax.nn.dot_product_attention` run in float32 on the same (rounded) inputs. FLOPs are the two
 attention matmuls: 4 N^2 D per head forward; forward+backward 3.5x that (the flash backward
 recomputes the logits).
 """
@@ -35,6 +37,13 @@ def _median_time(fn, args, repeats: int) -> float:
   return statistics.median(times)
 
 
+def _call(impl: str):
+  """`(q, k, v) -> out` of one of our implementations, or of `jax.nn`'s XLA path ('jax.nn')."""
+  if impl == "jax.nn":
+    return lambda q, k, v: jax.nn.dot_product_attention(q, k, v, implementation="xla")
+  return lambda q, k, v: attention(q, k, v, implementation=impl)
+
+
 def _rel(x, ref) -> float:
   x, ref = x.astype(jnp.float32), ref.astype(jnp.float32)
   return float(jnp.linalg.norm(x - ref) / jnp.linalg.norm(ref))
@@ -57,20 +66,19 @@ def main():
     keys = jax.random.split(jax.random.key(n), 4)
     shape = (args.batch, n, args.heads, args.head_dim)
     q, k, v, do = (jax.random.normal(kk, shape, jnp.float32).astype(dtype) for kk in keys)
-    loss = lambda impl: lambda q, k, v: jnp.sum(
-        attention(q, k, v, implementation=impl).astype(jnp.float32) * do.astype(jnp.float32))
+    loss = lambda impl: lambda q, k, v: jnp.sum(_call(impl)(q, k, v).astype(jnp.float32) * do.astype(
+        jnp.float32))
     f32 = lambda x: x.astype(jnp.float32)
     ref_out = ref_dq = None
     if n <= 8192:  # The float32 XLA reference materialises N^2 logits a head.
-      ref_out = jax.jit(lambda q, k, v: attention(q, k, v, implementation="xla"))(
-          f32(q), f32(k), f32(v))
-      ref_dq = jax.jit(jax.grad(loss("xla")))(f32(q), f32(k), f32(v))
+      ref_out = jax.jit(_call("jax.nn"))(f32(q), f32(k), f32(v))
+      ref_dq = jax.jit(jax.grad(loss("jax.nn")))(f32(q), f32(k), f32(v))
     flops = 4 * args.batch * args.heads * n * n * args.head_dim
     for impl in args.impls:
-      if impl == "xla" and n > 8192:
+      if impl in ("xla", "jax.nn") and n > 8192:
         continue  # GBs of logits; the point of the other implementations.
       try:
-        fwd = jax.jit(lambda q, k, v, impl=impl: attention(q, k, v, implementation=impl))
+        fwd = jax.jit(_call(impl))
         bwd = jax.jit(jax.grad(loss(impl)))
         t_fwd = _median_time(fwd, (q, k, v), args.repeats)
         t_bwd = _median_time(bwd, (q, k, v), args.repeats)

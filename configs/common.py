@@ -99,8 +99,9 @@ def paper_scale(c: ml_collections.ConfigDict, model: str = "paper") -> ml_collec
   bf16 compute, on the model `SCALED_MODELS[model]` (its weights from `--config.init_from`: a run,
   a converted params directory or a diffusers `transformer/` folder).
 
-  Wan 2.1 14B needs its base sharded (FSDP over every device, layers scanned, full remat): a
-  float32 base is 57 GB. The 1.3B model (5.7 GB) fits data-parallel with remat.
+  Wan 2.1 14B needs its base sharded (FSDP, layers scanned, full remat; a float32 base is 57 GB)
+  and its tokens split over a `sequence` mesh axis at 81 frames. The 1.3B model (5.7 GB) fits
+  data-parallel with remat.
   """
   c.model.family, c.model.preset = SCALED_MODELS[model]
   c.model.dtype = "bfloat16"
@@ -111,12 +112,14 @@ def paper_scale(c: ml_collections.ConfigDict, model: str = "paper") -> ml_collec
   c.model.attention_impl = "cudnn"  # GPU flash attention; 'splash' on TPU, 'blockwise' anywhere.
   # Planned for 8 x 80 GB (python -m densedpo_jax.plan; the README's table): pairs per device
   # and micro-step so that activations fit.
-  c.optim.accum_steps = {"paper": 16, "wan1.3b": 16, "wan14b": 32}[model]
+  c.optim.accum_steps = {"paper": 16, "wan1.3b": 16, "wan14b": 64}[model]
   if c.model.family == "wan":
     c.sample.num_steps = 50
   if model == "wan14b":
     c.model.param_dtype = "bfloat16"  # The frozen base; the LoRA adapter is trained in float32.
-    c.mesh.shape = (1, -1, 1)
+    # FSDP over 4 devices x each video's 32,760 tokens over 2 (context parallelism): one pair a
+    # micro-step on 8 GPUs; without the sequence axis one pair's activations do not fit 80 GB.
+    c.mesh.shape = (1, 4, 1, 2)
   c.lora.rank, c.lora.alpha = 128, 128.0
   c.data.batch_size = 256
   c.total_steps = 1000

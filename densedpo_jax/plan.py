@@ -50,13 +50,20 @@ def plan(config, cfg, latent: tuple[int, int, int], text_len: int, mesh_shape: d
   # cross-attention in and out, residuals) and 2 MLP-wide ones, plus the attention probabilities
   # (xla: heads x N per query token; blockwise: one log-sum-exp per head) and cross-attention's.
   attn = heads * n if cfg.attention_impl == "xla" else heads  # cudnn / splash / blockwise: flash.
-  per_layer = n * (14 * d + 2 * m) * act + n * (attn + heads * l) * 4 / mesh_shape["tensor"]
+  # Context parallelism: a device holds 1 / sequence of the tokens (queries), plus the gathered
+  # keys and values of one self-attention (and their gradients in the backward).
+  seq = mesh_shape.get("sequence", 1)
+  n_local = n / seq
+  tokens = n_local * (14 * d + 2 * m) * act
+  probs = n_local * (attn + heads * l) * 4 / mesh_shape["tensor"]
+  gathered = 0 if seq == 1 else 2 * 2 * n * d * act
   v = videos_per_device(config, mesh_shape)
   # The backward holds one block's activations and their gradients on top of what is saved.
   if cfg.remat_policy == "none":  # Measured: XLA keeps about twice the tensors listed above.
-    activations = v * (2 * cfg.depth + 2) * per_layer
-  else:  # Block inputs kept, one block recomputed at a time (needs scan_layers; see the README).
-    activations = v * (cfg.depth * n * d * act + 3 * per_layer)
+    activations = v * ((2 * cfg.depth + 2) * (tokens + probs) + gathered)
+  else:  # Block inputs kept, one block recomputed at a time (needs scan_layers; see the README):
+    # its tensors twice and their gradients, the attention weights and their gradient.
+    activations = v * (cfg.depth * n_local * d * act + 3 * tokens + 2 * probs + gathered)
   out = {"params": base, "trained": trained_bytes, "optimizer": moments * trained_bytes,
          "grads": trained_bytes, "activations": activations}
   out["total"] = sum(out.values())

@@ -1,8 +1,10 @@
 """Device mesh, logical-axis rules, and the shardings of train state and batch.
 
 The model names every parameter axis logically (`embed`, `mlp`, `heads`, `layers`, ...);
-rules map those names onto the mesh axes `('data', 'fsdp', 'tensor')`. The batch is split
-over `('data', 'fsdp')`: FSDP shards the weights over `fsdp` and the batch over both.
+rules map those names onto the mesh axes `('data', 'fsdp', 'tensor', 'sequence')`. The batch is
+split over `('data', 'fsdp')`: FSDP shards the weights over `fsdp` and the batch over both.
+`sequence` splits each video's tokens (context parallelism: attention gathers the keys and values,
+`model/attention.py`), so a device holds `1 / sequence` of every activation.
 """
 from __future__ import annotations
 
@@ -15,7 +17,7 @@ import numpy as np
 from jax.experimental import mesh_utils
 from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
 
-MESH_AXES = ("data", "fsdp", "tensor")
+MESH_AXES = ("data", "fsdp", "tensor", "sequence")
 BATCH_AXES = ("data", "fsdp")
 
 # Logical name -> mesh axis (or axes, or None = replicated). Weights: embed, mlp, heads, kv,
@@ -30,7 +32,7 @@ DEFAULT_RULES: tuple[tuple[str, Any], ...] = (
     ("length", None),
     ("layers", None),
     ("act_batch", BATCH_AXES),
-    ("act_length", None),
+    ("act_length", "sequence"),
     ("act_embed", None),
     ("act_heads", "tensor"),
     ("act_kv", None),
@@ -39,8 +41,11 @@ DEFAULT_RULES: tuple[tuple[str, Any], ...] = (
 
 
 def resolve_mesh_shape(shape: Sequence[int], num_devices: int) -> tuple[int, ...]:
-  """Replaces one -1 in `shape` by the remaining devices; checks the product."""
+  """Replaces one -1 in `shape` by the remaining devices; checks the product. A shape without
+  the last axis (`(data, fsdp, tensor)`) has `sequence` 1."""
   shape = [int(s) for s in shape]
+  if len(shape) == len(MESH_AXES) - 1:
+    shape.append(1)
   if len(shape) != len(MESH_AXES):
     raise ValueError(f"mesh shape {shape} must give a size for each of {MESH_AXES}")
   if shape.count(-1) > 1:
@@ -56,15 +61,15 @@ def resolve_mesh_shape(shape: Sequence[int], num_devices: int) -> tuple[int, ...
   return tuple(shape)
 
 
-def create_mesh(shape: Sequence[int] = (-1, 1, 1), dcn_shape: Sequence[int] | None = None,
+def create_mesh(shape: Sequence[int] = (-1, 1, 1, 1), dcn_shape: Sequence[int] | None = None,
                 devices: Sequence[Any] | None = None) -> Mesh:
-  """A `('data', 'fsdp', 'tensor')` mesh.
+  """A `('data', 'fsdp', 'tensor', 'sequence')` mesh.
 
   Args:
     shape: devices per axis within a slice (ICI), or over all devices if `dcn_shape` is None;
       one entry may be -1 (the rest).
     dcn_shape: for multi-slice TPU (or multi-node GPU), slices per axis over the slower
-      network; usually `(num_slices, 1, 1)` so only data parallelism crosses slices.
+      network; usually `(num_slices, 1, 1, 1)` so only data parallelism crosses slices.
     devices: defaults to `jax.devices()`.
   """
   devices = list(devices if devices is not None else jax.devices())
@@ -72,7 +77,7 @@ def create_mesh(shape: Sequence[int] = (-1, 1, 1), dcn_shape: Sequence[int] | No
     ici = resolve_mesh_shape(shape, len(devices))
     array = mesh_utils.create_device_mesh(ici, devices, allow_split_physical_axes=True)
   else:
-    dcn = tuple(int(s) for s in dcn_shape)
+    dcn = tuple(int(s) for s in dcn_shape) + (1,) * (len(MESH_AXES) - len(dcn_shape))
     ici = resolve_mesh_shape(shape, len(devices) // int(np.prod(dcn)))
     array = mesh_utils.create_hybrid_device_mesh(
         ici, dcn, devices, process_is_granule=not hasattr(devices[0], "slice_index"),

@@ -4,7 +4,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from densedpo_jax.model.attention import attention, blockwise_attention
+from densedpo_jax.model.attention import attention, blockwise_attention, xla_attention
 from densedpo_jax.model import VideoDiT, get_dit_config
 from tests.test_model import _inputs, randomize
 
@@ -24,6 +24,34 @@ def test_values_and_gradients_equal_the_reference(nq, nk, block):
   loss = lambda f: lambda q, k, v: jnp.sum(f(q, k, v) * w)
   g_ref = jax.grad(loss(lambda q, k, v: jax.nn.dot_product_attention(q, k, v)), (0, 1, 2))(q, k, v)
   g = jax.grad(loss(lambda q, k, v: blockwise_attention(q, k, v, block, block)), (0, 1, 2))(q, k, v)
+  for a, b in zip(g, g_ref):
+    np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-5 * float(jnp.abs(b).max()))
+
+
+def _numpy_attention(q, k, v, mask):
+  """float64 softmax attention, `[B, N, H, D]` layout, `mask [B, 1, Nq, Nk]` (True = attend)."""
+  q, k, v = (np.asarray(x, np.float64) for x in (q, k, v))
+  logits = np.einsum("bnhd,bmhd->bhnm", q, k) / np.sqrt(q.shape[-1])
+  logits = np.where(mask, logits, -np.inf)
+  p = np.exp(logits - logits.max(-1, keepdims=True))
+  p /= p.sum(-1, keepdims=True)
+  return np.einsum("bhnm,bmhd->bnhd", p, v)
+
+
+def test_xla_attention_equals_float64_softmax_with_a_mask_and_jax_nn_gradients():
+  seed = np.random.randint(1 << 30)
+  q, k, v = _qkv(seed, nq=37, nk=23)
+  rng = np.random.default_rng(seed)
+  mask = rng.random((2, 1, 1, 23)) < 0.6
+  mask[:, :, :, 0] = True  # Every query keeps a key (the model's text masks do).
+  mask = np.broadcast_to(mask, (2, 1, 37, 23))
+  out = xla_attention(q, k, v, jnp.asarray(mask))
+  np.testing.assert_allclose(out, _numpy_attention(q, k, v, mask), rtol=1e-5, atol=1e-6)
+  w = jax.random.normal(jax.random.key(seed), out.shape)
+  loss = lambda f: lambda q, k, v: jnp.sum(f(q, k, v, jnp.asarray(mask)) * w)
+  g = jax.grad(loss(xla_attention), (0, 1, 2))(q, k, v)
+  g_ref = jax.grad(loss(lambda q, k, v, m: jax.nn.dot_product_attention(q, k, v, mask=m)),
+                   (0, 1, 2))(q, k, v)
   for a, b in zip(g, g_ref):
     np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-5 * float(jnp.abs(b).max()))
 

@@ -10,14 +10,19 @@ from densedpo_jax.pipeline import with_overrides
 LATENT, TEXT = (5, 32, 32), 64
 
 
-@pytest.mark.parametrize("model", [
-    {"model.remat_policy": "full", "model.scan_layers": True},
-    {"model.scan_layers": True},
-    {"model.remat_policy": "full", "model.scan_layers": True, "model.attention_impl": "blockwise"}])
-def test_plan_agrees_with_the_compiled_step(model):
+REMAT = {"model.remat_policy": "full", "model.scan_layers": True}
+
+
+@pytest.mark.parametrize("model,mesh", [
+    (REMAT, (1, 8, 1, 1)),
+    ({"model.scan_layers": True}, (1, 8, 1, 1)),
+    ({**REMAT, "model.attention_impl": "blockwise"}, (1, 8, 1, 1)),
+    (REMAT, (1, 4, 1, 2))])  # Context parallelism: each video's tokens over 2 devices.
+def test_plan_agrees_with_the_compiled_step(model, mesh):
   config = with_overrides(dense.get_config(), **{
-      "data.batch_size": 8, "mesh.shape": (1, 8, 1), "model.preset": "small", **model})
-  planned = plan.plan(config, model_config(config), LATENT, TEXT, {"data": 1, "fsdp": 8, "tensor": 1})
+      "data.batch_size": 8, "mesh.shape": mesh, "model.preset": "small", **model})
+  planned = plan.plan(config, model_config(config), LATENT, TEXT,
+                      dict(zip(("data", "fsdp", "tensor", "sequence"), mesh)))
   m = plan.compiled(config, LATENT, TEXT, 8)
   total = m.argument_size_in_bytes + m.temp_size_in_bytes
   assert 0.65 * total < planned["total"] < 1.35 * total, (planned, total)
