@@ -12,8 +12,9 @@ reference forward under `torch.no_grad()` with the adapters bypassed, the Flow-D
 flow-matching step trains every parameter (no LoRA), with text dropout as ours.
 
 Each step is warmed up once (compile excluded), then the four steps are timed in turn, `--steps`
-rounds, and each row is the median. PyTorch runs eagerly on `os.cpu_count()` threads; JAX on its
-defaults. Sizes (LoRA rank 16 on every projection, text 16 x 64, logit-normal t, beta 500):
+rounds, and each row is the median. PyTorch runs eagerly on `--torch_threads` threads (default
+`os.cpu_count()`); JAX on its defaults. On a machine shared with other jobs, PyTorch's OpenMP
+threads suffer most from oversubscription (on 2 busy cores, 2 threads ran 3x slower than 1). Sizes (LoRA rank 16 on every projection, text 16 x 64, logit-normal t, beta 500):
 
   tiny  ShapesWorld's preset: width 128, depth 4, 4 heads, latent 16x16x16x3 (256 tokens), 16 pairs
   mid   width 384, depth 12, 6 heads, latent 16x32x32x3 (1,024 tokens), 4 pairs
@@ -177,9 +178,10 @@ def main():
   parser.add_argument("--steps", type=int, default=10, help="timed steps a row (median)")
   parser.add_argument("--quick", action="store_true", help="3 timed steps, 2 sampler runs")
   parser.add_argument("--no_pairs", action="store_true", help="skip the pair-sampler comparison")
+  parser.add_argument("--torch_threads", type=int, default=os.cpu_count())
   args = parser.parse_args()
   steps = 3 if args.quick else args.steps
-  torch.set_num_threads(os.cpu_count())
+  torch.set_num_threads(args.torch_threads)
 
   rows = []
   for preset in args.presets:

@@ -1,6 +1,6 @@
 """Guided pair generation (Algo. 2): our jitted sampler against the same loop in PyTorch.
 
-    python benchmarks/vs_pytorch_sampler.py [--runs 5]
+    python benchmarks/vs_pytorch_sampler.py [--runs 5] [--torch_threads 1]
 
 Ours: `pairs.make_pair_sampler` (the task=pairs sampler: jit, `flow.guided_pairs`, one
 `lax.fori_loop`) on the plain tiny model. PyTorch: `torch_videodit.VideoDiT` holding the same
@@ -114,8 +114,9 @@ def report(runs: int = 5) -> dict:
 def main():
   parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
   parser.add_argument("--runs", type=int, default=5, help="timed batches (median)")
+  parser.add_argument("--torch_threads", type=int, default=os.cpu_count())
   args = parser.parse_args()
-  torch.set_num_threads(os.cpu_count())
+  torch.set_num_threads(args.torch_threads)
   report(args.runs)
 
 
