@@ -19,6 +19,8 @@ setup(
         "ml-collections>=0.1.1",
         "tensorflow-datasets>=4.9.7",
         "grain>=0.2.10,<0.3",
+        # Paths of workdirs and outputs, local or gs:// (distributed.py); orbax pulls it in too.
+        "etils[epath]>=1.5,<2",
         "array-record>=0.7",
         "clu>=0.0.12",
         # clu.metric_writers imports tensorflow and tensorboard.

@@ -8,15 +8,29 @@ One `CheckpointManager` step holds three items:
            (`model/pretrained.read_params`).
 Saves are asynchronous; a step directory only appears once its save has finished, so a crash
 mid-save leaves the previous checkpoint intact.
+
+The iterator state is one file a process (`iter/process_<i>-of-<n>.json`): each process reads
+its own share of the data. A checkpoint records its process count (`custom_metadata`) and
+restores only on the same count; another count is refused with a message naming both.
 """
 from __future__ import annotations
 
-import os
+import re
 from typing import Any
 
 import grain
 import jax
 import orbax.checkpoint as ocp
+from etils import epath
+
+from densedpo_jax import distributed
+
+
+ITEMS = ("state", "iter", "params")
+
+
+class ProcessCountError(ValueError):
+  """A checkpoint's data-iterator state was saved by another number of processes."""
 
 
 def abstract_like(tree: Any, shardings: Any) -> Any:
@@ -29,11 +43,10 @@ class RunCheckpointer:
   """Saves and restores the checkpoints of one workdir (`<workdir>/checkpoints/<step>`)."""
 
   def __init__(self, workdir: str, keep: int = 3, async_save: bool = True):
-    self.directory = os.path.join(os.path.abspath(workdir), "checkpoints")
+    self.directory = distributed.path(workdir) / "checkpoints"
     options = ocp.CheckpointManagerOptions(max_to_keep=keep, create=True,
                                            enable_async_checkpointing=async_save)
-    self.manager = ocp.CheckpointManager(self.directory, options=options,
-                                         item_names=("state", "iter", "params"))
+    self.manager = ocp.CheckpointManager(self.directory, options=options, item_names=ITEMS)
 
   def latest_step(self) -> int | None:
     return self.manager.latest_step()
@@ -42,10 +55,13 @@ class RunCheckpointer:
     args = ocp.args.Composite(state=ocp.args.StandardSave(state),
                               iter=grain.checkpoint.CheckpointSave(iterator),
                               params=ocp.args.StandardSave(params))
-    return self.manager.save(step, args=args, force=force)
+    return self.manager.save(step, args=args, force=force,
+                             custom_metadata={"process_count": jax.process_count()})
 
   def restore(self, step: int, abstract_state: Any, iterator: Any) -> Any:
-    """Restores the state onto the shardings in `abstract_state`; `iterator` is updated in place."""
+    """Restores the state onto the shardings in `abstract_state`; `iterator` is updated in place.
+    Raises ProcessCountError when another number of processes saved `step`."""
+    _check_process_count(self.manager, self.directory, step)
     restored = self.manager.restore(step, args=ocp.args.Composite(
         state=ocp.args.StandardRestore(abstract_state),
         iter=grain.checkpoint.CheckpointRestore(iterator)))
@@ -59,11 +75,47 @@ class RunCheckpointer:
     self.manager.close()
 
 
+def saved_process_count(manager: ocp.CheckpointManager, directory: epath.Path,
+                        step: int) -> int | None:
+  """Processes that saved `step`: its metadata, else its iterator files (older checkpoints)."""
+  count = (manager.metadata(step).custom_metadata or {}).get("process_count")
+  if count is None:
+    names = [p.name for p in (directory / str(step) / "iter").glob("process_*-of-*.json")]
+    counts = {int(m.group(1)) for m in map(re.compile(r"-of-(\d+)\.json$").search, names) if m}
+    count = counts.pop() if len(counts) == 1 else None
+  return None if count is None else int(count)
+
+
+def _check_process_count(manager: ocp.CheckpointManager, directory: epath.Path, step: int) -> None:
+  saved, now = saved_process_count(manager, directory, step), jax.process_count()
+  if saved is not None and saved != now:
+    raise ProcessCountError(
+        f"checkpoint {directory / str(step)} was saved by {saved} processes; this run has {now}. "
+        f"Its data-iterator state is one file a process, so it resumes only on {saved} "
+        f"processes: rerun with {saved} processes, or train in a new workdir.")
+
+
+def check_resumable(workdir: str) -> None:
+  """ProcessCountError when the latest checkpoint of `workdir` was saved by another number of
+  processes than run now: a cheap look before anything is compiled."""
+  directory = distributed.path(workdir) / "checkpoints"
+  if not directory.is_dir():
+    return
+  manager = ocp.CheckpointManager(directory, options=ocp.CheckpointManagerOptions(read_only=True),
+                                  item_names=ITEMS)
+  try:
+    step = manager.latest_step()
+    if step is not None:
+      _check_process_count(manager, directory, step)
+  finally:
+    manager.close()
+
+
 def read_item(workdir: str, item: str, step: int | None = None) -> tuple[int, Any]:
   """`(step, tree)` of one item (`'state'` or `'params'`) of a run's checkpoint, restored onto the
   first local device whatever mesh saved it (for tools: export, inspection). Default: latest step."""
-  directory = os.path.join(os.path.abspath(workdir), "checkpoints")
-  if not os.path.isdir(directory):
+  directory = distributed.path(workdir) / "checkpoints"
+  if not directory.is_dir():
     raise FileNotFoundError(f"{workdir}: no checkpoints folder (expected {directory})")
   manager = ocp.CheckpointManager(directory, options=ocp.CheckpointManagerOptions(read_only=True),
                                   item_names=(item,))

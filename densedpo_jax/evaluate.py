@@ -9,11 +9,11 @@ checkpoint holding exported weights), sample every distinct prompt of `config.da
                        `<model>/samples.npy` `[N, T, H, W, C]` latents, `<model>/prompts.json`
                        and one GIF a sample (decode latents with your VAE first for real videos).
 Writes `<workdir>/eval/metrics.json`, `table.md` and a preview grid `<model>.{png,gif}`.
+On several processes each samples and scores the same (the restore of the weights is a
+collective, the sampling is not), and process 0 alone writes.
 """
 from __future__ import annotations
 
-import json
-import os
 import time
 
 import jax
@@ -21,7 +21,7 @@ import ml_collections
 import numpy as np
 from absl import logging
 
-from densedpo_jax import previews, sampling
+from densedpo_jax import distributed, previews, sampling
 from densedpo_jax.builders import make_source, model_config
 from densedpo_jax.data import arrayrecord_io
 
@@ -86,12 +86,11 @@ def evaluate_models(config: ml_collections.ConfigDict, workdir: str, source, cfg
   models = parse_models(spec.models)
   records = prompt_set(source, spec.max_prompts)
   prompts = [r.prompt for r in records for _ in range(spec.seeds_per_prompt)]
-  out_dir = os.path.join(workdir, "eval")
-  os.makedirs(out_dir, exist_ok=True)
+  out_dir, write = distributed.path(workdir) / "eval", distributed.is_main()
   results, buckets = {}, {}
   decoder = None
   if config.decoder.kind != "none":  # Latents -> pixels (only when asked: it may load PyTorch).
-    from densedpo_jax.interop import decode, video_io
+    from densedpo_jax.interop import decode
     decoder = decode.make_decoder(config.decoder.kind, config.decoder.weights)
   for name, path in models.items():
     start = time.time()
@@ -110,36 +109,49 @@ def evaluate_models(config: ml_collections.ConfigDict, workdir: str, source, cfg
       buckets[name] = judge.speed_buckets(scores, buckets=3)
       captions = [f"{c} | quality {s.visual_quality:.2f}, speed {s.mean_speed:.2f} px/frame"
                   for c, s in zip(captions, scores[::spec.seeds_per_prompt])]
-    previews.save_png(os.path.join(out_dir, f"{name}.png"), previews.captioned_grid(first, captions))
-    previews.save_gif(os.path.join(out_dir, f"{name}.gif"), first, fps=records[0].fps)
+    if write:
+      previews.save_png(str(out_dir / f"{name}.png"), previews.captioned_grid(first, captions))
+      previews.save_gif(str(out_dir / f"{name}.gif"), first, fps=records[0].fps)
     if spec.judge != "shapesworld":
-      model_dir = os.path.join(out_dir, name)
-      os.makedirs(model_dir, exist_ok=True)
-      files = []
-      if decoder is not None:  # Video files for external evaluators (VBench, people).
-        for k, video in enumerate(pixels):
-          files.append(f"sample_{k:05d}.{config.decoder.format}")
-          video_io.write_video(os.path.join(model_dir, files[-1]), video, records[0].fps)
-      else:
-        np.save(os.path.join(model_dir, "samples.npy"), videos)
-        for k, video in enumerate(videos):
-          files.append(f"sample_{k:05d}.gif")
-          previews.save_gif(os.path.join(model_dir, files[-1]), video[None], fps=records[0].fps)
-      with open(os.path.join(model_dir, "prompts.json"), "w") as f:
-        json.dump([{"file": fn, "prompt": p} for fn, p in zip(files, prompts)], f, indent=1)
+      if write:
+        export_samples(out_dir / name, pixels if decoder is not None else videos, prompts,
+                       records[0].fps, config.decoder.format if decoder is not None else None)
       results[name] = {}
     logging.info("evaluate: %s (%s): %d samples in %.0f s %s", name, path, len(videos),
                  time.time() - start, results[name])
-  with open(os.path.join(out_dir, "metrics.json"), "w") as f:
-    json.dump({"split": config.data.split, "num_prompts": len(records),
-               "seeds_per_prompt": spec.seeds_per_prompt, "results": results,
-               "artifacts_by_speed": buckets}, f, indent=1)
-  if spec.judge == "shapesworld":
-    table = markdown_table(results)
-    with open(os.path.join(out_dir, "table.md"), "w") as f:
-      f.write(table + "\n")
-    print(table)
+  if write:
+    distributed.write_json(out_dir / "metrics.json", {
+        "split": config.data.split, "num_prompts": len(records),
+        "seeds_per_prompt": spec.seeds_per_prompt, "results": results,
+        "artifacts_by_speed": buckets})
+    if spec.judge == "shapesworld":
+      table = markdown_table(results)
+      distributed.write_text(out_dir / "table.md", table + "\n")
+      print(table)
+  distributed.barrier("evaluate: written")
   return results
+
+
+def export_samples(model_dir, videos: np.ndarray, prompts: list[str], fps: float,
+                   video_format: str | None) -> None:
+  """Samples for external evaluators: decoded `videos` (uint8 pixels) as `sample_<k>.<format>`
+  video files, or (`video_format` None) latents as `samples.npy` `[N, T, H, W, C]` and one GIF
+  each; and `prompts.json` (file -> prompt)."""
+  files = []
+  model_dir.mkdir(parents=True, exist_ok=True)
+  if video_format is not None:  # Video files for external evaluators (VBench, people).
+    from densedpo_jax.interop import video_io
+    for k, video in enumerate(videos):
+      files.append(f"sample_{k:05d}.{video_format}")
+      video_io.write_video(str(model_dir / files[-1]), video, fps)
+  else:
+    with (model_dir / "samples.npy").open("wb") as f:
+      np.save(f, videos)
+    for k, video in enumerate(videos):
+      files.append(f"sample_{k:05d}.gif")
+      previews.save_gif(str(model_dir / files[-1]), video[None], fps=fps)
+  distributed.write_json(model_dir / "prompts.json",
+                         [{"file": fn, "prompt": p} for fn, p in zip(files, prompts)])
 
 
 def main(config: ml_collections.ConfigDict, workdir: str) -> dict:

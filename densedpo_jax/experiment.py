@@ -22,21 +22,21 @@ Workdir (each stage is skipped when its output exists, so a rerun resumes):
   appendix_b/                     the loss-difference maps (appendix_b.py)
   results.json                    everything the report shows
 The Markdown report goes to `config.experiment.results` (experiment_report.py), with
-`results.json` and the Appendix B figure beside it.
+`results.json` and the Appendix B figure beside it. On several processes every stage runs on
+all of them (training and pair generation split their work) and process 0 writes the records.
 """
 from __future__ import annotations
 
 import dataclasses
 import json
 import os
-import shutil
 import time
 from typing import Optional
 
 import ml_collections
 from absl import logging
 
-from densedpo_jax import appendix_b, evaluate, experiment_report, pairs, train
+from densedpo_jax import appendix_b, distributed, evaluate, experiment_report, pairs, train
 from densedpo_jax.data import summary
 from densedpo_jax.labeling import task as label_task
 from densedpo_jax.pipeline import video_data, with_overrides
@@ -126,10 +126,9 @@ def run_settings(config) -> dict:
 
 
 def _cached(done: str, settings: dict) -> Optional[dict]:
-  if not os.path.exists(done):
+  if not distributed.path(done).exists():
     return None
-  with open(done) as f:
-    record = json.load(f)
+  record = distributed.read_json(done)
   old = record.get("settings")
   if old is None:
     logging.warning("%s records no settings (an older run): reusing it as it is.", done)
@@ -144,12 +143,11 @@ def _cached(done: str, settings: dict) -> Optional[dict]:
 def _train(config, train_dir: str, history_path: str) -> dict:
   """Trains (resuming) and returns the whole logged history; raises unless it reached the end."""
   history = {}
-  if os.path.exists(history_path):
-    with open(history_path) as f:
-      history = json.load(f)
+  if distributed.path(history_path).exists():
+    history = distributed.read_json(history_path)
   history.update({str(k): v for k, v in train.train_and_evaluate(config, train_dir).items()})
-  with open(history_path, "w") as f:
-    json.dump(history, f, indent=1)
+  if distributed.is_main():
+    distributed.write_json(history_path, history)
   last = max(map(int, history), default=0)
   if last != config.total_steps:
     raise RuntimeError(f"{train_dir}: training stopped at step {last} of {config.total_steps} "
@@ -190,9 +188,9 @@ def run_arm(config, workdir: str, name: str, seed: int) -> dict:
     record["eval"] = results[name]
     record["eval_early"] = results.get(f"{name}@{early}")
   record["seconds"] = time.time() - start
-  with open(done + ".tmp", "w") as f:
-    json.dump(record, f, indent=1, default=float)
-  os.replace(done + ".tmp", done)
+  if distributed.is_main():
+    distributed.write_json(done, record)
+  distributed.barrier(f"experiment: {done}")
   return record
 
 
@@ -233,15 +231,20 @@ def main(config: ml_collections.ConfigDict, workdir: str) -> dict:
                         "tie_margin": config.label.tie_margin,
                         "eval_prompts_seeds": [config.evaluate.max_prompts,
                                                config.evaluate.seeds_per_prompt]}}
-  for path in (os.path.join(workdir, "results.json"), os.path.splitext(spec.results)[0] + ".json"):
-    os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
-    with open(path, "w") as f:
-      json.dump(results, f, indent=1, default=float)
-  figure = os.path.splitext(spec.results)[0] + "_appendix_b.png"
-  if appendix:
-    shutil.copyfile(appendix["figure"], figure)
-  text = experiment_report.render(results, figure=os.path.basename(figure))
-  with open(spec.results, "w") as f:
-    f.write(text)
-  print(text)
+  if distributed.is_main():
+    write_report(results, workdir, spec.results, appendix["figure"] if appendix else None)
+  distributed.barrier("experiment: report")
   return results
+
+
+def write_report(results: dict, workdir: str, report: str, appendix_figure: str | None) -> None:
+  """`results.json` in `workdir` and beside the Markdown `report`, with the Appendix B figure."""
+  stem = os.path.splitext(report)[0]
+  for path in (distributed.path(workdir) / "results.json", f"{stem}.json"):
+    distributed.write_json(path, results)
+  figure = distributed.path(f"{stem}_appendix_b.png")
+  if appendix_figure:
+    figure.write_bytes(distributed.path(appendix_figure).read_bytes())
+  text = experiment_report.render(results, figure=figure.name)
+  distributed.write_text(report, text)
+  print(text)

@@ -35,9 +35,9 @@ def main(argv):
   if len(argv) > 1:
     raise app.UsageError(f"Unexpected arguments: {argv[1:]}")
   import jax  # After flag parsing; jax.distributed must come before any other JAX call.
+  from densedpo_jax import distributed
   if _DISTRIBUTED.value or os.environ.get("DENSEDPO_DISTRIBUTED") == "1":
-    jax.distributed.initialize(coordinator_address=_COORDINATOR.value,
-                               num_processes=_NUM_PROCESSES.value, process_id=_PROCESS_ID.value)
+    distributed.initialize(_COORDINATOR.value, _NUM_PROCESSES.value, _PROCESS_ID.value)
   config = _CONFIG.value
   workdir = _WORKDIR.value or default_workdir(config_flags.get_config_filename(flags.FLAGS["config"]))
   logging.info("JAX %s, process %d of %d, %d devices (%s)", jax.__version__, jax.process_index(),

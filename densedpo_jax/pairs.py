@@ -10,7 +10,8 @@ It is written in parts of `pairs_per_part` pairs, each committed atomically unde
 `<out_dir>/parts/`, so an interrupted run resumes at the first missing part; when all parts
 exist, one sidecar joins them into the dataset (nothing is copied). Works for any dataset of
 video records, not only ShapesWorld; each process of a multi-host job writes every
-`process_count`-th part, with the batch split over its local devices.
+`process_count`-th part, with the batch split over its local devices, and process 0 joins the
+parts once every process has committed its own (a barrier; `out_dir` must be shared).
 """
 from __future__ import annotations
 
@@ -26,7 +27,7 @@ import numpy as np
 from absl import logging
 from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
 
-from densedpo_jax import flow, sampling
+from densedpo_jax import distributed, flow, sampling
 from densedpo_jax.data import arrayrecord_io, schema
 from densedpo_jax.builders import make_source, model_config
 from densedpo_jax.model import LoRAConfig, build
@@ -101,7 +102,7 @@ def generate_pairs(config: ml_collections.ConfigDict, source, params, model) -> 
   if num_pairs < 1:
     raise ValueError(f"config.pairs.num_pairs={spec.num_pairs} with {len(source)} source videos")
   out_dir, name = spec.out_dir, spec.name
-  if os.path.exists(arrayrecord_io.sidecar_path(out_dir, name)):
+  if distributed.path(arrayrecord_io.sidecar_path(out_dir, name)).exists():
     side = arrayrecord_io.read_sidecar(out_dir, name)
     mode = (side.get("metadata") or {}).get("mode")
     if side["num_records"] != num_pairs or mode != spec.mode:
@@ -122,9 +123,11 @@ def generate_pairs(config: ml_collections.ConfigDict, source, params, model) -> 
   num_parts = -(-num_pairs // spec.pairs_per_part)
   parts_dir = os.path.join(out_dir, "parts")
   part_name = lambda k: f"part-{k:05d}-of-{num_parts:05d}"
+  sidecar = lambda k: distributed.path(arrayrecord_io.sidecar_path(parts_dir, part_name(k)))
+  committed = lambda k: sidecar(k).exists()
   start, done = time.time(), 0
   for k in range(jax.process_index(), num_parts, jax.process_count()):
-    if os.path.exists(arrayrecord_io.sidecar_path(parts_dir, part_name(k))):
+    if committed(k):
       continue  # Committed by an earlier run.
     indices = list(range(k * spec.pairs_per_part, min((k + 1) * spec.pairs_per_part, num_pairs)))
     with arrayrecord_io.ShardedWriter(parts_dir, part_name(k), num_shards=1) as writer:
@@ -148,13 +151,19 @@ def generate_pairs(config: ml_collections.ConfigDict, source, params, model) -> 
         rate = done / (time.time() - start)
         logging.info("pairs: part %d/%d, %d pairs this run, %.1f pairs/s", k + 1, num_parts, done,
                      rate)
-  parts = [(parts_dir, part_name(k)) for k in range(num_parts)]
-  if jax.process_index() == 0 and all(
-      os.path.exists(arrayrecord_io.sidecar_path(d, n)) for d, n in parts):
-    return arrayrecord_io.merge_datasets(parts, out_dir, name, metadata={
-        "mode": spec.mode, "eta_range": list(spec.eta_range), "num_steps": spec.num_steps,
-        "init_from": config.init_from})
-  return {}
+  distributed.barrier("pairs: every part committed")
+  missing = [part_name(k) for k in range(num_parts) if not committed(k)]
+  if missing:  # Another process's parts, invisible here.
+    raise FileNotFoundError(f"pairs: {len(missing)} of {num_parts} parts missing under "
+                            f"{parts_dir} after every process finished (e.g. {missing[0]}): "
+                            "config.pairs.out_dir must be a folder all processes share")
+  if distributed.is_main():
+    arrayrecord_io.merge_datasets(
+        [(parts_dir, part_name(k)) for k in range(num_parts)], out_dir, name, metadata={
+            "mode": spec.mode, "eta_range": list(spec.eta_range), "num_steps": spec.num_steps,
+            "init_from": config.init_from})
+  distributed.barrier("pairs: dataset merged")
+  return arrayrecord_io.read_sidecar(out_dir, name)
 
 
 def main(config: ml_collections.ConfigDict) -> dict:
@@ -167,7 +176,7 @@ def main(config: ml_collections.ConfigDict) -> dict:
   first = arrayrecord_io.decode_raw(source[0])
   params = sampling.load_exported_params(config.init_from, cfg)
   side = generate_pairs(config, source, params, model)
-  if side:
+  if distributed.is_main():
     logging.info("Pairs: %d records in %s/%s", side["num_records"], config.pairs.out_dir,
                  config.pairs.name)
     if config.decoder.kind != "none":  # Video files for people and VLMs to label.
@@ -175,4 +184,5 @@ def main(config: ml_collections.ConfigDict) -> dict:
       d = config.decoder
       decode.decode_dataset(config.pairs.out_dir, config.pairs.name, os.path.join(
           config.pairs.out_dir, f"{config.pairs.name}_videos"), d.kind, d.weights, d.format, d.scale)
+  distributed.barrier("pairs: decoded")
   return side

@@ -12,6 +12,7 @@ from __future__ import annotations
 import os
 
 import numpy as np
+from etils import epath
 from PIL import Image
 
 
@@ -34,18 +35,24 @@ def grid(videos: np.ndarray) -> np.ndarray:
   return np.concatenate([strip(v) for v in videos], axis=0)
 
 
+def _save_images(path: str, images: list, **kwargs) -> None:
+  """PIL `images` (one: PNG; several: an animated GIF) to `path`, local or `gs://...`."""
+  out = epath.Path(path)
+  out.parent.mkdir(parents=True, exist_ok=True)
+  with out.open("wb") as f:
+    images[0].save(f, format=os.path.splitext(path)[1][1:].upper() or "PNG",
+                   **(dict(save_all=True, append_images=images[1:], **kwargs) if kwargs else {}))
+
+
 def save_png(path: str, image: np.ndarray) -> None:
-  os.makedirs(os.path.dirname(path) or ".", exist_ok=True)
-  Image.fromarray(image).save(path)
+  _save_images(path, [Image.fromarray(image)])
 
 
 def save_gif(path: str, videos: np.ndarray, fps: float = 8.0, scale: int = 4) -> None:
   """Videos `[N, T, H, W, C]` side by side as one looping GIF, each pixel `scale` x `scale`."""
   frames = np.concatenate(list(to_uint8(videos)), axis=2)  # [T, H, N*W, 3]
   frames = frames.repeat(scale, axis=1).repeat(scale, axis=2)
-  os.makedirs(os.path.dirname(path) or ".", exist_ok=True)
-  images = [Image.fromarray(f) for f in frames]
-  images[0].save(path, save_all=True, append_images=images[1:], duration=int(1000 / fps), loop=0)
+  _save_images(path, [Image.fromarray(f) for f in frames], duration=int(1000 / fps), loop=0)
 
 
 # Previews for people: pairs with their segment labels, captions, video files.
@@ -205,9 +212,7 @@ def save_video(path: str, frames: np.ndarray, fps: float = 8.0) -> None:
     return
   if ext != ".gif":
     raise ValueError(f"{path}: unsupported extension {ext!r}; expected .gif or .mp4")
-  os.makedirs(os.path.dirname(path) or ".", exist_ok=True)
-  images = [Image.fromarray(f) for f in frames]
-  images[0].save(path, save_all=True, append_images=images[1:], duration=round(1000 / fps), loop=0)
+  _save_images(path, [Image.fromarray(f) for f in frames], duration=round(1000 / fps), loop=0)
 
 
 def captioned_grid(videos: np.ndarray, captions, min_side: int = 64) -> np.ndarray:

@@ -2,12 +2,12 @@
 
 Reads top to bottom: mesh, data, model and optimiser, shardings, step, checkpoint, loop.
 A run restarted in the same workdir continues from its last checkpoint (state and data
-iterator), reproducing the losses of an uninterrupted run. SIGTERM saves and exits cleanly.
+iterator), reproducing the losses of an uninterrupted run. SIGTERM saves and exits cleanly; on
+several processes (one signalled or all) every process saves the same step and stops.
 """
 from __future__ import annotations
 
 import math
-import os
 import signal
 from typing import Any
 
@@ -21,9 +21,9 @@ from clu import metric_writers, periodic_actions
 from jax.experimental import multihost_utils
 from jax.sharding import NamedSharding, PartitionSpec as P
 
-from densedpo_jax import checkpointing, previews, sampling, sharding, train_step
+from densedpo_jax import checkpointing, distributed, previews, sampling, sharding, train_step
 from densedpo_jax.builders import make_source, model_config
-from densedpo_jax.data import pipeline
+from densedpo_jax.data import arrayrecord_io, pipeline
 from densedpo_jax.model import build, merge_lora, pretrained
 
 
@@ -54,15 +54,29 @@ def _sample_inputs(batch: dict[str, Any]):
           jnp.ones((1,) + batch["text_mask"].shape[1:], bool))
 
 
-def make_sampler(cfg, batch: dict[str, Any], sample: ml_collections.ConfigDict):
-  """`run(params) -> videos [N, T, H, W, C]`: the first N prompts of `batch`, fixed noise.
+def preview_prompts(source, n: int) -> tuple[np.ndarray, np.ndarray]:
+  """`(text_emb [n, L, D], text_mask [n, L])` of the first `n` readable records of `source`: the
+  same preview prompts on every process (each process reads another share of the data)."""
+  recs = []
+  for i in range(len(source)):
+    rec = arrayrecord_io.decode_raw(source[i])
+    if rec is not None:
+      recs.append(rec)
+    if len(recs) == n:
+      break
+  return (np.stack([np.asarray(r.text_emb, np.float32) for r in recs]),
+          np.stack([np.asarray(r.text_mask, bool) for r in recs]))
+
+
+def make_sampler(cfg, batch: dict[str, Any], source, sample: ml_collections.ConfigDict):
+  """`run(params) -> videos [N, T, H, W, C]`: the first N prompts of `source`, fixed noise, at
+  the latent shape of `batch`.
 
   `params` are exported ones (LoRA folded in), so the sampler runs the plain model.
   """
-  n = min(sample.num_videos, batch["text_emb"].shape[0])
+  text, mask = preview_prompts(source, sample.num_videos)
   latent = batch["latent"] if "latent" in batch else batch["latent_a"]
-  text, mask = jnp.asarray(batch["text_emb"][:n]), jnp.asarray(batch["text_mask"][:n], bool)
-  keys = jax.random.split(jax.random.key(sample.seed), n)
+  keys = jax.random.split(jax.random.key(sample.seed), len(text))
   run = sampling.make_video_sampler(cfg, latent.shape[1:], sample.num_steps, sample.cfg_scale)
   return lambda params: run(params, keys, text, mask)
 
@@ -71,10 +85,10 @@ def write_samples(writer, workdir: str, step: int, videos: np.ndarray, fps: floa
   """Samples to TensorBoard (one strip a video) and to `<workdir>/samples/` as PNG and GIF."""
   image = previews.grid(videos)
   writer.write_images(step, {"samples": image[None]})
-  if jax.process_index() == 0:
-    base = os.path.join(workdir, "samples", f"step_{step:07d}")
-    previews.save_png(base + ".png", image)
-    previews.save_gif(base + ".gif", videos, fps=fps)
+  if distributed.is_main():
+    base = distributed.path(workdir) / "samples" / f"step_{step:07d}"
+    previews.save_png(f"{base}.png", image)
+    previews.save_gif(f"{base}.gif", videos, fps=fps)
 
 
 def _install_sigterm_flag() -> dict[str, bool]:
@@ -91,7 +105,8 @@ def _install_sigterm_flag() -> dict[str, bool]:
 
 def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[int, dict[str, float]]:
   """Trains up to `config.total_steps` steps in `workdir`; returns `{step: metrics}` as logged."""
-  os.makedirs(workdir, exist_ok=True)
+  distributed.makedirs(workdir)
+  checkpointing.check_resumable(workdir)  # Before anything is compiled.
   stop = _install_sigterm_flag()
   writer = metric_writers.create_default_writer(workdir, just_logging=jax.process_index() > 0)
 
@@ -117,8 +132,9 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
   # Model and optimiser.
   cfg = model_config(config)
   model = build(cfg)
-  if jax.process_index() == 0:  # What `load_pretrained(workdir)` reads beside the exported params.
-    pretrained.write_model_json(workdir, cfg)
+  if distributed.is_main():  # What `load_pretrained(workdir)` reads beside the exported params.
+    distributed.write_json(distributed.path(workdir) / pretrained.MODEL_JSON,
+                           pretrained.config_to_dict(cfg))
   tx = train_step.make_optimizer(config.optim)
   lora_trained = config.loss != "flow_matching" or cfg.lora.rank > 0
   if lora_trained and cfg.lora.rank == 0:
@@ -164,7 +180,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
     return merge_lora(frozen, state.ema if state.ema is not None else state.trainable, cfg)
 
   export = jax.jit(export_params, out_shardings=params_shardings)
-  sampler = make_sampler(cfg, first_batch, config.sample) if config.sample.every else None
+  sampler = make_sampler(cfg, first_batch, source, config.sample) if config.sample.every else None
 
   # Checkpoint.
   ckpt = checkpointing.RunCheckpointer(workdir, keep=config.keep_checkpoints,
@@ -189,8 +205,11 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
   key = jax.random.key(config.seed + 1)
   # Metric windows partition the steps: each closes at a multiple of log_every, at a save and at
   # the stop, so every step is logged exactly once across restarts (`window_steps` = its length).
-  unchecked, summary, window, history, saved = None, None, 0, {}, None
+  unchecked, summary, window, history = None, None, 0, {}
   step = start
+  # The loop stops only at a save decision that saved: a signal is acted on at the next decision
+  # (on several processes, by a vote one step late), so every process saves the same step.
+  vote, stopping = distributed.StopVote(mesh), False
   if start:
     logging.info("Resumed at step %d; the next metric window starts at step %d", start, start + 1)
   try:
@@ -198,7 +217,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
     # constraints (model/layers.py) take effect (jax.set_mesh; a plain `with mesh:` leaves them
     # inert in flax).
     with jax.set_mesh(mesh), nn.logical_axis_rules(rules):
-      while step < config.total_steps and not stop["stop"]:
+      while step < config.total_steps and not stopping:
         batch = sharding.shard_batch(next(data_iter), mesh)
         state, metrics = step_fn(state, frozen, batch, key)
         step += 1
@@ -214,7 +233,8 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
           videos = np.asarray(multihost_utils.process_allgather(sampler(export(state)), tiled=True))
           write_samples(writer, workdir, step, videos, config.sample.fps)
         # Decided after sampling, so a signal that arrives while it runs still saves this step.
-        save = step % config.checkpoint_every == 0 or last or stop["stop"]
+        stopping = vote.poll(stop["stop"])
+        save = step % config.checkpoint_every == 0 or last or stopping
         log = step % config.log_every == 0 or save
         if log:  # Nothing non-finite is logged as good or saved.
           _check_finite(*unchecked)
@@ -227,16 +247,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
           summary, window = None, 0
         if save:
           ckpt.save(step, state, data_iter, export(state), force=True)
-          saved = step
-      if stop["stop"] and saved != step and step > start:  # The signal came after the decision.
-        if unchecked is not None:
-          _check_finite(*unchecked)
-        if summary is not None:
-          history[step] = dict({k: float(v) for k, v in summary.compute().items()},
-                               window_steps=window)
-          writer.write_scalars(step, history[step])
-        ckpt.save(step, state, data_iter, export(state), force=True)
-    if stop["stop"]:
+    if stopping:
       logging.warning("Stopped by a signal at step %d of %d; checkpoint %d saved.", step,
                       config.total_steps, step)
   finally:  # Every exit (a NaN, a data error, Ctrl-C) finishes the saves already started.

@@ -101,6 +101,17 @@ def test_two_processes_see_disjoint_complete_halves_every_epoch(pairs):
     pipeline.pair_dataset(src, batch_size=1, seed=3, process_index=2, process_count=2)
 
 
+def test_processes_batches_make_up_the_one_process_batch(pairs):
+  """Process i reads the i-th slice of every global batch, across epoch ends (N = 24 is no
+  multiple of the global batch 9), so a job's global batches do not depend on its processes."""
+  src, _ = pairs
+  one = _ids(pipeline.pair_dataset(src, batch_size=9, seed=5, filter_pairs=False), 6)
+  parts = [_ids(pipeline.pair_dataset(src, batch_size=3, seed=5, filter_pairs=False,
+                                      process_index=p, process_count=3), 6) for p in range(3)]
+  merged = [i for step in range(6) for p in range(3) for i in parts[p][3 * step:3 * step + 3]]
+  assert merged == one
+
+
 @pytest.mark.parametrize("mode,min_nontie_frac", [("dense", 0.2), ("dense", 0.5), ("global", 0.2)])
 def test_filter_keeps_exactly_the_qualifying_pairs(pairs, mode, min_nontie_frac):
   src, recs = pairs

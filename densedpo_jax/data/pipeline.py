@@ -1,6 +1,6 @@
 """Grain input pipelines for video records (pretraining / SFT) and pair records (DPO).
 
-    source -> shuffle(seed) -> shard by process -> repeat -> decode + validate
+    source -> shuffle(seed) -> repeat -> shard by process -> decode + validate
            -> filter (pairs) -> example dict -> to_iter_dataset(read threads, prefetch)
            -> batch
 
@@ -9,10 +9,13 @@ ArrayRecord shards) or `TfdsSource` (a TFDS `as_data_source`). Shuffling and
 sharding only permute indices, so nothing is read before the decode step.
 
 Notes on the order:
-  - Sharding comes before `repeat`: every epoch's permutation is split, so the
-    processes see disjoint shares that together are the whole epoch, and each
-    epoch is shuffled anew (grain folds the epoch into the shuffle seed). All
-    processes must pass the same `seed`.
+  - Sharding splits the repeated stream of permutations (each epoch shuffled
+    anew: grain folds the epoch into the shuffle seed) in blocks of one
+    process's batch: process i reads block i of every `process_count` blocks.
+    So the global batch (the processes' batches, in process order) is the same
+    batch, in the same order, on any number of processes (unless the filter
+    drops pairs), and the processes' shares are disjoint. All processes must
+    pass the same `seed`.
   - Grain cannot batch a `MapDataset` after a `filter` (filtering makes
     positions sparse), so batching happens after `to_iter_dataset`; the read
     threads decode, filter and convert elements in parallel ahead of it.
@@ -64,9 +67,35 @@ def _process(process_index: Optional[int], process_count: Optional[int]) -> tupl
   return index, count
 
 
+class _BlockShard(grain.MapDataset):
+  """Block `index` of every `count` consecutive blocks of `block` elements of `parent`."""
+
+  def __init__(self, parent: grain.MapDataset, index: int, count: int, block: int):
+    super().__init__(parent)
+    self._index, self._count, self._block = index, count, block
+    self._length = len(parent) // (block * count) * block
+
+  def __len__(self) -> int:
+    return self._length
+
+  def _parent_index(self, index: int) -> int:
+    epoch, offset = divmod(index, self._length)  # Past the end: the next pass, as grain does.
+    group, within = divmod(offset, self._block)
+    return (epoch * len(self._parent) + (group * self._count + self._index) * self._block
+            + within)
+
+  def __getitem__(self, index):
+    if isinstance(index, slice):
+      return self.slice(index)
+    return self._parent[self._parent_index(index)]
+
+  def __str__(self) -> str:
+    return f"_BlockShard(index={self._index}, count={self._count}, block={self._block})"
+
+
 def records_dataset(source, *, seed: int, shuffle: bool = True, num_epochs: Optional[int] = None,
                     process_index: Optional[int] = None, process_count: Optional[int] = None,
-                    validate: bool = True) -> grain.MapDataset:
+                    validate: bool = True, shard_block: int = 1) -> grain.MapDataset:
   """`MapDataset` of decoded, validated records: this process's share, shuffled, repeated.
 
   Args:
@@ -75,18 +104,20 @@ def records_dataset(source, *, seed: int, shuffle: bool = True, num_epochs: Opti
     shuffle: shuffle globally (reshuffled each epoch).
     num_epochs: epochs to repeat; None repeats forever.
     process_index, process_count: this process's shard (default: jax.process_index(),
-      jax.process_count()); process i takes positions i, i + count, ... of each
-      epoch's permutation.
+      jax.process_count()); process i takes block i of every `count` blocks of
+      `shard_block` positions of the repeated stream of permutations.
     validate: run schema validation on every decoded record.
+    shard_block: positions a block (the per-process batch size: then the processes' batches
+      make up the batch that one process would read).
   """
   index, count = _process(process_index, process_count)
   ds = grain.MapDataset.source(source)
   if shuffle:
     ds = ds.shuffle(seed=seed)
-  if count > 1:
-    ds = ds[index::count]
   if num_epochs != 1:
     ds = ds.repeat(num_epochs)
+  if count > 1:
+    ds = _BlockShard(ds, index, count, shard_block)
   ds = ds.map(functools.partial(arrayrecord_io.decode_raw, validate=validate))
   return ds.filter(lambda rec: rec is not None)  # Unreadable records the source skipped.
 
@@ -198,7 +229,8 @@ def pair_dataset(source, *, batch_size: int, seed: int, mode: str = "dense",
     raise ValueError(f"mode must be one of {PAIR_MODES}, got {mode!r}")
   _check_kind(source, "pair")
   ds = records_dataset(source, seed=seed, shuffle=shuffle, num_epochs=num_epochs,
-                       process_index=process_index, process_count=process_count)
+                       process_index=process_index, process_count=process_count,
+                       shard_block=batch_size)
   if filter_pairs:
     require_a_kept_pair(source, mode, min_nontie_frac)
     ds = ds.filter(functools.partial(keep_pair, mode=mode, min_nontie_frac=min_nontie_frac))
@@ -213,6 +245,7 @@ def video_dataset(source, *, batch_size: int, seed: int, num_epochs: Optional[in
   """Batches of videos for flow-matching pretraining / SFT (arguments as pair_dataset)."""
   _check_kind(source, "video")
   ds = records_dataset(source, seed=seed, shuffle=shuffle, num_epochs=num_epochs,
-                       process_index=process_index, process_count=process_count)
+                       process_index=process_index, process_count=process_count,
+                       shard_block=batch_size)
   ds = ds.map(video_example)
   return _finish(ds, batch_size, read_threads, prefetch_buffer_size, drop_remainder)

@@ -1,5 +1,6 @@
 """task=label: label a pair dataset (a ShapesWorld oracle, or a JSONL label file) and report the
-label statistics."""
+label statistics. On several processes, process 0 labels (once: one set of files, one set of VLM
+calls) while the others wait for its statistics."""
 from __future__ import annotations
 
 import json
@@ -9,7 +10,7 @@ import ml_collections
 import numpy as np
 from absl import logging
 
-from densedpo_jax import previews
+from densedpo_jax import distributed, previews
 from densedpo_jax.data import arrayrecord_io, labels_io, summary
 from densedpo_jax.labeling.oracle import (GlobalOracle, Labeler, SegmentOracle, identity_decoder,
                                           label_dataset)
@@ -41,6 +42,15 @@ def _check_existing(spec: ml_collections.ConfigDict) -> None:
 
 
 def label_pairs(spec: ml_collections.ConfigDict) -> dict:
+  """`_label_pairs` on process 0; every process gets its statistics."""
+  return distributed.on_main(_label_pairs, spec)
+
+
+def _stats_path(spec: ml_collections.ConfigDict):
+  return distributed.path(spec.out_dir) / f"{spec.out_name}.label_stats.json"
+
+
+def _label_pairs(spec: ml_collections.ConfigDict) -> dict:
   """Labels `spec.in_dir/in_name` (its first `spec.max_pairs` pairs; 0: all) into
   `spec.out_dir/out_name` (skipped when it exists). `labeler=jsonl` imports `spec.file` instead
   (every time: the file may have grown), reporting every bad or unknown line by number."""
@@ -51,24 +61,19 @@ def label_pairs(spec: ml_collections.ConfigDict) -> dict:
       raise ValueError("config.label.labeler='jsonl' needs config.label.file (a JSONL label file)")
     counts = labels_io.import_labels(spec.file, spec.in_dir, spec.in_name, spec.out_dir,
                                      spec.out_name, labeler=spec.source,
-                                     labeler_params={"file": os.path.abspath(spec.file)})
+                                     labeler_params={"file": str(distributed.path(spec.file))})
     print(f"labels from {spec.file}: {counts['labeled']} pairs labeled, {counts['unchanged']} "
           "without a line")
     print(summary.format_summary(summary.summarize(spec.out_dir, spec.out_name)))
     return counts
-  if os.path.exists(arrayrecord_io.sidecar_path(spec.out_dir, spec.out_name)):
+  if distributed.path(arrayrecord_io.sidecar_path(spec.out_dir, spec.out_name)).exists():
     _check_existing(spec)
     logging.info("Labels %s/%s already exist: skipping labeling.", spec.out_dir, spec.out_name)
-    stats_path = os.path.join(spec.out_dir, f"{spec.out_name}.label_stats.json")
-    stats = {}
-    if os.path.exists(stats_path):
-      with open(stats_path) as f:
-        stats = json.load(f)
+    stats = distributed.read_json(_stats_path(spec)) if _stats_path(spec).exists() else {}
   else:
     stats = label_dataset(spec.in_dir, spec.in_name, spec.out_dir, spec.out_name,
                           make_labeler(spec), max_pairs=spec.get("max_pairs") or None)
-    with open(os.path.join(spec.out_dir, f"{spec.out_name}.label_stats.json"), "w") as f:
-      json.dump(stats, f, indent=1, default=float)
+    distributed.write_json(_stats_path(spec), stats)
   text = summary.format_summary(summary.summarize(spec.out_dir, spec.out_name))
   print(text)
   if stats:
@@ -115,8 +120,7 @@ def label_with_vlm(spec: ml_collections.ConfigDict) -> dict:
   stats = label_dataset(spec.in_dir, spec.in_name, spec.out_dir, spec.out_name, labeler,
                         decoder=decoder, max_pairs=spec.get("max_pairs") or None)
   stats["vlm"] = dict(labeler.stats)
-  with open(os.path.join(spec.out_dir, f"{spec.out_name}.label_stats.json"), "w") as f:
-    json.dump(stats, f, indent=1, default=float)
+  distributed.write_json(_stats_path(spec), stats)
   print(summary.format_summary(summary.summarize(spec.out_dir, spec.out_name)))
   s = labeler.stats
   print(f"vlm: {s['requests']} questions, {s['calls']} calls, {s['cache_hits']} cache hits, "
@@ -147,6 +151,8 @@ def write_previews(spec: ml_collections.ConfigDict, decoder, count: int) -> list
 def main(config: ml_collections.ConfigDict) -> dict:
   spec = config.label
   stats = label_pairs(spec)
+  if not distributed.is_main():
+    return stats
   if spec.get("num_previews", 0) and not (spec.labeler == "vlm" and spec.vlm.dry_run):
     sig = arrayrecord_io.read_sidecar(spec.out_dir, spec.out_name)["signature"]
     if spec.get("videos_dir"):

@@ -1,0 +1,117 @@
+"""launch/*.sh --dry-run: each script prints the commands it would run (one a line, quoted for the
+shell) and runs none of them; without --dry-run it runs exactly those commands."""
+import os
+import shlex
+import subprocess
+
+import pytest
+
+LAUNCH = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "launch")
+CONFIG = "--config=configs/dense.py:paper"
+
+
+@pytest.fixture
+def fake_bin(tmp_path):
+  """`python`, `gcloud` and `srun` on PATH that only record their arguments in `calls.txt`."""
+  bin_dir, calls = tmp_path / "bin", tmp_path / "calls.txt"
+  bin_dir.mkdir()
+  for name in ("python", "gcloud", "srun"):
+    script = bin_dir / name
+    script.write_text(f'#!/usr/bin/env bash\necho "{name} $*" >> {calls}\n')
+    script.chmod(0o755)
+  return bin_dir, calls
+
+
+def _launch(name, *args, fake_bin, **env):
+  bin_dir, calls = fake_bin
+  result = subprocess.run(
+      ["bash", os.path.join(LAUNCH, name), *args], capture_output=True, text=True, timeout=60,
+      env=dict(os.environ, PATH=f"{bin_dir}:{os.environ['PATH']}", **env))
+  assert result.returncode == 0, result.stderr
+  ran = calls.read_text().splitlines() if calls.exists() else []
+  return [shlex.split(line) for line in result.stdout.splitlines()], ran
+
+
+def test_local_multiprocess_prints_one_command_a_process_and_runs_them(fake_bin):
+  lines, ran = _launch("local_multiprocess.sh", "3", "4", "--dry-run", CONFIG, "--workdir=/w",
+                       fake_bin=fake_bin, PORT="23456")
+  assert ran == []
+  assert len(lines) == 3
+  for i, cmd in enumerate(lines):
+    assert cmd[:3] == ["env", "JAX_PLATFORMS=cpu",
+                       "XLA_FLAGS=--xla_force_host_platform_device_count=4"]
+    assert cmd[3:] == ["python", "-m", "densedpo_jax.main", "--distributed",
+                       "--coordinator_address=127.0.0.1:23456", "--num_processes=3",
+                       f"--process_id={i}", CONFIG, "--workdir=/w"]
+  # Without --dry-run the same commands run (here: the fake python records them).
+  _, ran = _launch("local_multiprocess.sh", "3", "4", CONFIG, "--workdir=/w", fake_bin=fake_bin,
+                   PORT="23456")
+  assert sorted(ran) == sorted(" ".join(cmd[3:]) for cmd in lines)
+
+
+def test_tpu_pod_prints_the_gcloud_command_with_the_flags_intact(fake_bin):
+  lines, ran = _launch("tpu_pod.sh", "--dry-run", CONFIG, "--workdir=gs://bucket/run",
+                       "--config.experiment.arms=dense, sft", fake_bin=fake_bin, TPU="pod",
+                       ZONE="us-east5-a")
+  assert ran == [] and len(lines) == 1
+  cmd = lines[0]
+  assert cmd[:8] == ["gcloud", "compute", "tpus", "tpu-vm", "ssh", "pod", "--zone=us-east5-a",
+                     "--worker=all"]
+  assert cmd[8] == "--command"
+  remote = shlex.split(cmd[9])  # What every worker runs.
+  python = remote[remote.index("python"):]
+  assert python == ["python", "-m", "densedpo_jax.main", "--distributed", CONFIG,
+                    "--workdir=gs://bucket/run", "--config.experiment.arms=dense, sft"]
+
+
+def test_gpu_slurm_prints_one_srun_of_every_node(fake_bin):
+  lines, ran = _launch("gpu_slurm.sh", "--dry-run", CONFIG, "--workdir=/shared/run",
+                       fake_bin=fake_bin)
+  assert ran == [] and len(lines) == 1
+  cmd = lines[0]
+  assert cmd[:4] == ["env", "XLA_PYTHON_CLIENT_MEM_FRACTION=0.9", "srun", "--ntasks-per-node=1"]
+  assert cmd[4:] == ["python", "-m", "densedpo_jax.main", "--distributed",
+                     "--config.model.dtype=bfloat16", "--config.model.attention_impl=cudnn",
+                     CONFIG, "--workdir=/shared/run"]
+
+
+def test_shapesworld_scripts_print_their_jobs_and_write_nothing(fake_bin, tmp_path):
+  workdir = tmp_path / "experiment"
+  lines, ran = _launch("reproduce_shapesworld.sh", "--dry-run", "--config.seed=1",
+                       fake_bin=fake_bin, WORKDIR=str(workdir))
+  assert ran == [] and not workdir.exists()
+  assert lines == [["python", "-m", "densedpo_jax.main", "--config=configs/experiment.py",
+                    f"--workdir={workdir}", "--config.seed=1"]]
+
+  root = tmp_path / "tune"
+  lines, ran = _launch("tune_shapesworld.sh", "--dry-run", fake_bin=fake_bin, ROOT=str(root),
+                       GRID="500:1e-4 100:1e-3", ARMS="dense", SOURCE=str(tmp_path / "none"))
+  assert ran == [] and not root.exists()
+  jobs = [cmd for cmd in lines if cmd[0] == "python"]
+  assert [cmd[:3] for cmd in lines if cmd[0] != "python"] == [
+      ["mkdir", "-p", str(root)], ["mkdir", "-p", f"{root}/beta500_lr1e-4"],
+      ["mkdir", "-p", f"{root}/beta100_lr1e-3"]]
+  assert len(jobs) == 2
+  assert {"--config.dpo.beta=500", "--config.optim.lr=1e-4", "--config.experiment.seeds=(0,)",
+          "--config.experiment.arms=dense", f"--workdir={root}/beta500_lr1e-4"} <= set(jobs[0])
+  assert {"--config.dpo.beta=100", "--config.optim.lr=1e-3"} <= set(jobs[1])
+
+  run = tmp_path / "run"
+  (run / "checkpoints" / "7" / "params").mkdir(parents=True)
+  (run / "checkpoints" / "12" / "params").mkdir(parents=True)
+  lines, _ = _launch("ship_base.sh", "--dry-run", str(run), str(tmp_path / "base"),
+                     fake_bin=fake_bin)
+  assert not (tmp_path / "base").exists() and not (tmp_path / "base.tmp").exists()
+  assert lines[2] == ["cp", "-r", f"{run}/checkpoints/12/params",
+                      f"{run}/checkpoints/12/_CHECKPOINT_METADATA", f"{tmp_path}/base.tmp/12/"]
+  assert [cmd[0] for cmd in lines] == ["rm", "mkdir", "cp", "rm", "mv"]
+
+
+def test_every_launch_script_takes_dry_run():
+  scripts = sorted(f for f in os.listdir(LAUNCH) if f.endswith(".sh") and not f.startswith("_"))
+  assert scripts == ["gpu_slurm.sh", "local_multiprocess.sh", "reproduce_shapesworld.sh",
+                     "ship_base.sh", "tpu_pod.sh", "tune_shapesworld.sh"]
+  for name in scripts:
+    with open(os.path.join(LAUNCH, name)) as f:
+      text = f.read()
+    assert "parse_dry_run" in text and "--dry-run" in text.split("set -euo")[0], name

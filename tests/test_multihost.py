@@ -1,0 +1,236 @@
+"""Two JAX processes x 4 CPU devices on 127.0.0.1 (jax.distributed, gloo): the same DenseDPO
+losses and previews as one process x 8 devices, SIGTERM to one process stops both at the same
+saved step, and that checkpoint is refused by a one-process run with a message naming both
+counts; pair generation split over both processes and joined once, labels written once. And
+`gs://` workdirs: their paths go through etils.epath, never os.path.abspath."""
+import json
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+
+import jax
+import numpy as np
+import pytest
+from etils.epath import gpath, testing as epath_testing
+from flax import linen as nn
+from orbax.checkpoint._src.path import gcs_utils
+from PIL import Image
+
+from densedpo_jax import checkpointing, distributed, previews, train
+from densedpo_jax.builders import model_config
+from densedpo_jax.model import LoRAConfig, build, pretrained
+from densedpo_jax.data import arrayrecord_io, tfds_builder
+from tests.test_train import C, D, H, L, T, W, tiny_config, write_pairs
+
+SETTINGS = {"log_every": 1, "checkpoint_every": 3, "sample.every": 3, "sample.num_videos": 2,
+            "sample.num_steps": 2}
+PROLOGUE = """
+import json, sys
+sys.path.insert(0, {root!r})
+from densedpo_jax import distributed
+pid = {pid}
+if pid is not None:
+  distributed.initialize("127.0.0.1:{port}", 2, pid)
+"""
+TRAIN = """
+from densedpo_jax import train
+from tests.test_train import tiny_config
+config = tiny_config("dense_dpo", {data!r}, total_steps={steps}, init_from={base!r}, **{settings!r})
+print("RESULT", json.dumps(train.train_and_evaluate(config, {workdir!r})), flush=True)
+"""
+PAIRS_AND_LABELS = """
+import jax
+from flax import linen as nn
+from configs import label as label_config, pairs as pairs_config
+from densedpo_jax import pairs
+from densedpo_jax.data import arrayrecord_io, tfds_builder
+from densedpo_jax.labeling import task
+from densedpo_jax.model import VideoDiT, get_dit_config
+model = VideoDiT(get_dit_config("tiny", width=32, depth=2, num_heads=2, text_dim=64))
+zeros = jax.numpy.zeros
+params = nn.unbox(model.init(jax.random.key(0), zeros((1, 16, 16, 16, 3)), zeros((1,)),
+                             zeros((1, 16, 64)), jax.numpy.ones((1, 16), bool))["params"])
+c = pairs_config.get_config("guided")
+c.pairs.update(num_pairs=5, pairs_per_part=1, batch_size=1, num_steps=2, out_dir={workdir!r})
+side = pairs.generate_pairs(c, arrayrecord_io.ShardedSource({data!r}, "videos"), params, model)
+c = label_config.get_config("segment")
+c.label.update(in_dir={workdir!r}, out_dir={workdir!r}, num_previews=2)
+stats = task.main(c)
+def fail():
+  raise ValueError("no labels")
+try:
+  distributed.on_main(fail)
+except Exception as e:
+  error = f"{{type(e).__name__}}: {{e}}"
+print("RESULT", json.dumps([side, stats, error], default=float), flush=True)
+"""
+
+
+def _free_port() -> int:
+  with socket.socket() as s:
+    s.bind(("127.0.0.1", 0))
+    return s.getsockname()[1]
+
+
+def _random_base(data: str, directory: str) -> str:
+  """A base model with random weights everywhere (a fresh one outputs exactly 0, which would
+  leave DPO's LoRA gradients at 0 and every loss at log 2)."""
+  cfg = model_config(tiny_config("dense_dpo", data)).replace(lora=LoRAConfig())
+  inputs = (np.zeros((1, T, H, W, C), np.float32), np.zeros((1,), np.float32),
+            np.zeros((1, L, D), np.float32), np.ones((1, L), bool))
+  params = nn.unbox(build(cfg).init(jax.random.key(0), *inputs)["params"])
+  rng = np.random.default_rng(0)
+  params = jax.tree_util.tree_map(
+      lambda x: np.asarray(x) + rng.normal(scale=0.1, size=x.shape).astype(x.dtype), params)
+  pretrained.save_params(directory, params, cfg)
+  return directory
+
+
+def _start(body: str, log: str, pid: int | None, port: int, **fields) -> subprocess.Popen:
+  """Runs `body` (formatted with `fields`) as process `pid` of 2 with 4 CPU devices, or (pid
+  None) as a lone process with 8; its output goes to the file `log` (a pipe could fill up)."""
+  devices = 8 if pid is None else 4
+  env = dict(os.environ, JAX_PLATFORMS="cpu",
+             XLA_FLAGS=f"--xla_force_host_platform_device_count={devices}")
+  script = (PROLOGUE + body).format(root=os.getcwd(), port=port, pid=pid, **fields)
+  with open(log, "w") as f:
+    proc = subprocess.Popen([sys.executable, "-c", script], env=env, stdout=f,
+                            stderr=subprocess.STDOUT)
+  proc.log = log
+  return proc
+
+
+def _train(data: str, base: str, workdir: str, pid: int | None, port: int, steps: int):
+  return _start(TRAIN, f"{workdir}.{pid}.log", pid, port, data=data, base=base,
+                settings=SETTINGS, workdir=workdir, steps=steps)
+
+
+def _output(proc: subprocess.Popen, timeout: float = 180) -> str:
+  try:
+    proc.wait(timeout=timeout)
+  except subprocess.TimeoutExpired:
+    proc.kill()
+    proc.wait()
+  with open(proc.log) as f:
+    return f.read()
+
+
+def _result(out: str):
+  return json.loads(out.split("RESULT ")[-1])
+
+
+def _history(out: str) -> dict[int, dict[str, float]]:
+  return {int(k): v for k, v in _result(out).items()}
+
+
+def _wait_for(path: str, procs: list[subprocess.Popen], timeout: float = 240) -> None:
+  deadline = time.time() + timeout
+  while not os.path.isdir(path):
+    if time.time() > deadline or any(p.poll() is not None for p in procs):
+      pytest.fail(f"no {path}: {[_output(p, 0.1)[-3000:] for p in procs]}")
+    time.sleep(0.2)
+
+
+def test_two_processes_match_one_and_stop_together_on_sigterm(tmp_path):
+  data = write_pairs(str(tmp_path / "pairs"))
+  base = _random_base(data, str(tmp_path / "base"))
+  workdir, one_dir = str(tmp_path / "two"), str(tmp_path / "one")
+  port = _free_port()
+  procs = [_train(data, base, workdir, pid, port, steps=100000) for pid in (0, 1)]
+  one = _train(data, base, one_dir, None, port, steps=4)  # The reference, run alongside.
+  _wait_for(os.path.join(workdir, "checkpoints", "3"), procs)
+  procs[1].send_signal(signal.SIGTERM)  # One process only: both must stop at the same step.
+  outs = [_output(p) for p in procs + [one]]
+  assert [p.returncode for p in procs + [one]] == [0, 0, 0], [o[-3000:] for o in outs]
+  histories = [_history(o) for o in outs]
+  stop = max(histories[0])
+  assert max(histories[1]) == stop and stop > 3
+  for out in outs[:2]:
+    assert f"Stopped by a signal at step {stop} of 100000" in out
+  step_dir = os.path.join(workdir, "checkpoints", str(stop))
+  assert sorted(f for f in os.listdir(os.path.join(step_dir, "iter")) if f.endswith(".json")) == [
+      "process_0-of-2.json", "process_1-of-2.json"]
+  steps = [int(s) for s in os.listdir(os.path.join(workdir, "checkpoints")) if s.isdigit()]
+  assert max(steps) == stop
+
+  # One process x 8 devices: the same global batches (data/pipeline.py's block sharding), the
+  # same losses, the same previews (the source's first prompts, whatever share a process reads).
+  for s in (1, 2, 3):  # Measured: at most 4e-7 apart (8e-7 at step 4): reduction order.
+    for h in histories[:2]:
+      np.testing.assert_allclose(h[s]["loss"], histories[2][s]["loss"], rtol=0, atol=1e-6)
+      np.testing.assert_allclose(h[s]["grad_norm"], histories[2][s]["grad_norm"], rtol=1e-5)
+  losses = [histories[2][s]["loss"] for s in range(1, 5)]
+  assert histories[2][1]["grad_norm"] > 0 and max(losses) - min(losses) > 1e-3, losses
+  png = [np.asarray(Image.open(os.path.join(d, "samples", "step_0000003.png")), np.int16)
+         for d in (workdir, one_dir)]
+  assert png[0].shape == png[1].shape == (2 * 8, 4 * 8, 3)
+  assert np.abs(png[0] - png[1]).max() <= 1
+
+  # The two-process checkpoint holds one iterator state a process: one process refuses it.
+  with pytest.raises(checkpointing.ProcessCountError) as err:
+    train.train_and_evaluate(tiny_config("dense_dpo", data, total_steps=stop + 2, init_from=base),
+                             workdir)
+  assert f"checkpoint {step_dir} was saved by 2 processes; this run has 1" in str(err.value)
+
+
+def test_two_processes_split_pairs_and_label_them_once(tmp_path):
+  data = str(tmp_path / "videos")  # ShapesWorld clips: the segment oracle parses their prompts.
+  cfg = tfds_builder.ShapesWorldConfig(name="test")
+  arrayrecord_io.write_records([tfds_builder.shapesworld_video(i, "train", cfg) for i in range(5)],
+                               data, "videos", num_shards=1)
+  ids = [r.id for r in arrayrecord_io.iter_records(data, "videos")]
+  out, port = str(tmp_path / "pairs"), _free_port()
+  procs = [_start(PAIRS_AND_LABELS, f"{out}.{pid}.log", pid, port, data=data, workdir=out)
+           for pid in (0, 1)]
+  outs = [_output(p) for p in procs]
+  assert [p.returncode for p in procs] == [0, 0], [o[-3000:] for o in outs]
+  # Process 0 wrote parts 0, 2, 4 and process 1 parts 1, 3; process 0 joined them after both
+  # had finished, and both return the joined dataset and process 0's label statistics.
+  (side, stats, error), (side1, stats1, error1) = (_result(o) for o in outs)
+  assert (side, json.dumps(stats)) == (side1, json.dumps(stats1))
+  assert side["num_records"] == 5 and len(side["shards"]) == 5
+  assert [r.id for r in arrayrecord_io.iter_records(out, "pairs")] == [f"{i}-guided" for i in ids]
+  labeled = list(arrayrecord_io.iter_records(out, "pairs_segment"))
+  assert [r.id for r in labeled] == [f"{i}-guided" for i in ids]
+  assert all(r.segment_labels is not None for r in labeled)
+  assert stats["num_pairs"] == 5
+  assert sorted(os.listdir(os.path.join(out, "pairs_segment_previews"))) == ["0000.gif", "0001.gif"]
+  assert not [f for f in os.listdir(out) if ".tmp" in f]
+  # A failure of process 0's single-copy work reaches the others, which would otherwise wait.
+  assert (error, error1) == ("ValueError: no labels", "RuntimeError: process 0 failed: "
+                                                      "ValueError: no labels")
+
+
+@pytest.fixture
+def fake_gcs(tmp_path, monkeypatch):
+  """`gs://` paths of `etils.epath` redirected to `<tmp>/gcs/`; `os.path.abspath` of a URL fails
+  the test (it would make `gs://b/run` into `<cwd>/gs:/b/run`)."""
+  root = str(tmp_path / "gcs")
+  local = lambda p: os.fspath(p).replace("gs://", root + "/", 1)
+  one = lambda fn, p, *a, **k: fn(local(p), *a, **k)
+  two = lambda fn, p, dst, *a, **k: fn(local(p), local(dst), *a, **k)
+  monkeypatch.setattr(gpath, "_is_tf_installed", lambda: False)  # Else gs:// skips the mock.
+  monkeypatch.setattr(gcs_utils, "is_hierarchical_namespace_enabled", lambda path: False)
+  abspath = os.path.abspath
+  monkeypatch.setattr(os.path, "abspath", lambda p: pytest.fail(f"os.path.abspath({p!r})")
+                      if "://" in os.fspath(p) else abspath(p))
+  with epath_testing.mock_epath(
+      open=one, exists=one, glob=one, isdir=one, listdir=one, makedirs=one, mkdir=one,
+      remove=one, rmtree=one, stat=one, walk=one, copy=two, rename=two, replace=two):
+    yield root
+
+
+def test_gs_paths_keep_their_scheme(fake_gcs):
+  distributed.write_json("gs://bucket/run/eval/metrics.json", {"loss": 0.5})
+  assert distributed.read_json("gs://bucket/run/eval/metrics.json") == {"loss": 0.5}
+  assert os.listdir(os.path.join(fake_gcs, "bucket", "run", "eval")) == ["metrics.json"]
+  previews.save_png("gs://bucket/run/samples/step_0000001.png", np.zeros((4, 8, 3), np.uint8))
+  assert os.path.isfile(os.path.join(fake_gcs, "bucket", "run", "samples", "step_0000001.png"))
+  checkpointing.check_resumable("gs://bucket/run")  # No checkpoints yet: nothing to refuse.
+  ckpt = checkpointing.RunCheckpointer("gs://bucket/run")
+  assert str(ckpt.directory) == "gs://bucket/run/checkpoints" and ckpt.latest_step() is None
+  ckpt.close()
+  assert not os.path.exists("gs:")
