@@ -101,7 +101,8 @@ def check_resumable(workdir: str) -> None:
   directory = distributed.path(workdir) / "checkpoints"
   if not directory.is_dir():
     return
-  manager = ocp.CheckpointManager(directory, options=ocp.CheckpointManagerOptions(read_only=True),
+  manager = ocp.CheckpointManager(directory, options=ocp.CheckpointManagerOptions(
+      read_only=True, create=False, save_interval_steps=0),
                                   item_names=ITEMS)
   try:
     step = manager.latest_step()
@@ -117,7 +118,8 @@ def read_item(workdir: str, item: str, step: int | None = None) -> tuple[int, An
   directory = distributed.path(workdir) / "checkpoints"
   if not directory.is_dir():
     raise FileNotFoundError(f"{workdir}: no checkpoints folder (expected {directory})")
-  manager = ocp.CheckpointManager(directory, options=ocp.CheckpointManagerOptions(read_only=True),
+  manager = ocp.CheckpointManager(directory, options=ocp.CheckpointManagerOptions(
+      read_only=True, create=False, save_interval_steps=0),
                                   item_names=(item,))
   try:
     step = manager.latest_step() if step is None else step

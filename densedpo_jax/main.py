@@ -11,6 +11,8 @@ import sys
 from absl import app, flags, logging
 from ml_collections import config_flags
 
+from densedpo_jax import console
+
 _CONFIG = config_flags.DEFINE_config_file("config", None, "Job config file (with optional :arg).",
                                           lock_config=True)
 _WORKDIR = flags.DEFINE_string("workdir", None, "Run directory (checkpoints, logs, TensorBoard). "
@@ -34,15 +36,20 @@ def default_workdir(config_path: str) -> str:
 def main(argv):
   if len(argv) > 1:
     raise app.UsageError(f"Unexpected arguments: {argv[1:]}")
+  verbosity = flags.FLAGS.verbosity  # Read once: absl's set_verbosity (in setup) rewrites it.
+  console.setup(None, verbosity)  # The log file once the process index is known.
   import jax  # After flag parsing; jax.distributed must come before any other JAX call.
   from densedpo_jax import distributed
   if _DISTRIBUTED.value or os.environ.get("DENSEDPO_DISTRIBUTED") == "1":
     distributed.initialize(_COORDINATOR.value, _NUM_PROCESSES.value, _PROCESS_ID.value)
   config = _CONFIG.value
   workdir = _WORKDIR.value or default_workdir(config_flags.get_config_filename(flags.FLAGS["config"]))
-  logging.info("JAX %s, process %d of %d, %d devices (%s)", jax.__version__, jax.process_index(),
-               jax.process_count(), jax.device_count(), jax.devices()[0].platform)
-  logging.info("Workdir %s; config:\n%s", workdir, config)
+  name = "log.txt" if jax.process_count() == 1 else f"log-process{jax.process_index()}.txt"
+  console.setup(os.path.join(workdir, "logs", name), verbosity)
+  logging.info("JAX %s, process %d of %d, %d devices (%s); workdir %s, full log in %s",
+               jax.__version__, jax.process_index(), jax.process_count(), jax.device_count(),
+               jax.devices()[0].platform, workdir, os.path.join(workdir, "logs", name))
+  logging.info("Config:\n%s", config, extra={console.FILE_ONLY: True})
   if config.task not in TASKS:
     raise ValueError(f"config.task={config.task!r}; expected one of {TASKS}")
   if config.task == "train":

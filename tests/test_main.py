@@ -16,12 +16,22 @@ def _run(*args):
                         capture_output=True, text=True, timeout=300)
 
 
-def test_override_reaches_the_job():
-  out = _run("--config=configs/dense.py", "--config.task=bogus", "--config.dpo.beta=123.0")
+def test_override_reaches_the_job(tmp_path):
+  out = _run("--config=configs/dense.py", "--config.task=bogus", "--config.dpo.beta=123.0",
+             f"--workdir={tmp_path}")
   assert out.returncode != 0
   assert "config.task='bogus'" in out.stderr  # The override was applied before dispatch.
-  assert "beta: 123.0" in out.stderr  # The logged config carries the overridden value.
-  assert "Workdir workdirs/dense;" in out.stderr  # Default workdir from the config name.
+  # The logged config carries the overridden value; it goes to the log file, not the console.
+  assert "beta: 123.0" in (tmp_path / "logs" / "log.txt").read_text()
+  assert "beta: 123.0" not in out.stderr
+  loud = _run("--config=configs/dense.py", "--config.task=bogus", "--config.dpo.beta=123.0",
+              f"--workdir={tmp_path}", "--verbosity=1")
+  assert "beta: 123.0" in loud.stderr  # --verbosity=1 brings everything back to the console.
+
+
+def test_default_workdir_is_named_on_the_console():
+  out = _run("--config=configs/dense.py", "--config.task=bogus")
+  assert "workdir workdirs/dense," in out.stderr  # Default workdir from the config name.
 
 
 def test_unknown_key_is_an_error_naming_it():

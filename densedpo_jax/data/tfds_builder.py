@@ -42,6 +42,7 @@ import numpy as np
 import tensorflow_datasets as tfds
 from etils import epath
 
+from densedpo_jax import console
 from densedpo_jax.data import arrayrecord_io
 from densedpo_jax.data import schema
 from densedpo_jax.shapesworld import text_encoder as text_encoder_lib
@@ -264,5 +265,6 @@ def shapesworld_source(split: str = "train", data_dir: Union[str, None] = None,
                        config: Union[str, ShapesWorldConfig] = "default") -> TfdsSource:
   """The ShapesWorld split as a grain source, generating the dataset on first use."""
   builder = ShapesWorldVideos(data_dir=data_dir, config=config)
-  builder.download_and_prepare()  # no-op when already prepared
+  with console.library_output(f"TFDS preparing {builder.name}"):
+    builder.download_and_prepare()  # no-op when already prepared
   return TfdsSource(builder, split)

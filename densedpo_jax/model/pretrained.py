@@ -18,6 +18,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import orbax.checkpoint as ocp
+from etils import epath
 from flax import traverse_util
 
 from densedpo_jax.model.config import LoRAConfig, ModelConfig
@@ -32,10 +33,16 @@ def _wan_weights():
   return importlib.import_module("densedpo_jax.interop.wan_weights")
 
 
-def is_diffusers_folder(path: str) -> bool:
+def _path(p) -> epath.Path:
+  """`p` as an `epath.Path`: local paths absolute, URLs (`gs://bucket/...`) untouched."""
+  return epath.Path(p) if "://" in str(p) else epath.Path(os.path.abspath(p))
+
+
+def is_diffusers_folder(path) -> bool:
   """A diffusers model folder: `config.json` beside one or more `*.safetensors` files."""
-  return (os.path.isfile(os.path.join(path, "config.json"))
-          and any(f.endswith(".safetensors") for f in os.listdir(path)))
+  path = _path(path)
+  return (path.is_dir() and (path / "config.json").is_file()
+          and any(f.name.endswith(".safetensors") for f in path.iterdir()))
 
 
 def abstract_params(cfg: ModelConfig) -> Any:
@@ -62,13 +69,13 @@ def _place(params: Any, target: Any, source: str) -> Any:
   return traverse_util.unflatten_dict(out)
 
 
-def _checkpoint_dir(path: str) -> tuple[str, int | None]:
+def _checkpoint_dir(path) -> tuple[epath.Path, int | None]:
   """`(checkpoints folder, step or None)` of a workdir, checkpoints folder or step folder."""
-  path = os.path.abspath(path)
-  if os.path.isdir(os.path.join(path, "params")) and os.path.basename(path).isdigit():
-    return os.path.dirname(path), int(os.path.basename(path))
-  if os.path.isdir(os.path.join(path, "checkpoints")):
-    return os.path.join(path, "checkpoints"), None
+  path = _path(path)
+  if (path / "params").is_dir() and path.name.isdigit():
+    return path.parent, int(path.name)
+  if (path / "checkpoints").is_dir():
+    return path / "checkpoints", None
   return path, None
 
 
@@ -83,16 +90,17 @@ def read_params(path: str, target: Any, cfg: ModelConfig | None = None,
     cfg: the model config, for diffusers folders (layout and family).
     step: which checkpoint step; default the latest.
   """
-  if os.path.isdir(path) and is_diffusers_folder(path):
+  if is_diffusers_folder(path):
     if cfg is None:
       raise ValueError(f"init_from: {path} is a diffusers folder; a model config is needed to "
                        "convert it")
     return _place(_wan_weights().load_diffusers(path, cfg), target, path)
   directory, found_step = _checkpoint_dir(path)
   step = found_step if step is None else step
-  if not os.path.isdir(directory):
+  if not directory.is_dir():
     raise FileNotFoundError(f"init_from: no checkpoint directory at {directory}")
-  manager = ocp.CheckpointManager(directory, options=ocp.CheckpointManagerOptions(read_only=True),
+  manager = ocp.CheckpointManager(directory, options=ocp.CheckpointManagerOptions(
+      read_only=True, create=False, save_interval_steps=0),
                                   item_names=("params",))
   step = manager.latest_step() if step is None else step
   try:
@@ -112,19 +120,17 @@ def read_params(path: str, target: Any, cfg: ModelConfig | None = None,
 def write_model_json(directory: str, cfg: ModelConfig) -> None:
   """Records the model config of a run or params directory, LoRA settings included (the adapter
   exporter reads them; exported params have the adapter folded in)."""
-  os.makedirs(directory, exist_ok=True)
-  with open(os.path.join(directory, MODEL_JSON), "w") as f:
-    json.dump(config_to_dict(cfg), f, indent=1)
+  directory = _path(directory)
+  directory.mkdir(parents=True, exist_ok=True)
+  (directory / MODEL_JSON).write_text(json.dumps(config_to_dict(cfg), indent=1))
 
 
 def read_model_json(path: str) -> ModelConfig:
   """The config in `model.json` of a params directory (or of the workdir above a step folder)."""
   directory, _ = _checkpoint_dir(path)
-  for candidate in (path, os.path.dirname(directory)):
-    file = os.path.join(candidate, MODEL_JSON)
-    if os.path.isfile(file):
-      with open(file) as f:
-        return config_from_dict(json.load(f))
+  for candidate in (_path(path), directory.parent):
+    if (candidate / MODEL_JSON).is_file():
+      return config_from_dict(json.loads((candidate / MODEL_JSON).read_text()))
   raise FileNotFoundError(f"{path}: no {MODEL_JSON} (written by runs and by "
                           "`python -m densedpo_jax.convert`); pass the model config explicitly")
 
@@ -133,8 +139,8 @@ def save_params(directory: str, params: Any, cfg: ModelConfig, step: int = 0) ->
   """Writes `params` as `<directory>/checkpoints/<step>/params` plus `model.json`; returns the
   checkpoints folder. `config.init_from=<directory>` and `load_pretrained` read it. An existing
   params directory is refused: its model.json and weights could disagree after a partial write."""
-  path = os.path.join(os.path.abspath(directory), "checkpoints")
-  if os.path.exists(path) or os.path.exists(os.path.join(directory, MODEL_JSON)):
+  path = _path(directory) / "checkpoints"
+  if path.exists() or (_path(directory) / MODEL_JSON).exists():
     raise FileExistsError(f"{directory} already holds params ({path}); delete it or choose "
                           "another destination")
   manager = ocp.CheckpointManager(path, options=ocp.CheckpointManagerOptions(create=True),
@@ -143,7 +149,7 @@ def save_params(directory: str, params: Any, cfg: ModelConfig, step: int = 0) ->
   manager.wait_until_finished()
   manager.close()
   write_model_json(directory, cfg)  # Last: a folder with a model.json is complete.
-  return path
+  return str(path)
 
 
 def load_pretrained(path: str, **overrides: Any) -> tuple[nn.Module, dict[str, Any]]:
@@ -154,7 +160,7 @@ def load_pretrained(path: str, **overrides: Any) -> tuple[nn.Module, dict[str, A
       or a run's workdir (its exported params: LoRA already folded in).
     **overrides: config fields to change, e.g. `dtype='bfloat16'`, `scan_layers=True`.
   """
-  if os.path.isdir(path) and is_diffusers_folder(path):
+  if is_diffusers_folder(path):
     cfg = _wan_weights().read_config(path)
   else:
     cfg = read_model_json(path)

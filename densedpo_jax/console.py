@@ -1,0 +1,96 @@
+"""What a job prints: this project's progress on the console, every library's chatter in a file.
+
+`setup(log_file, verbosity)` (called by `main.py` before any task runs):
+
+  console (stderr)  records logged from this package and from clu's metric writer and progress
+                    report (stage lines, metrics, steps/s, ETA), except those marked
+                    `extra={FILE_ONLY: True}` (the config dump); warnings and errors from
+                    anything; at `--verbosity=1` or more, everything
+  log_file          every record at INFO and above (Orbax, Grain, TensorFlow, JAX included)
+
+TensorFlow's C++ start-up lines (oneDNN notices, CPU feature lists) are turned off through
+`TF_CPP_MIN_LOG_LEVEL` unless the verbosity asks for them; that only acts before TensorFlow is
+imported, which the tasks do lazily.
+"""
+from __future__ import annotations
+
+import contextlib
+import io
+import logging
+import os
+
+from absl import logging as absl_logging
+
+PACKAGE_DIR = os.path.dirname(os.path.abspath(__file__))
+FILE_ONLY = "densedpo_file_only"  # `logging.info(..., extra={FILE_ONLY: True})`: the file only.
+
+
+_STATE = {"verbosity": 0}
+# The trainer's metric and progress lines (step, steps/s, ETA) come from clu's writers.
+PROGRESS_SOURCES = (os.path.join("clu", "metric_writers", "logging_writer.py"),
+                    os.path.join("clu", "periodic_actions.py"))
+# Library warnings that report nothing wrong (Orbax on every read-only checkpoint manager).
+CHATTER = ("Given directory is read only", "CheckpointManagerOptions.read_only=True")
+
+
+class ConsoleFilter(logging.Filter):
+  """Passes this package's records and warnings (or everything at `verbosity >= 1`)."""
+
+  def __init__(self, verbosity: int = 0):
+    super().__init__()
+    self.verbosity = verbosity
+
+  def filter(self, record: logging.LogRecord) -> bool:
+    if self.verbosity >= 1:
+      return True
+    if record.levelno >= logging.WARNING:
+      return not str(record.msg).startswith(CHATTER)
+    if getattr(record, FILE_ONLY, False):
+      return False
+    path = os.path.abspath(record.pathname)
+    return path.startswith(PACKAGE_DIR + os.sep) or path.endswith(PROGRESS_SOURCES)
+
+
+def setup(log_file: str | None, verbosity: int = 0) -> None:
+  """Routes records as the module doc says. `log_file=None` keeps everything on the console's
+  filter only (no file); a `gs://` path is not opened (Python's file handler writes local files)."""
+  _STATE["verbosity"] = verbosity
+  if verbosity < 1:
+    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+  # absl turns `--verbosity=1` into DEBUG for every logger; the console shows chatter at 1, and
+  # JAX's debug tracing only at 2 or more.
+  absl_logging.set_verbosity(absl_logging.INFO if verbosity < 2 else absl_logging.DEBUG)
+  absl_logging.use_absl_handler()  # On the root logger (app.run does it too).
+  handler = absl_logging.get_absl_handler()
+  for f in [f for f in handler.filters if isinstance(f, ConsoleFilter)]:
+    handler.removeFilter(f)
+  handler.addFilter(ConsoleFilter(verbosity))
+  root = logging.getLogger()
+  for h in [h for h in root.handlers if getattr(h, "densedpo_log_file", False)]:
+    root.removeHandler(h)
+    h.close()
+  if log_file and "://" not in log_file:
+    os.makedirs(os.path.dirname(os.path.abspath(log_file)), exist_ok=True)
+    file_handler = logging.FileHandler(log_file)
+    file_handler.densedpo_log_file = True
+    file_handler.setFormatter(absl_logging.PythonFormatter())
+    file_handler.setLevel(logging.INFO)
+    root.addHandler(file_handler)
+
+
+@contextlib.contextmanager
+def library_output(what: str):
+  """Inside, what libraries print (TFDS's progress bars and notices) goes to the log file as one
+  record after the block, unless the verbosity is 1 or more."""
+  if _STATE["verbosity"] >= 1:
+    yield
+    return
+  out, err = io.StringIO(), io.StringIO()
+  try:
+    with contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
+      yield
+  finally:
+    text = (out.getvalue() + err.getvalue()).strip()
+    if text:  # Progress bars redraw with carriage returns: keep the end.
+      logging.getLogger(__name__).info("%s printed:\n%s", what, text[-4000:],
+                                       extra={FILE_ONLY: True})

@@ -1,0 +1,75 @@
+"""The console shows this project's progress and anyone's warnings; the log file keeps everything."""
+import logging
+import os
+
+from absl import logging as absl_logging
+
+from densedpo_jax import console
+
+
+def _record(pathname: str, level: int = logging.INFO, msg: str = "m") -> logging.LogRecord:
+  return logging.LogRecord("x", level, pathname, 1, msg, None, None)
+
+
+def test_console_filter_keeps_ours_and_warnings_unless_verbose():
+  ours = os.path.join(console.PACKAGE_DIR, "train.py")
+  library = "/usr/lib/python3/site-packages/orbax/checkpoint/checkpointer.py"
+  quiet, loud = console.ConsoleFilter(0), console.ConsoleFilter(1)
+  assert quiet.filter(_record(ours))
+  assert not quiet.filter(_record(library))
+  assert quiet.filter(_record(library, logging.WARNING))
+  assert not quiet.filter(_record(library, logging.WARNING, "Given directory is read only=/x"))
+  # A sibling directory whose name starts like the package is not the package.
+  assert not quiet.filter(_record(console.PACKAGE_DIR + "_extra/x.py"))
+  assert loud.filter(_record(library))
+  assert quiet.filter(_record("/site-packages/clu/metric_writers/logging_writer.py"))  # Metrics.
+  dump = _record(ours)
+  setattr(dump, console.FILE_ONLY, True)
+  assert not quiet.filter(dump) and loud.filter(dump)
+
+
+def test_setup_sends_library_chatter_to_the_file_only(tmp_path, capfd):
+  log_file = str(tmp_path / "logs" / "log.txt")
+  try:
+    console.setup(log_file, verbosity=0)
+    handler = absl_logging.get_absl_handler()
+    library = _record("/site-packages/orbax/checkpoint/x.py", msg="orbax chatter")
+    ours = _record(os.path.join(console.PACKAGE_DIR, "train.py"), msg="step 10: loss 0.5")
+    for record in (library, ours):
+      logging.getLogger().handle(record)
+    err = capfd.readouterr().err
+    assert "step 10: loss 0.5" in err and "orbax chatter" not in err
+    for h in logging.getLogger().handlers:
+      h.flush()
+    text = open(log_file).read()
+    assert "orbax chatter" in text and "step 10: loss 0.5" in text
+    # Calling setup again replaces the filter and the file handler instead of stacking them.
+    console.setup(log_file, verbosity=1)
+    assert sum(isinstance(f, console.ConsoleFilter) for f in handler.filters) == 1
+    assert sum(getattr(h, "densedpo_log_file", False) for h in logging.getLogger().handlers) == 1
+    logging.getLogger().handle(_record("/site-packages/grain/x.py", msg="grain chatter"))
+    assert "grain chatter" in capfd.readouterr().err
+  finally:
+    console.setup(None, verbosity=1)
+
+
+def test_library_output_goes_to_the_log_file_when_quiet(tmp_path, capfd):
+  log_file = str(tmp_path / "log.txt")
+  try:
+    console.setup(log_file, verbosity=0)
+    with console.library_output("tfds"):
+      print("Downloading and preparing dataset")
+      import sys
+      sys.stderr.write("Generating splits: 50%\r")
+    captured = capfd.readouterr()
+    assert "Downloading" not in captured.out and "Generating" not in captured.err
+    for h in logging.getLogger().handlers:
+      h.flush()
+    text = open(log_file).read()
+    assert "tfds printed:" in text and "Downloading and preparing dataset" in text
+    console.setup(log_file, verbosity=1)
+    with console.library_output("tfds"):
+      print("shown when verbose")
+    assert "shown when verbose" in capfd.readouterr().out
+  finally:
+    console.setup(None, verbosity=1)
