@@ -74,3 +74,25 @@ def test_micro_batches_keep_their_rows_on_their_devices():
   assert out.sharding.spec == P(None, sharding.BATCH_AXES)
   with pytest.raises(ValueError, match="not divisible by 4 batch shards x 4"):
     train_step.split_micro_batches(jnp.zeros(12), 4, shards=4)
+
+
+def test_a_bf16_base_keeps_a_float32_adapter_through_accumulation():
+  """Wan 14B ships its frozen base in bf16: the adapter (and so its gradients, accumulated in a
+  scan carry) stays float32, and the accumulated step equals the unsplit one."""
+  config = tiny_config("dense_dpo", "unused")
+  config.model.param_dtype = "bfloat16"
+  model = build(model_config(config))
+  variables = nn.unbox(model.init(jax.random.key(0), jnp.zeros((1, T, H, W, C)), jnp.zeros((1,)),
+                                  jnp.zeros((1, L, D)), jnp.ones((1, L), bool)))
+  assert {x.dtype for x in jax.tree_util.tree_leaves(variables["params"])} == {jnp.dtype(jnp.bfloat16)}
+  assert {x.dtype for x in jax.tree_util.tree_leaves(variables["lora"])} == {jnp.dtype(jnp.float32)}
+  _, _, _, _, batch = _setup("dense_dpo", 0)
+  lora = randomize(variables["lora"], 1)
+  loss_fn = train_step.make_loss_fn(model, config)
+  key = jax.random.key(0)
+  noisy = dict(batch, **train_step.draw_batch_noise(config, batch, key))
+  run = lambda accum: jax.jit(lambda lo: train_step._accumulated_grads(
+      loss_fn, lo, variables["params"], noisy, key, accum))(lora)
+  (full, full_grads), (acc, acc_grads) = run(1), run(4)
+  assert {g.dtype for g in jax.tree_util.tree_leaves(acc_grads)} == {jnp.dtype(jnp.float32)}
+  np.testing.assert_allclose(acc["loss"], full["loss"], rtol=1e-3)

@@ -60,10 +60,12 @@ class LoRADense(nn.Module):
       b_init = nn.with_logical_partitioning(nn.initializers.zeros, (None, self.axes[1]))
       shape_a, shape_b = (x.shape[-1], self.lora.rank), (self.lora.rank, self.features)
       # Lambdas: the 'params' rng is only needed (and only present) at init.
+      # The adapter is trained: float32 even when the frozen base is stored in bf16 (its
+      # gradients and their accumulation are float32; a bf16 adapter would not match them).
       lora_a = self.variable("lora", "lora_a", lambda: a_init(self.make_rng("params"), shape_a,
-                                                              self.param_dtype))
+                                                              jnp.float32))
       lora_b = self.variable("lora", "lora_b", lambda: b_init(self.make_rng("params"), shape_b,
-                                                              self.param_dtype))
+                                                              jnp.float32))
       if self.lora_enabled:
         low = jnp.dot(x, lora_a.value.astype(self.dtype))
         y = y + self.lora.scale * jnp.dot(low, lora_b.value.astype(self.dtype))
