@@ -99,12 +99,12 @@ def test_activation_rules_act_when_bound():
   assert sharded.temp_size_in_bytes < 0.5 * replicated.temp_size_in_bytes
 
 
-def _lora_grads_on_mesh(mesh_shape, impl, seed):
+def _lora_grads_on_mesh(mesh_shape, impl, seed, dtype=None):
   """(output, LoRA gradients of sum(v * w), compiled temp bytes per device) of a scanned tiny DiT
   on a mesh of the first prod(mesh_shape) devices, rules bound."""
   mesh = sharding.create_mesh(mesh_shape, devices=jax.devices()[:int(np.prod(mesh_shape))])
   cfg = get_dit_config("tiny", width=32, depth=2, num_heads=2, text_dim=16, scan_layers=True,
-                       attention_impl=impl, lora=LoRAConfig(rank=4))
+                       attention_impl=impl, lora=LoRAConfig(rank=4), dtype=dtype or "float32")
   model = VideoDiT(cfg)
   rng = np.random.default_rng(seed)
   x = jnp.asarray(rng.standard_normal((2, 4, 16, 16, 3)), jnp.float32)  # 64 tokens a video.
@@ -142,6 +142,17 @@ def test_context_parallelism_equals_one_device_and_gathers_keys(impl):
     assert "f32[1,2,64,64]" in data_only.as_text()
     temp = lambda c: c.memory_analysis().temp_size_in_bytes
     assert temp(context) < 0.5 * temp(data_only)
+
+
+def test_context_parallelism_in_bfloat16_compiles_and_stays_within_bf16_rounding():
+  """bf16 compute: the shard_map's collectives run in float32 (XLA:CPU crashed on bf16 ones)."""
+  seed = np.random.randint(1 << 30)
+  run = lambda mesh, dtype: np.asarray(_lora_grads_on_mesh(mesh, "xla", seed, dtype)[0], np.float32)
+  v1, v4, v32 = run((2, 1, 1, 1), "bfloat16"), run((2, 1, 1, 4), "bfloat16"), run((2, 1, 1, 1), None)
+  scale = float(np.abs(v32).max())
+  # Within a few bf16 roundings of float32, as the unsplit bf16 run is.
+  spread = float(np.abs(v1 - v32).max())
+  assert float(np.abs(v4 - v32).max()) < 2 * spread + 2 ** -7 * scale
 
 
 def test_context_parallelism_refuses_indivisible_tokens():

@@ -35,7 +35,7 @@ def attention(q, k, v, mask=None, implementation: str = "xla", block_q: int = 51
   backward reduce-scatters their gradients).
   """
   shards = sequence_shards()
-  if shards > 1:
+  if shards > 1 and k.shape[1] == q.shape[1]:  # Self-attention over split tokens.
     return _context_parallel(q, k, v, mask, shards, implementation, block_q, block_k)
   return _local_attention(q, k, v, mask, implementation, block_q, block_k)
 
@@ -55,13 +55,23 @@ def _context_parallel(q, k, v, mask, shards: int, implementation: str, block_q: 
     raise ValueError(f"context parallelism: {n} query tokens are not divisible by the mesh's "
                      f"sequence axis ({shards} devices); change the latent size or mesh.shape")
   split = P(None, "sequence")
-  args, specs = (q, k, v), (split, P(), P())  # Keys and values gathered onto every device.
+  args, specs = (q, k, v), (split, split, split)
   if mask is not None:
     args += (mask,)
     specs += (P(None, None, "sequence") if mask.shape[2] == n > 1 else P(),)
-  local = lambda q, k, v, m=None: _local_attention(q, k, v, m, implementation, block_q, block_k)
+
+  dtype = q.dtype
+
+  def local(q, k, v, m=None):  # Gradients of the gathered keys and values reduce-scatter back.
+    k, v = (jax.lax.all_gather(x, "sequence", axis=1, tiled=True) for x in (k, v))
+    q, k, v = (x.astype(dtype) for x in (q, k, v))
+    return _local_attention(q, k, v, m, implementation, block_q, block_k).astype(jnp.float32)
+
+  # The region's collectives in float32: XLA:CPU (jax 0.10) crashes promoting the bf16
+  # collectives of this shard_map's backward ("Invalid binary instruction opcode copy").
+  args = tuple(x.astype(jnp.float32) if x.dtype == dtype else x for x in args)
   return jax.shard_map(local, in_specs=specs, out_specs=split, axis_names={"sequence"},
-                       check_vma=False)(*args)
+                       check_vma=False)(*args).astype(dtype)
 
 
 def _local_attention(q, k, v, mask, implementation: str, block_q: int, block_k: int):
