@@ -18,7 +18,6 @@ from __future__ import annotations
 import functools
 import json
 import math
-import os
 from typing import Callable, Sequence
 
 import jax
@@ -26,7 +25,7 @@ import jax.numpy as jnp
 import numpy as np
 from PIL import Image, ImageDraw
 
-from densedpo_jax import flow, previews, sampling
+from densedpo_jax import distributed, flow, previews, sampling
 from densedpo_jax.builders import make_source, model_config
 from densedpo_jax.data import arrayrecord_io
 from densedpo_jax.model import LoRAConfig, build
@@ -161,8 +160,10 @@ def save_figure(path: str, frames: np.ndarray, result: dict, patch, zoom: int = 
     draw.text((left + 2, h * zoom + label_h), f"in {result['inside'][i]:+.3f}", fill="black")
     draw.text((left + 2, 2 * h * zoom + 2 * label_h), f"out {result['outside'][i]:+.4f}",
               fill="black")
-  os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
-  canvas.save(path)
+  path = distributed.path(path)
+  path.parent.mkdir(parents=True, exist_ok=True)
+  with path.open("wb") as f:
+    canvas.save(f, format="PNG")
 
 
 def pick_videos(records, patch, count: int) -> list:
@@ -177,7 +178,8 @@ def pick_videos(records, patch, count: int) -> list:
 def run(config, out_dir: str) -> dict:
   """Appendix B on ShapesWorld training videos with the base model (`config.init_from`).
 
-  Writes `<out_dir>/appendix_b.png` and `appendix_b.json`; returns the numbers and paths.
+  Writes `<out_dir>/appendix_b.png` and `appendix_b.json` (process 0; every process computes,
+  since all of them take part in reading the weights); returns the numbers and paths.
   """
   spec = config.experiment.appendix_b
   source = make_source(
@@ -198,12 +200,13 @@ def run(config, out_dir: str) -> dict:
                    np.stack([np.asarray(r.text_mask, bool) for r in chosen]), sigmas, patch,
                    jax.random.key(spec.seed), draws=spec.draws)
   frames = np.stack([blur_patch(videos[0], s, patch)[t_len // 2] for s in sigmas])
-  figure = os.path.join(out_dir, "appendix_b.png")
-  save_figure(figure, frames, result, patch)
+  figure = str(distributed.path(out_dir) / "appendix_b.png")
   out = {k: v for k, v in result.items() if k != "maps"}
   out.update(blur_fracs=list(spec.blur_fracs), patch=list(patch), num_videos=len(chosen),
              draws=spec.draws, video_ids=[r.id for r in chosen], figure=figure)
-  with open(os.path.join(out_dir, "appendix_b.json"), "w") as f:
-    json.dump(out, f, indent=1)
+  if distributed.is_main():
+    save_figure(figure, frames, result, patch)
+    (distributed.path(out_dir) / "appendix_b.json").write_text(json.dumps(out, indent=1))
+  distributed.barrier("appendix_b")
   return out
 
