@@ -58,8 +58,9 @@ def setup(log_file: str | None, verbosity: int = 0) -> None:
   if verbosity < 1:
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
   # absl turns `--verbosity=1` into DEBUG for every logger; the console shows chatter at 1, and
-  # JAX's debug tracing only at 2 or more.
-  absl_logging.set_verbosity(absl_logging.INFO if verbosity < 2 else absl_logging.DEBUG)
+  # JAX's debug tracing only at 2 or more; -1 keeps warnings only (file included).
+  absl_logging.set_verbosity(absl_logging.WARNING if verbosity < 0 else
+                             absl_logging.INFO if verbosity < 2 else absl_logging.DEBUG)
   absl_logging.use_absl_handler()  # On the root logger (app.run does it too).
   handler = absl_logging.get_absl_handler()
   for f in [f for f in handler.filters if isinstance(f, ConsoleFilter)]:

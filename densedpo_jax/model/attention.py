@@ -58,7 +58,7 @@ def _context_parallel(q, k, v, mask, shards: int, implementation: str, block_q: 
   args, specs = (q, k, v), (split, split, split)
   if mask is not None:
     args += (mask,)
-    specs += (P(None, None, "sequence") if mask.shape[2] == n > 1 else P(),)
+    specs += (P(None, None, "sequence") if mask.ndim == 4 and mask.shape[2] == n > 1 else P(),)
 
   dtype = q.dtype
 
