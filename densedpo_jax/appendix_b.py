@@ -16,7 +16,6 @@ loss on pixels both members share, which are real data: StructuralDPO's "unlearn
 from __future__ import annotations
 
 import functools
-import json
 import math
 from typing import Callable, Sequence
 
@@ -206,7 +205,7 @@ def run(config, out_dir: str) -> dict:
              draws=spec.draws, video_ids=[r.id for r in chosen], figure=figure)
   if distributed.is_main():
     save_figure(figure, frames, result, patch)
-    (distributed.path(out_dir) / "appendix_b.json").write_text(json.dumps(out, indent=1))
+    distributed.write_json(distributed.path(out_dir) / "appendix_b.json", out)
   distributed.barrier("appendix_b")
   return out
 
