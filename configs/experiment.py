@@ -1,13 +1,24 @@
 """The ShapesWorld reproduction of the paper's findings (task=experiment, experiment.py).
 
-    python -m densedpo_jax.main --config=configs/experiment.py           # about 75 min, 2 cores
-    python -m densedpo_jax.main --config=configs/experiment.py:mini      # the driver at a toy budget
+Every call below shares one workdir (default workdirs/experiment): a run is named by its
+settings, so the calls reuse each other's pairs, labels and trained runs.
 
-  shapesworld (default)  8 arms x 3 training seeds from the shipped base model; writes
-                         results/shapesworld.md and results/shapesworld_appendix_b.png
+    python -m densedpo_jax.main --config=configs/experiment.py:ARG --workdir=workdirs/experiment
+
+  shapesworld (default)  8 arms x 3 training seeds from the shipped base model, every arm at
+                         beta 500 (the untuned setting); results/shapesworld.md and
+                         results/shapesworld_appendix_b.png
+  tuned                  the whole-video arms at the setting the training-split sweep chose,
+                         beside DenseDPO; results/shapesworld_tuned.md
+  tune                   that sweep: the first seed of Vanilla/Structural/DenseDPO at beta 500
+                         and 2500, scored at steps 50 and 100 on training prompts;
+                         results/shapesworld_tune.md
+  motion                 why DenseDPO slows clips: DenseDPO with other eta ranges, tie margins,
+                         a per-frame granularity and beta; results/shapesworld_motion.md
   mini                   2 seeds, a few pairs and steps: checks that every arm runs
-Every DPO setting comes from configs/dpo_common.py (the main job's), so the DenseDPO arm is the
-main job at the experiment's pair budget.
+Every model is scored under two independent sets of evaluation noise (`eval_seeds`). Every DPO
+setting comes from configs/dpo_common.py (the main job's), so the DenseDPO arm is the main job
+at the experiment's pair budget. `bash launch/regenerate_results.sh` runs them all.
 """
 import ml_collections
 
@@ -15,10 +26,17 @@ from configs import dpo_common
 from densedpo_jax.experiment import ARMS
 
 
+ARGS = ("shapesworld", "tuned", "tune", "motion", "mini")
+# DenseDPO with one setting changed at a time (eta range of the guided pairs, segment tie margin,
+# one frame a segment, beta): which of them keeps the base model's motion.
+MOTION_ARMS = ("pretrained,dense,dense:eta=0.2-0.4,dense:eta=0.7-0.9,dense:tie=0.0,"
+               "dense:tie=0.03,dense:fps=1,dense:beta=2500")
+
+
 def get_config(arg=None):
   arg = arg or "shapesworld"
-  if arg not in ("shapesworld", "mini"):
-    raise ValueError(f"configs/experiment.py: unknown arg {arg!r}; expected 'shapesworld' or 'mini'")
+  if arg not in ARGS:
+    raise ValueError(f"configs/experiment.py: unknown arg {arg!r}; expected one of {ARGS}")
   c = dpo_common.dpo_config("dense_dpo", "guided", "segment", "shapesworld")
   c.task = "experiment"
   c.pairs.pairs_per_part = 128
@@ -27,7 +45,9 @@ def get_config(arg=None):
   e.arms = ",".join(ARMS)
   e.seeds = (0, 1, 2)
   e.labeled_pairs = 128  # N: DenseDPO's labeled pairs; Vanilla and StructuralDPO get 3N.
-  e.early_step = 50  # Also evaluate this checkpoint of the first seed (drift); 0: never.
+  e.early_step = 50  # Also evaluate this checkpoint of every run (drift); 0: never.
+  # Two independent sets of evaluation noise: a claim holds only if it holds under both.
+  e.eval_seeds = (1234, 5678)
   e.results = "results/shapesworld.md"
   e.appendix_b = ml_collections.ConfigDict({
       "pool": 64,          # training videos to choose from (those whose shape covers the patch)
@@ -36,6 +56,23 @@ def get_config(arg=None):
       # of the area, but a 4 x 4 patch holds only part of a ShapesWorld shape.
       "patch_frac": 0.5,
       "blur_fracs": (0.0, 0.0625, 0.125, 0.25, 0.5)})  # blur sigma / patch side (the paper's)
+  if arg == "tuned":
+    e.arms = ("pretrained,vanilla:beta=2500,structural:beta=2500,structural:beta=2500:steps=50,"
+              "dense")
+    e.results = "results/shapesworld_tuned.md"
+  if arg == "tune":  # Training prompts only: the held-out ones stay unseen by the choice.
+    e.arms = ("pretrained,vanilla,vanilla:beta=2500,structural,structural:beta=2500,dense,"
+              "dense:beta=2500")
+    e.seeds, e.eval_seeds = (0,), (1234,)
+    c.videos.split_eval = "train"
+    c.evaluate.max_prompts = 18  # As many as the held-out split has.
+    e.results = "results/shapesworld_tune.md"
+  if arg == "motion":
+    e.arms = MOTION_ARMS
+    e.seeds = (0, 1)
+    e.results = "results/shapesworld_motion.md"
+  if arg in ("tuned", "tune", "motion"):
+    e.appendix_b.num_videos = 0  # The main call has it.
   if arg == "mini":
     e.seeds = (0, 1)
     e.labeled_pairs = 4

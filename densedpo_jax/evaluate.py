@@ -8,7 +8,7 @@ checkpoint holding exported weights), sample every distinct prompt of `config.da
   judge='none'         no scores: export the samples for an external evaluator (e.g. VBench):
                        `<model>/samples.npy` `[N, T, H, W, C]` latents, `<model>/prompts.json`
                        and one GIF a sample (decode latents with your VAE first for real videos).
-Writes `<workdir>/eval/metrics.json`, `table.md` and a preview grid `<model>.{png,gif}`.
+Writes `<workdir>/eval/metrics.json` (means, and each prompt's means under `per_prompt`), `table.md` and a preview grid `<model>.{png,gif}`.
 On several processes each samples and scores the same (the restore of the weights is a
 collective, the sampling is not), and process 0 alone writes.
 """
@@ -87,7 +87,7 @@ def evaluate_models(config: ml_collections.ConfigDict, workdir: str, source, cfg
   records = prompt_set(source, spec.max_prompts)
   prompts = [r.prompt for r in records for _ in range(spec.seeds_per_prompt)]
   out_dir, write = distributed.path(workdir) / "eval", distributed.is_main()
-  results, buckets = {}, {}
+  results, buckets, per_prompt = {}, {}, {}
   decoder = None
   if config.decoder.kind != "none":  # Latents -> pixels (only when asked: it may load PyTorch).
     from densedpo_jax.interop import decode
@@ -106,6 +106,7 @@ def evaluate_models(config: ml_collections.ConfigDict, workdir: str, source, cfg
       from densedpo_jax.shapesworld import judge  # Only ShapesWorld has a pixel judge.
       scores = judge.judge_videos(videos, prompts, spec.frames_per_segment)
       results[name] = judge.aggregate(scores)
+      per_prompt[name] = prompt_means(scores, spec.seeds_per_prompt)
       buckets[name] = judge.speed_buckets(scores, buckets=3)
       captions = [f"{c} | quality {s.visual_quality:.2f}, speed {s.mean_speed:.2f} px/frame"
                   for c, s in zip(captions, scores[::spec.seeds_per_prompt])]
@@ -123,13 +124,23 @@ def evaluate_models(config: ml_collections.ConfigDict, workdir: str, source, cfg
     distributed.write_json(out_dir / "metrics.json", {
         "split": config.data.split, "num_prompts": len(records),
         "seeds_per_prompt": spec.seeds_per_prompt, "results": results,
-        "artifacts_by_speed": buckets})
+        "artifacts_by_speed": buckets, "per_prompt": per_prompt})
     if spec.judge == "shapesworld":
       table = markdown_table(results)
       distributed.write_text(out_dir / "table.md", table + "\n")
       print(table)
   distributed.barrier("evaluate: written")
-  return results
+  return {name: dict(r, per_prompt=per_prompt[name]) if name in per_prompt else r
+          for name, r in results.items()}
+
+
+def prompt_means(scores, seeds_per_prompt: int) -> dict[str, list[float]]:
+  """Each metric of `judge.aggregate` per prompt (over its `seeds_per_prompt` consecutive
+  samples): `{metric: [P]}`, what bootstrap intervals over prompts resample."""
+  from densedpo_jax.shapesworld import judge
+  groups = [scores[i:i + seeds_per_prompt] for i in range(0, len(scores), seeds_per_prompt)]
+  means = [judge.aggregate(g) for g in groups]
+  return {key: [m[key] for m in means] for key in means[0]}
 
 
 def export_samples(model_dir, videos: np.ndarray, prompts: list[str], fps: float,

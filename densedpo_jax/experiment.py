@@ -15,12 +15,20 @@ held-out prompts with the same noise, so differences between arms are paired. N 
   structural_mv  Flow-DPO on guided pairs whose whole-video label is the majority vote
                  of their segment labels, 3N                                       (Tab. 4)
 
+Arms take their own settings after a colon (`vanilla:beta=2500:steps=50`; keys in `SETTINGS`),
+so tuned and untuned arms, and ablations, run side by side in one call.
+
 Workdir (each stage is skipped when its output exists, so a rerun resumes):
-  pairs_guided/, pairs_vanilla/   3N pairs each; `labels_*` are the labeled subsets
-  runs/<arm>/seed<k>/             train/, eval/, train_history.json and run.json (written
-                                  last: the run's completion mark, with the settings it used)
-  appendix_b/                     the loss-difference maps (appendix_b.py)
-  results.json                    everything the report shows
+  pairs_<mode>_<hash>/             pairs, named by the settings that shape them; `labels_*` are
+                                   the labeled subsets, named by the labeling settings
+  runs/<arm>/<hash>/seed<k>/       train/, train_history.json, and train.json (written last: the
+                                   run's completion mark, with its full settings and the code
+                                   version); <hash> digests those settings, so a run whose
+                                   settings differ is never reused: it gets its own folder
+    eval_<hash>/, eval_<hash>.json the final (and early) checkpoint's held-out scores under one
+                                   evaluation seed, per prompt too (one folder a seed)
+  appendix_b/                      the loss-difference maps (appendix_b.py)
+  results.json                     everything the report shows
 The Markdown report goes to `config.experiment.results` (experiment_report.py), with
 `results.json` and the Appendix B figure beside it. On several processes every stage runs on
 all of them (training and pair generation split their work) and process 0 writes the records.
@@ -28,8 +36,10 @@ all of them (training and pair generation split their work) and process 0 writes
 from __future__ import annotations
 
 import dataclasses
+import hashlib
 import json
 import os
+import subprocess
 import time
 from typing import Optional
 
@@ -37,7 +47,7 @@ import ml_collections
 from absl import logging
 
 from densedpo_jax import appendix_b, distributed, evaluate, experiment_report, pairs, train
-from densedpo_jax.data import summary
+from densedpo_jax.data import arrayrecord_io, summary
 from densedpo_jax.labeling import task as label_task
 from densedpo_jax.pipeline import video_data, with_overrides
 
@@ -65,36 +75,112 @@ ARMS = {
                          title="StructuralDPO, majority-voted segment labels"),
 }
 
+# Per-arm settings, `name:key=value:...` in `config.experiment.arms`: key -> (config key, parser,
+# title). `eta=0.2-0.5` is the guided eta range; `fps` the pairs' frames per segment.
+SETTINGS = {
+    "beta": ("dpo.beta", float, "beta {}"),
+    "steps": ("total_steps", int, "{} steps"),
+    "lr": ("optim.lr", float, "lr {}"),
+    "tie": ("label.tie_margin", float, "tie margin {}"),
+    "eta": ("pairs.eta_range", lambda v: tuple(float(x) for x in v.split("-")), "eta {}"),
+    "fps": ("pairs.frames_per_segment", int, "{} frames a segment"),
+}
 
-def parse_arms(spec: str) -> list[str]:
-  names = [s.strip() for s in spec.split(",") if s.strip()]
-  unknown = [n for n in names if n not in ARMS]
-  if unknown or not names:
+
+@dataclasses.dataclass(frozen=True)
+class ArmSpec:
+  """An arm of `ARMS` with its own settings: `key` ('vanilla:beta=2500') names it in results."""
+  key: str
+  name: str
+  overrides: tuple[tuple[str, object], ...] = ()  # (config key, value)
+
+  @property
+  def arm(self) -> Arm:
+    return ARMS[self.name]
+
+  @property
+  def title(self) -> str:
+    extra = [SETTINGS[k][2].format(v) for k, v in _pairs(self.key)]
+    return self.arm.title + (f" ({', '.join(extra)})" if extra else "")
+
+
+def _pairs(key: str) -> list[tuple[str, str]]:
+  out = []
+  for item in key.split(":")[1:]:
+    k, sep, v = item.partition("=")
+    if not sep or k not in SETTINGS:
+      raise ValueError(f"config.experiment.arms: {key!r}: {item!r} is not key=value with a key "
+                       f"of {sorted(SETTINGS)}")
+    out.append((k, v))
+  return out
+
+
+def parse_arms(spec: str) -> list[ArmSpec]:
+  """`'pretrained,dense,vanilla:beta=2500:steps=50'` -> ArmSpecs (unknown names or keys raise)."""
+  keys = [s.strip() for s in spec.split(",") if s.strip()]
+  unknown = [k for k in keys if k.split(":")[0] not in ARMS]
+  if unknown or not keys:
     raise ValueError(f"config.experiment.arms={spec!r}: unknown {unknown}; expected a comma "
-                     f"list of {list(ARMS)}")
-  return names
+                     f"list of {list(ARMS)}, each with optional :key=value settings")
+  if len(set(keys)) != len(keys):
+    raise ValueError(f"config.experiment.arms={spec!r} names an arm twice")
+  arms = []
+  for key in keys:
+    try:
+      overrides = tuple((SETTINGS[k][0], SETTINGS[k][1](v)) for k, v in _pairs(key))
+    except ValueError as e:
+      raise ValueError(f"config.experiment.arms: {key!r}: {e}") from e
+    arms.append(ArmSpec(key, key.split(":")[0], overrides))
+  return arms
 
 
 def num_labeled(arm: Arm, n: int) -> int:
   return max(1, round(arm.budget * n))
 
 
+def digest(settings: dict) -> str:
+  """A short stable hash of JSON-able `settings`: names the folder of what they produce."""
+  return hashlib.sha1(json.dumps(settings, sort_keys=True).encode()).hexdigest()[:8]
+
+
+def code_version() -> str:
+  """`git describe --always --dirty` of this checkout ('unknown' outside one)."""
+  try:
+    out = subprocess.run(["git", "describe", "--always", "--dirty", "--abbrev=12"],
+                         cwd=os.path.dirname(os.path.abspath(__file__)), capture_output=True,
+                         text=True, timeout=30, check=True)
+    return out.stdout.strip()
+  except (OSError, subprocess.SubprocessError):
+    return "unknown"
+
+
 def pair_set(config, workdir: str, mode: str, num_pairs: int) -> str:
-  """Generates (once) `num_pairs` pairs of `mode` from the base model; returns their folder."""
-  out_dir = os.path.join(workdir, f"pairs_{mode}")
-  pairs.main(with_overrides(config, **{
-      "pairs.mode": mode, "pairs.num_pairs": num_pairs, "pairs.out_dir": out_dir,
-      "pairs.name": "pairs"}, **video_data(config, config.videos.split)))
+  """Generates (once) `num_pairs` pairs of `mode` from the base model; returns their folder,
+  named by the settings that shape the pairs (a set with at least `num_pairs` is reused)."""
+  spec = {k: v for k, v in config.pairs.to_dict().items()
+          if k not in ("num_pairs", "out_dir", "name", "pairs_per_part", "batch_size")}
+  spec.update(mode=mode, seed=config.seed, init_from=config.init_from, videos=config.videos.path)
+  if mode == "vanilla":
+    spec.pop("eta_range")
+  out_dir = os.path.join(workdir, f"pairs_{mode}_{digest(spec)}")
+  side = arrayrecord_io.sidecar_path(out_dir, "pairs")
+  if not (distributed.path(side).exists()
+          and arrayrecord_io.read_sidecar(out_dir, "pairs")["num_records"] >= num_pairs):
+    pairs.main(with_overrides(config, **{
+        "pairs.mode": mode, "pairs.num_pairs": num_pairs, "pairs.out_dir": out_dir,
+        "pairs.name": "pairs"}, **video_data(config, config.videos.split)))
   return out_dir
 
 
-def label_set(config, workdir: str, arm: Arm) -> dict:
+def label_set(config, workdir: str, arm: Arm, num_pairs: int) -> dict:
   """Labels the first `budget * N` pairs of the arm's pair set (once); returns where and stats."""
   n = config.experiment.labeled_pairs
-  pair_dir = pair_set(config, workdir, arm.pairs, round(3 * n))
+  pair_dir = pair_set(config, workdir, arm.pairs, num_pairs)
   count = num_labeled(arm, n)
-  name = f"labels_{arm.labeler}_n{count}" + (f"_flip{round(100 * arm.flip_prob)}"
-                                             if arm.flip_prob else "")
+  spec = {k: v for k, v in config.label.to_dict().items()
+          if k not in ("in_dir", "in_name", "out_dir", "out_name", "num_previews", "max_pairs")}
+  spec.update(labeler=arm.labeler, flip_prob=arm.flip_prob)
+  name = f"labels_{arm.labeler}_n{count}_{digest(spec)}"
   stats = label_task.label_pairs(with_overrides(config, **{
       "label.labeler": arm.labeler, "label.flip_prob": arm.flip_prob, "label.max_pairs": count,
       "label.in_dir": pair_dir, "label.in_name": "pairs", "label.out_dir": pair_dir,
@@ -108,36 +194,43 @@ def label_set(config, workdir: str, arm: Arm) -> dict:
           "segment_tie_share": summ["segment_label_share"]["0"]}
 
 
-def _eval(config, run_dir: str, models: str) -> dict:
-  """Evaluates `models` ('name=path,...') on the held-out prompts into `run_dir/eval`."""
-  eval_config = with_overrides(config, **video_data(config, config.videos.split_eval),
-                               **{"evaluate.models": models})
-  return evaluate.main(eval_config, run_dir)
+# Keys that do not change what a run learns (paths derive from the settings that are kept).
+_NOT_SETTINGS = ("task", "experiment", "evaluate", "videos.split_eval", "data.path", "data.name",
+                 "label.in_dir", "label.in_name", "label.out_dir", "label.out_name",
+                 "label.num_previews", "pairs.out_dir", "pairs.name", "pairs.num_pairs",
+                 "pairs.pairs_per_part", "pairs.batch_size", "log_every", "async_checkpointing",
+                 "profile", "sample", "checkpoint_every", "keep_checkpoints", "decoder")
 
 
-def run_settings(config) -> dict:
-  """What a finished run depends on besides its arm and seed: a cached run must match it."""
-  return {"init_from": config.init_from, "total_steps": config.total_steps,
-          "batch_size": config.data.batch_size, "lr": config.optim.lr, "beta": config.dpo.beta,
-          "lora_rank": config.lora.rank, "labeled_pairs": config.experiment.labeled_pairs,
-          "tie_margin": config.label.tie_margin, "eta_range": list(config.pairs.eta_range),
-          "evaluate": [config.evaluate.max_prompts, config.evaluate.seeds_per_prompt,
-                       config.evaluate.num_steps, config.evaluate.seed, config.videos.split_eval]}
+def run_settings(config, arm: Arm) -> dict:
+  """Everything a trained arm depends on: the whole config but `_NOT_SETTINGS` (plus the arm)."""
+  flat = {}
+
+  def walk(node, prefix):
+    for k, v in node.items():
+      key = f"{prefix}{k}"
+      if key in _NOT_SETTINGS:
+        continue
+      if isinstance(v, dict):
+        walk(v, key + ".")
+      else:
+        flat[key] = list(v) if isinstance(v, tuple) else v
+  walk(config.to_dict(), "")
+  flat["arm"] = dataclasses.asdict(arm)
+  if arm.loss is None:  # The base model: only what it is.
+    flat = {"init_from": config.init_from, "arm": flat["arm"]}
+  return json.loads(json.dumps(flat))
 
 
-def _cached(done: str, settings: dict) -> Optional[dict]:
-  if not distributed.path(done).exists():
-    return None
-  record = distributed.read_json(done)
-  old = record.get("settings")
-  if old is None:
-    logging.warning("%s records no settings (an older run): reusing it as it is.", done)
-  elif old != json.loads(json.dumps(settings)):
-    diff = sorted(k for k in set(old) | set(settings) if old.get(k) != settings.get(k))
-    raise ValueError(f"{done} was run with other settings ({', '.join(diff)}: "
-                     f"{ {k: old.get(k) for k in diff} }, now { {k: settings.get(k) for k in diff} }). "
-                     "Use another workdir, or delete that run to redo it.")
-  return record
+def eval_settings(config, seed: int, early: int) -> dict:
+  spec = {k: v for k, v in config.evaluate.to_dict().items()
+          if k not in ("models", "preview_prompts", "batch_size")}
+  return dict(spec, seed=seed, split=config.videos.split_eval, videos=config.videos.path,
+              early_step=early)
+
+
+def _read(path: str) -> Optional[dict]:
+  return distributed.read_json(path) if distributed.path(path).exists() else None
 
 
 def _train(config, train_dir: str, history_path: str) -> dict:
@@ -155,43 +248,110 @@ def _train(config, train_dir: str, history_path: str) -> dict:
   return history
 
 
-def run_arm(config, workdir: str, name: str, seed: int) -> dict:
-  """Trains and evaluates one arm at one training seed; returns its record (cached on disk)."""
-  arm = ARMS[name]
-  run_dir = os.path.join(workdir, "runs", name, "pretrained" if arm.loss is None else f"seed{seed}")
-  done = os.path.join(run_dir, "run.json")
-  settings = run_settings(config)
-  record = _cached(done, settings)
+def _write(path: str, record: dict) -> dict:
+  if distributed.is_main():
+    distributed.write_json(path, record)
+  distributed.barrier(f"experiment: {path}")
+  return record
+
+
+def arm_config(config, spec: ArmSpec):
+  return with_overrides(config, **dict(spec.overrides))
+
+
+def train_arm(config, workdir: str, spec: ArmSpec, seed: int, pair_counts: dict) -> dict:
+  """Trains one arm at one seed (once): its folder is named by its settings, so a run with other
+  settings is never reused; returns the training record (`<run>/train.json`)."""
+  arm = spec.arm
+  config = arm_config(config, spec)  # Its pairs and labels use config.seed: shared by all seeds.
+  settings = run_settings(with_overrides(config, seed=seed), arm)
+  run_dir = os.path.join(workdir, "runs", spec.key.replace(":", "_").replace("=", ""),
+                         digest({k: v for k, v in settings.items() if k != "seed"}),
+                         "pretrained" if arm.loss is None else f"seed{seed}")
+  done = os.path.join(run_dir, "train.json")
+  record = _read(done)
   if record is not None:
     return record
   start = time.time()
-  record = {"arm": name, "seed": seed, "labels": None, "train": {}, "settings": settings}
-  if arm.loss is None:
-    record["eval"] = _eval(config, run_dir, f"{name}={config.init_from}")[name]
-  else:
+  record = {"arm": spec.key, "seed": seed, "dir": run_dir, "labels": None, "train": {},
+            "settings": settings, "code": code_version(), "model": config.init_from}
+  if arm.loss is not None:
     if arm.pairs is None:  # SFT: flow matching on the ground-truth training videos.
       data = video_data(config, config.videos.split)
     else:
-      labels = label_set(config, workdir, arm)
+      labels = label_set(config, workdir, arm, pair_counts[arm.pairs])
       record["labels"] = labels
       data = {"data.kind": "pairs", "data.path": labels["path"], "data.name": labels["name"]}
     train_dir = os.path.join(run_dir, "train")
-    print(f"experiment: {name} seed {seed}: {arm.loss}, {config.total_steps} steps -> {train_dir}")
+    print(f"experiment: {spec.key} seed {seed}: {arm.loss}, {config.total_steps} steps -> "
+          f"{train_dir}")
     record["train"] = _train(
         with_overrides(config, **{"task": "train", "loss": arm.loss, "seed": seed}, **data),
         train_dir, os.path.join(run_dir, "train_history.json"))
-    models = f"{name}={train_dir}"
-    early = config.experiment.early_step
-    if early and seed == config.experiment.seeds[0] and early < config.total_steps:
-      models += f",{name}@{early}={os.path.join(train_dir, 'checkpoints', str(early))}"
-    results = _eval(config, run_dir, models)
-    record["eval"] = results[name]
-    record["eval_early"] = results.get(f"{name}@{early}")
+    record["model"] = train_dir
   record["seconds"] = time.time() - start
-  if distributed.is_main():
-    distributed.write_json(done, record)
-  distributed.barrier(f"experiment: {done}")
-  return record
+  return _write(done, record)
+
+
+def evaluate_arm(config, spec: ArmSpec, trained: dict, eval_seed: int) -> dict:
+  """Held-out scores of a trained run (and its early checkpoint) with the evaluation noise of
+  `eval_seed` (once); returns `{'final': metrics, 'early': metrics or None}`."""
+  early = config.experiment.early_step
+  steps = dict(spec.overrides).get("total_steps", config.total_steps)
+  early = early if early and trained["train"] and early < steps else 0
+  settings = eval_settings(config, eval_seed, early)
+  out_dir = os.path.join(trained["dir"], f"eval_{digest(settings)}")
+  done = out_dir + ".json"
+  record = _read(done)
+  if record is not None:
+    return record
+  models = f"final={trained['model']}"
+  if early:
+    models += f",early={os.path.join(trained['model'], 'checkpoints', str(early))}"
+  eval_config = with_overrides(config, **video_data(config, config.videos.split_eval),
+                               **{"evaluate.models": models, "evaluate.seed": eval_seed})
+  start = time.time()
+  results = evaluate.main(eval_config, out_dir)
+  return _write(done, {"settings": settings, "code": code_version(), "final": results["final"],
+                       "early": results.get("early"), "seconds": time.time() - start})
+
+
+def run_arm(config, workdir: str, spec: ArmSpec, seed: int, pair_counts: dict) -> dict:
+  """Trains and evaluates one arm at one seed under every evaluation seed; returns its record."""
+  trained = train_arm(config, workdir, spec, seed, pair_counts)
+  evals = {str(s): evaluate_arm(config, spec, trained, int(s))
+           for s in config.experiment.eval_seeds}
+  return dict(trained, title=spec.title,
+              eval={s: e["final"] for s, e in evals.items()},
+              eval_early={s: e["early"] for s, e in evals.items() if e["early"]} or None,
+              eval_code=sorted({e["code"] for e in evals.values()}),
+              seconds=trained.get("seconds", 0.0) + sum(e["seconds"] for e in evals.values()))
+
+
+def pair_counts(arms: list[ArmSpec], n: int) -> dict:
+  """Pairs each pair set must hold: the largest labeling budget among the arms that use it."""
+  counts = {}
+  for spec in arms:
+    if spec.arm.pairs:
+      key = _pair_key(spec)
+      counts[key] = max(counts.get(key, 0), round(3 * n if spec.arm.budget > 1 else n))
+  return counts
+
+
+def _pair_key(spec: ArmSpec):
+  return (spec.arm.pairs,) + tuple(kv for kv in spec.overrides if kv[0].startswith("pairs."))
+
+
+def check_early_step(config, arms: list[ArmSpec]) -> None:
+  early, every = config.experiment.early_step, config.checkpoint_every
+  for spec in arms:
+    steps = dict(spec.overrides).get("total_steps", config.total_steps)
+    if early and early < steps and (early % every or (steps - early) // every
+                                    >= config.keep_checkpoints):
+      raise ValueError(f"config.experiment.early_step={early}: no checkpoint of that step "
+                       f"survives in {spec.key} (checkpoint_every={every}, keep_checkpoints="
+                       f"{config.keep_checkpoints}, total_steps={steps}); pick a kept multiple "
+                       "of checkpoint_every or 0")
 
 
 def main(config: ml_collections.ConfigDict, workdir: str) -> dict:
@@ -199,36 +359,39 @@ def main(config: ml_collections.ConfigDict, workdir: str) -> dict:
   spec = config.experiment
   if not config.init_from:
     raise ValueError("config.init_from is empty: the experiment needs a base model")
-  names = parse_arms(spec.arms)
+  arms = parse_arms(spec.arms)
   seeds = [int(s) for s in spec.seeds]
-  if not seeds:
-    raise ValueError("config.experiment.seeds is empty: expected at least one training seed")
-  early, every = spec.early_step, config.checkpoint_every
-  if early and early < config.total_steps and (
-      early % every or (config.total_steps - early) // every >= config.keep_checkpoints):
-    raise ValueError(f"config.experiment.early_step={early}: no checkpoint of that step survives "
-                     f"(checkpoint_every={every}, keep_checkpoints={config.keep_checkpoints}, "
-                     f"total_steps={config.total_steps}); pick a kept multiple of checkpoint_every "
-                     "or 0")
+  if not seeds or not spec.eval_seeds:
+    raise ValueError("config.experiment.seeds and .eval_seeds must each hold at least one seed")
+  check_early_step(config, arms)
+  counts = pair_counts(arms, spec.labeled_pairs)
   start = time.time()
   runs = []
-  for name in names:
-    for seed in (seeds[:1] if ARMS[name].loss is None else seeds):
-      runs.append(run_arm(config, workdir, name, seed))
-      logging.info("experiment: %s seed %d done (%.0f s so far)", name, seed, time.time() - start)
-  bias = {}  # Motion bias of whole-video labels of each pair set used, before any training.
-  for mode in sorted({ARMS[n].pairs for n in names} - {None}, reverse=True):
-    bias[mode] = label_set(config, workdir, Arm("flow_dpo", mode, "global", 3.0))
+  for arm in arms:
+    for seed in (seeds[:1] if arm.arm.loss is None else seeds):
+      runs.append(run_arm(config, workdir, arm, seed,
+                          {arm.arm.pairs: counts.get(_pair_key(arm))}))
+      logging.info("experiment: %s seed %d done (%.0f s so far)", arm.key, seed,
+                   time.time() - start)
+  bias = {}  # Motion bias of whole-video labels of each default pair set used, before training.
+  for mode in sorted({a.arm.pairs for a in arms if a.arm.pairs and _pair_key(a) == (a.arm.pairs,)},
+                     reverse=True):
+    count = counts[(mode,)]
+    bias[mode] = label_set(config, workdir,
+                           Arm("flow_dpo", mode, "global", count / spec.labeled_pairs), count)
   appendix = (appendix_b.run(config, os.path.join(workdir, "appendix_b"))
               if spec.appendix_b.num_videos else None)
-  results = {"arms": {n: ARMS[n].title for n in names}, "runs": runs, "label_bias": bias,
+  results = {"arms": {a.key: a.title for a in arms}, "runs": runs, "label_bias": bias,
              "appendix_b": appendix, "seconds": time.time() - start,
-             "run_seconds": sum(r["seconds"] for r in runs),
+             "run_seconds": sum(r["seconds"] for r in runs), "code": code_version(),
              "config": {"labeled_pairs": spec.labeled_pairs, "seeds": seeds,
+                        "eval_seeds": [int(s) for s in spec.eval_seeds],
+                        "early_step": spec.early_step,
                         "total_steps": config.total_steps, "batch_size": config.data.batch_size,
                         "lr": config.optim.lr, "beta": config.dpo.beta,
                         "lora_rank": config.lora.rank, "eta_range": list(config.pairs.eta_range),
                         "tie_margin": config.label.tie_margin,
+                        "eval_split": config.videos.split_eval,
                         "eval_prompts_seeds": [config.evaluate.max_prompts,
                                                config.evaluate.seeds_per_prompt]}}
   if distributed.is_main():

@@ -11,10 +11,13 @@ from typing import Sequence
 
 import numpy as np
 
+from densedpo_jax import experiment_stats
+
 COLUMNS = (("visual_quality", "visual quality"), ("temporal_consistency", "temporal consistency"),
            ("dynamic_degree", "dynamic degree"), ("fast_share", "fast share"),
            ("mean_speed", "mean speed (px/frame)"), ("text_alignment", "text alignment"),
            ("artifact_share", "artifact share"))
+DIFF_METRICS = ("visual_quality", "fast_share", "mean_speed", "artifact_share")
 SIGNALS = (("implicit_acc", "implicit accuracy"),
            ("d_err_win", "winner error vs. reference"), ("d_err_lose", "loser error vs. reference"))
 
@@ -48,7 +51,7 @@ def last_signals(run: dict) -> dict[str, float]:
           "d_err_lose": last["policy_err_lose"] - last["ref_err_lose"]}
 
 
-def metrics_table(arms: dict[str, str], runs: list[dict]) -> str:
+def metrics_table(arms: dict[str, str], runs: list[dict], eval_seed: str) -> str:
   by_arm = _by_arm(runs)
   head = ["method", "seeds", "labeled pairs", "pairs trained on"] + [c[1] for c in COLUMNS]
   lines = ["| " + " | ".join(head) + " |", "|---" * len(head) + "|"]
@@ -59,7 +62,7 @@ def metrics_table(arms: dict[str, str], runs: list[dict]) -> str:
       continue
     cells = [title, str(len(rs)) if rs[0]["train"] else "–",
              str(labels["labeled"]) if labels else "–", str(labels["kept"]) if labels else "–"]
-    cells += [mean_std([r["eval"][key] for r in rs]) for key, _ in COLUMNS]
+    cells += [mean_std([r["eval"][eval_seed][key] for r in rs]) for key, _ in COLUMNS]
     lines.append("| " + " | ".join(cells) + " |")
   return "\n".join(lines)
 
@@ -76,16 +79,19 @@ def signals_table(arms: dict[str, str], runs: list[dict]) -> str:
   return "\n".join(lines)
 
 
-def early_table(arms: dict[str, str], runs: list[dict], total_steps: int) -> str:
+def early_table(arms: dict[str, str], runs: list[dict], eval_seed: str) -> str:
+  """The early checkpoint against the final one, mean ± std over every seed's run."""
   keys = ("visual_quality", "fast_share", "mean_speed", "text_alignment", "artifact_share")
   lines = ["| method | checkpoint | " + " | ".join(keys) + " |", "|---" * (len(keys) + 2) + "|"]
   by_arm = _by_arm(runs)
   for name, title in arms.items():
-    for r in by_arm.get(name, []):
-      if r.get("eval_early"):
-        for label, ev in (("early", r["eval_early"]), (f"step {total_steps}", r["eval"])):
-          lines.append(f"| {title} (seed {r['seed']}) | {label} | "
-                       + " | ".join(f"{ev[k]:.3f}" for k in keys) + " |")
+    rs = [r for r in by_arm.get(name, []) if r.get("eval_early")]
+    if not rs:
+      continue
+    steps = sorted({max(map(int, r["train"])) for r in rs})
+    for label, which in (("early", "eval_early"), (f"step {steps[-1]}", "eval")):
+      lines.append(f"| {title} | {label} | " + " | ".join(
+          mean_std([r[which][eval_seed][k] for r in rs]) for k in keys) + " |")
   return "\n".join(lines)
 
 
@@ -109,30 +115,54 @@ def appendix_table(a: dict) -> str:
 def render(results: dict, figure: str) -> str:
   c = results["config"]
   arms, runs = results["arms"], results["runs"]
-  a = results["appendix_b"]
-  return "\n\n".join([
+  by_arm = _by_arm(runs)
+  seeds = [str(s) for s in c["eval_seeds"]]
+  codes = sorted({r.get("code", "unknown") for r in runs})
+  parts = [
       "# DenseDPO on ShapesWorld: every arm from one base model",
-      f"Written by `python -m densedpo_jax.main --config=configs/experiment.py` "
-      f"(this call: {results['seconds'] / 60:.1f} min; the runs' own times add up to "
-      f"{results.get('run_seconds', math.nan) / 60:.1f} min). N = {c['labeled_pairs']} labeled pairs for DenseDPO, "
-      f"3N for Vanilla/StructuralDPO; every trained arm: {c['total_steps']} steps at batch "
-      f"{c['batch_size']}, LoRA rank {c['lora_rank']}, lr {c['lr']:g}, beta {c['beta']:g}; guided "
-      f"eta in {tuple(c['eta_range'])}, segment tie margin {c['tie_margin']:g}. Seeds "
-      f"{c['seeds']} (training seeds; the pairs and labels are shared). Evaluation: up to "
-      f"{c['eval_prompts_seeds'][0]} held-out prompts x {c['eval_prompts_seeds'][1]} samples, "
-      "the same noise for every model. Values are mean ± sample std over seeds.",
-      "## Held-out metrics\n\n" + metrics_table(arms, runs),
+      f"Written by `python -m densedpo_jax.main --config=configs/experiment.py` (code "
+      f"{results.get('code', 'unknown')}; the runs were trained by {', '.join(codes)}; this call "
+      f"{results['seconds'] / 60:.1f} min, the runs' own times add up to "
+      f"{results.get('run_seconds', math.nan) / 60:.1f} min). N = {c['labeled_pairs']} labeled "
+      f"pairs for DenseDPO, 3N for Vanilla/StructuralDPO; every trained arm, unless its name says "
+      f"otherwise: {c['total_steps']} steps at batch {c['batch_size']}, LoRA rank "
+      f"{c['lora_rank']}, lr {c['lr']:g}, beta {c['beta']:g}; guided eta in "
+      f"{tuple(c['eta_range'])}, segment tie margin {c['tie_margin']:g}. Training seeds "
+      f"{c['seeds']} (the pairs and labels are shared). Evaluation: up to "
+      f"{c['eval_prompts_seeds'][0]} {c.get('eval_split', 'heldout')} prompts x "
+      f"{c['eval_prompts_seeds'][1]} samples, the same noise for every model, under "
+      f"{len(seeds)} independent noise sets (evaluation seeds {', '.join(seeds)}). Values are "
+      "mean ± sample std over training seeds; intervals are 95% paired bootstrap intervals "
+      "over prompts."]
+  for s in seeds:
+    parts.append(f"## Metrics, evaluation seed {s}\n\n" + metrics_table(arms, runs, s))
+  parts.append(
       "*fast share*: share of clips faster than the middle of the world's speed range "
-      "(0.85 px/frame; 0.5 on ground truth). *dynamic degree*: VBench-style share of moving clips. "
-      "*pairs trained on*: labeled pairs the loss can use (non-tie whole-video label; for "
-      "DenseDPO, more than 20% non-tie segments).",
-      "## Motion bias of whole-video labels (before training)\n\n" + bias_table(results["label_bias"]),
-      "## DPO training signals (last logged window)\n\n" + signals_table(arms, runs) +
-      "\n\nWinner/loser error vs. reference: policy minus reference flow-matching error on the "
-      "batch (negative: more likely than under the base model).",
-      "## Early checkpoint vs. final (first seed)\n\n" + early_table(arms, runs, c["total_steps"]),
-      appendix_section(a, figure),
-  ]) + "\n"
+      "(0.85 px/frame; 0.5 on ground truth). *dynamic degree*: VBench-style share of moving "
+      "clips. *pairs trained on*: labeled pairs the loss can use (non-tie whole-video label; for "
+      "DenseDPO, more than 20% non-tie segments).")
+  if "pretrained" in by_arm and len(by_arm) > 1:
+    parts.append("## Against the pretrained model (paired, per prompt)\n\n" +
+                 experiment_stats.difference_table(arms, by_arm, "pretrained", DIFF_METRICS, seeds))
+  claims = experiment_stats.claims_table(by_arm, seeds)
+  if claims.count("\n") > 1:
+    parts.append("## The paper's claims\n\n" + claims + "\n\nA claim holds under one noise "
+                 "set when its interval excludes 0 on the claimed side ('>=': the interval "
+                 "reaches 0 or above); it is reproduced only when it holds under every set.")
+  if results["label_bias"]:
+    parts.append("## Motion bias of whole-video labels (before training)\n\n"
+                 + bias_table(results["label_bias"]))
+  signals = signals_table(arms, runs)
+  if signals.count("\n") > 1:
+    parts.append("## DPO training signals (last logged window)\n\n" + signals + "\n\n"
+                 "Winner/loser error vs. reference: policy minus reference flow-matching error "
+                 "on the batch (negative: more likely than under the base model).")
+  if any(r.get("eval_early") for r in runs):
+    parts.append(f"## Early checkpoint (step {c.get('early_step')}) vs. final, every seed\n\n"
+                 + early_table(arms, runs, seeds[0]) + f"\n\nEvaluation seed {seeds[0]}.")
+  if results.get("appendix_b"):
+    parts.append(appendix_section(results["appendix_b"], figure))
+  return "\n\n".join(parts) + "\n"
 
 
 def appendix_section(a, figure: str) -> str:
@@ -142,3 +172,21 @@ def appendix_section(a, figure: str) -> str:
           f"\n\n{a['num_videos']} training videos x {a['draws']} (noise, t) draws, central patch "
           f"{a['patch']} (y0, y1, x0, x1). delta = loser minus winner flow-matching loss per "
           f"pixel, same noise and t.\n\n![Appendix B]({figure})")
+
+
+def main(argv: Sequence[str]) -> None:
+  """`python -m densedpo_jax.experiment_report results/X.json`: rewrites results/X.md from it."""
+  import json
+  import os
+  for path in argv[1:]:
+    with open(path) as f:
+      results = json.load(f)
+    stem = os.path.splitext(path)[0]
+    with open(stem + ".md", "w") as f:
+      f.write(render(results, figure=os.path.basename(stem) + "_appendix_b.png"))
+    print(f"wrote {stem}.md")
+
+
+if __name__ == "__main__":
+  import sys
+  main(sys.argv)

@@ -1,5 +1,6 @@
 """The experiment driver at a miniature budget: every arm and seed runs, the report has every
 column and arm, label budgets are the first pairs of one shared pair set, reruns are cached."""
+import glob
 import json
 import os
 
@@ -7,7 +8,7 @@ import numpy as np
 import pytest
 
 from configs import experiment as experiment_config
-from densedpo_jax import experiment, experiment_report
+from densedpo_jax import experiment, experiment_report, experiment_stats
 from densedpo_jax.data import arrayrecord_io
 from tests.conftest import TINY_MODEL
 
@@ -30,6 +31,7 @@ def test_every_arm_runs_and_the_report_has_every_column(world, tmp_path):
   c = _config(world, results_md)
   out = experiment.main(c, workdir)
   n, seeds = c.experiment.labeled_pairs, list(c.experiment.seeds)
+  eval_seeds = [str(s) for s in c.experiment.eval_seeds]
 
   runs = {(r["arm"], r["seed"]) for r in out["runs"]}
   want = {("pretrained", seeds[0])} | {(a, s) for a in experiment.ARMS if a != "pretrained"
@@ -38,11 +40,22 @@ def test_every_arm_runs_and_the_report_has_every_column(world, tmp_path):
   labeled = {r["arm"]: r["labels"]["labeled"] for r in out["runs"] if r["labels"]}
   assert labeled == {"vanilla": 3 * n, "structural": 3 * n, "structural_mv": 3 * n, "dense": n,
                      "dense_flip40": n, "dense_half": n // 2}
-  # Every trained run logged every step; the first seed also has its early checkpoint scored.
+  # Every trained run logged every step and has its early checkpoint scored, under every
+  # evaluation seed; every record carries its settings and the code version.
   for r in out["runs"]:
+    assert sorted(r["eval"]) == eval_seeds
+    assert r["settings"] and r["code"]
     if r["arm"] != "pretrained":
       assert sorted(map(int, r["train"])) == list(range(1, c.total_steps + 1))
-      assert (r["eval_early"] is not None) == (r["seed"] == seeds[0])
+      assert sorted(r["eval_early"]) == eval_seeds
+      assert r["settings"]["seed"] == r["seed"] and r["settings"]["dpo.beta"] == c.dpo.beta
+  # The two evaluation seeds draw different noise: the samples, hence some scores, differ.
+  base = next(r for r in out["runs"] if r["arm"] == "pretrained")["eval"]
+  assert base[eval_seeds[0]]["per_prompt"] != base[eval_seeds[1]]["per_prompt"]
+  # Per-prompt scores average to the model's score (the prompts have equal sample counts).
+  pp = base[eval_seeds[0]]["per_prompt"]["visual_quality"]
+  assert len(pp) == c.evaluate.max_prompts
+  np.testing.assert_allclose(np.mean(pp), base[eval_seeds[0]]["visual_quality"], rtol=1e-9)
 
   # The training seed changes the run (LoRA init, data order, noise). Not visible at step 1,
   # where policy == reference and every seed's loss is log 2 up to rounding.
@@ -52,54 +65,68 @@ def test_every_arm_runs_and_the_report_has_every_column(world, tmp_path):
 
   # One guided pair set serves every guided arm: DenseDPO's N labels are the first N of the
   # majority-vote arm's 3N segment labels (same oracle, same pairs).
-  pair_dir = os.path.join(workdir, "pairs_guided")
-  full = {r.id: r for r in arrayrecord_io.iter_records(pair_dir, f"labels_segment_n{3 * n}")}
-  dense = {r.id: r for r in arrayrecord_io.iter_records(pair_dir, f"labels_segment_n{n}")}
+  [pair_dir] = glob.glob(os.path.join(workdir, "pairs_guided_*"))
+  labels = {r["arm"]: r["labels"] for r in out["runs"] if r["labels"]}
+  assert {labels[a]["path"] for a in ("dense", "structural", "structural_mv")} == {pair_dir}
+  full_name, dense_name = labels["structural_mv"]["name"], labels["dense"]["name"]
+  assert full_name.startswith(f"labels_segment_n{3 * n}_") and dense_name != labels["dense_flip40"]["name"]
+  full = {r.id: r for r in arrayrecord_io.iter_records(pair_dir, full_name)}
+  dense = {r.id: r for r in arrayrecord_io.iter_records(pair_dir, dense_name)}
   source = arrayrecord_io.ShardedSource(pair_dir, "pairs")
   assert sorted(dense) == sorted(arrayrecord_io.decode_raw(source[i]).id for i in range(n))
   assert len(full) == 3 * n
   for pid, rec in dense.items():
     np.testing.assert_array_equal(rec.segment_labels, full[pid].segment_labels)
-  assert len(list(arrayrecord_io.iter_records(os.path.join(workdir, "pairs_vanilla"), "pairs"))) == 3 * n
+  [vanilla_dir] = glob.glob(os.path.join(workdir, "pairs_vanilla_*"))
+  assert len(list(arrayrecord_io.iter_records(vanilla_dir, "pairs"))) == 3 * n
 
   text = open(results_md).read()
-  table = text.split("## Held-out metrics")[1].split("##")[0]
-  header = next(line for line in table.splitlines() if line.startswith("| method"))
-  for _, title in experiment_report.COLUMNS:
-    assert f"| {title} " in header
-  rows = [line for line in table.splitlines() if line.startswith("| ") and line != header]
-  assert [row.split(" | ")[0][2:] for row in rows] == [a.title for a in experiment.ARMS.values()]
-  cols = len(header.split(" | "))
-  assert all(len(row.split(" | ")) == cols for row in rows)
-  dense_row = next(row for row in rows if row.startswith("| DenseDPO |"))
-  vq = [r["eval"]["visual_quality"] for r in out["runs"] if r["arm"] == "dense"]
-  assert f"{np.mean(vq):.3f} ± {np.std(vq, ddof=1):.3f}" in dense_row  # sample std over seeds
+  for s in eval_seeds:
+    table = text.split(f"## Metrics, evaluation seed {s}")[1].split("##")[0]
+    header = next(line for line in table.splitlines() if line.startswith("| method"))
+    for _, title in experiment_report.COLUMNS:
+      assert f"| {title} " in header
+    rows = [line for line in table.splitlines() if line.startswith("| ") and line != header]
+    assert [row.split(" | ")[0][2:] for row in rows] == [a.title for a in experiment.ARMS.values()]
+    cols = len(header.split(" | "))
+    assert all(len(row.split(" | ")) == cols for row in rows)
+    dense_row = next(row for row in rows if row.startswith("| DenseDPO |"))
+    vq = [r["eval"][s]["visual_quality"] for r in out["runs"] if r["arm"] == "dense"]
+    assert f"{np.mean(vq):.3f} ± {np.std(vq, ddof=1):.3f}" in dense_row  # sample std over seeds
+  assert "## The paper's claims" in text and "## Against the pretrained model" in text
   assert os.path.exists(os.path.join(os.path.dirname(results_md), "sw_appendix_b.png"))
   assert "![Appendix B](sw_appendix_b.png)" in text
   saved = json.load(open(os.path.join(os.path.dirname(results_md), "sw.json")))
   assert saved["label_bias"]["vanilla"]["labeled"] == 3 * n
 
-  # A rerun reads every finished run from disk: no run record is rewritten.
+  # A rerun reads every finished run from disk: no record is rewritten.
   stamps = {p: os.path.getmtime(p) for p in _run_files(workdir)}
   experiment.main(c, workdir)
   assert {p: os.path.getmtime(p) for p in _run_files(workdir)} == stamps
-  # ... unless the settings changed: then it says which, instead of reusing stale runs.
+  # Other settings are another run (its own folder): the old records stay, nothing is reused.
   c.unlock()
   c.dpo.beta = 2 * c.dpo.beta
-  with pytest.raises(ValueError, match="run.json was run with other settings \\(beta"):
-    experiment.main(c, workdir)
-  # Pair and label sets are reused only for the same count and labeler settings.
-  with pytest.raises(ValueError, match=f"exist with {3 * n} guided pairs; this run wants {3 * n - 1}"):
-    experiment.pair_set(c, workdir, "guided", 3 * n - 1)
+  c.experiment.arms = "dense:steps=1"
+  c.experiment.seeds = (0,)
+  again = experiment.main(c, workdir)
+  [run] = again["runs"]
+  assert run["settings"]["dpo.beta"] == c.dpo.beta and run["settings"]["total_steps"] == 1
+  assert run["dir"] not in {r["dir"] for r in out["runs"]} and run["eval_early"] is None
+  # The training seeds of one arm share its settings' folder.
+  dirs = {os.path.dirname(r["dir"]) for r in out["runs"] if r["arm"] == "dense"}
+  assert len(dirs) == 1
+  assert {p: os.path.getmtime(p) for p in stamps} == stamps
+  # Pair sets are reused when they hold enough pairs; label sets only for the same settings.
+  assert experiment.pair_set(c, workdir, "guided", n) == pair_dir
   c.label.tie_margin = 0.5
-  with pytest.raises(ValueError, match=f"labels_segment_n{n} exist with other settings"):
-    experiment.label_set(c, workdir, experiment.ARMS["dense"])
+  other = experiment.label_set(c, workdir, experiment.ARMS["dense"], n)
+  assert other["name"] != dense_name and other["labeled"] == n
 
 
 def _run_files(workdir):
   for d, _, files in os.walk(os.path.join(workdir, "runs")):
     for f in files:
-      if f == "run.json":
+      if f == "train.json" or (f.startswith("eval_") and f.endswith(".json")):
         yield os.path.join(d, f)
 
 
@@ -112,3 +139,45 @@ def test_mean_std_is_the_sample_std():
 def test_unknown_arm_is_an_error():
   with pytest.raises(ValueError, match="unknown \\['densest'\\]"):
     experiment.parse_arms("dense,densest")
+
+
+def test_arm_settings_parse_into_config_overrides_and_titles():
+  [plain, tuned, eta] = experiment.parse_arms("dense, vanilla:beta=2500:steps=50,dense:eta=0.2-0.4")
+  assert plain.overrides == () and plain.title == "DenseDPO"
+  assert dict(tuned.overrides) == {"dpo.beta": 2500.0, "total_steps": 50}
+  assert tuned.title == "VanillaDPO (beta 2500.0, 50 steps)"
+  assert dict(eta.overrides) == {"pairs.eta_range": (0.2, 0.4)}
+  with pytest.raises(ValueError, match="'gamma=1' is not key=value with a key of"):
+    experiment.parse_arms("dense:gamma=1")
+  with pytest.raises(ValueError, match="names an arm twice"):
+    experiment.parse_arms("dense,dense")
+  with pytest.raises(ValueError, match="'dense:steps=many'"):
+    experiment.parse_arms("dense:steps=many")
+
+
+def test_paired_bootstrap_matches_a_direct_resampling():
+  rng = np.random.default_rng()
+  a, b = rng.normal(0.5, 0.1, 30), rng.normal(0.45, 0.1, 30)
+  mean, lo, hi = experiment_stats.bootstrap_diff(a, b, num=4000, seed=3)
+  # Reference: the same resampling written out with a loop, in float64.
+  idx = np.random.default_rng(3).integers(0, 30, size=(4000, 30))
+  boot = np.array([np.mean(a[i] - b[i]) for i in idx])
+  assert mean == pytest.approx(np.mean(a - b), abs=1e-12)
+  assert (lo, hi) == pytest.approx((np.percentile(boot, 2.5), np.percentile(boot, 97.5)), abs=1e-12)
+  # A shift common to every prompt moves the interval by exactly that shift (pairing).
+  lo2, hi2 = experiment_stats.bootstrap_diff(a + 0.3, b, num=4000, seed=3)[1:]
+  assert (lo2 - lo, hi2 - hi) == pytest.approx((0.3, 0.3), abs=1e-12)
+
+
+def test_claims_hold_only_when_the_interval_excludes_zero_under_every_seed():
+  def runs(values_by_seed):
+    return [{"eval": {s: {"per_prompt": {"fast_share": v}} for s, v in values_by_seed.items()}}]
+  base = runs({"1": [0.5] * 8, "2": [0.5] * 8})
+  slower = runs({"1": [0.3] * 8, "2": [0.5, 0.4] * 4})      # lower under both seeds
+  mixed = runs({"1": [0.3] * 8, "2": [0.2, 0.8] * 4})       # lower under seed 1 only
+  text = experiment_stats.claims_table({"vanilla": slower, "pretrained": base}, ["1", "2"])
+  [row] = [line for line in text.splitlines() if line.startswith("| VanillaDPO slows")]
+  assert row.count("holds") == 2 and row.endswith("| yes |")
+  text = experiment_stats.claims_table({"vanilla": mixed, "pretrained": base}, ["1", "2"])
+  [row] = [line for line in text.splitlines() if line.startswith("| VanillaDPO slows")]
+  assert "holds" in row and "fails" in row and row.endswith("| no |")

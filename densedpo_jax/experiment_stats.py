@@ -1,0 +1,104 @@
+"""Paired bootstrap intervals over prompts and the paper's claims, for experiment reports.
+
+Every model of an experiment is sampled on the same prompts with the same noise, so a
+difference between two arms is taken prompt by prompt (each prompt's mean over its samples and
+the arm's training seeds) and resampled over prompts: the interval says how much the result
+depends on which prompts were drawn. A claim holds under one set of evaluation noise when its
+interval excludes zero in the claimed direction; it is reproduced only when it holds under every
+set (`config.experiment.eval_seeds`).
+"""
+from __future__ import annotations
+
+import dataclasses
+from typing import Optional, Sequence
+
+import numpy as np
+
+
+def prompt_means(runs: Sequence[dict], metric: str, eval_seed: str, which: str = "eval") -> np.ndarray:
+  """`[P]`: each prompt's `metric` averaged over the runs (training seeds) of one arm."""
+  rows = [np.asarray(r[which][eval_seed]["per_prompt"][metric], np.float64) for r in runs]
+  return np.mean(rows, axis=0)
+
+
+def bootstrap_diff(a: np.ndarray, b: Optional[np.ndarray] = None, num: int = 2000, seed: int = 0,
+                   level: float = 0.95) -> tuple[float, float, float]:
+  """Mean of `a - b` over prompts (`[P]` each, paired; `b` None: of `a`) and its percentile
+  bootstrap interval at `level`, resampling prompts `num` times: `(mean, lo, hi)`."""
+  d = np.asarray(a, np.float64) - (0.0 if b is None else np.asarray(b, np.float64))
+  if d.ndim != 1 or len(d) < 2:
+    raise ValueError(f"bootstrap_diff needs per-prompt values [P], P >= 2; got shape {d.shape}")
+  idx = np.random.default_rng(seed).integers(0, len(d), size=(num, len(d)))
+  boot = d[idx].mean(axis=1)
+  tail = 100 * (1 - level) / 2
+  return float(d.mean()), float(np.percentile(boot, tail)), float(np.percentile(boot, 100 - tail))
+
+
+@dataclasses.dataclass(frozen=True)
+class Claim:
+  """`metric(arm) - metric(other)` is `relation` 0: '>' / '<' (the interval excludes 0 on
+  that side) or '>=' (the interval reaches 0 or above: no significant loss)."""
+  text: str
+  arm: str
+  other: str
+  metric: str
+  relation: str
+
+  def holds(self, lo: float, hi: float) -> bool:
+    return {">": lo > 0, "<": hi < 0, ">=": hi >= 0}[self.relation]
+
+
+CLAIMS = (
+    Claim("VanillaDPO slows clips down", "vanilla", "pretrained", "fast_share", "<"),
+    Claim("StructuralDPO keeps more motion than VanillaDPO", "structural", "vanilla", "fast_share", ">"),
+    Claim("DenseDPO improves visual quality over the base model", "dense", "pretrained", "visual_quality", ">"),
+    Claim("DenseDPO (N labels) beats VanillaDPO (3N) on visual quality", "dense", "vanilla", "visual_quality", ">"),
+    Claim("DenseDPO keeps more motion than VanillaDPO", "dense", "vanilla", "fast_share", ">"),
+    Claim("DenseDPO keeps the base model's motion", "dense", "pretrained", "fast_share", ">="),
+    Claim("40% flipped labels lose DenseDPO's quality gain", "dense", "dense_flip40", "visual_quality", ">"),
+    Claim("Tuned VanillaDPO slows clips down", "vanilla:beta=2500", "pretrained", "fast_share", "<"),
+    Claim("Tuned StructuralDPO keeps more motion than tuned VanillaDPO",
+          "structural:beta=2500:steps=50", "vanilla:beta=2500", "fast_share", ">"),
+    Claim("DenseDPO (N labels) is not worse than tuned VanillaDPO (3N) on visual quality",
+          "dense", "vanilla:beta=2500", "visual_quality", ">="),
+    Claim("DenseDPO keeps more motion than tuned VanillaDPO", "dense", "vanilla:beta=2500",
+          "fast_share", ">"),
+)
+
+
+def fmt_ci(mean: float, lo: float, hi: float, fmt: str = "+.3f") -> str:
+  return f"{mean:{fmt}} [{lo:{fmt}}, {hi:{fmt}}]"
+
+
+def claims_table(by_arm: dict[str, list[dict]], eval_seeds: Sequence[str]) -> str:
+  """One row per claim whose arms ran: the difference and its interval under each evaluation
+  seed, and whether it is reproduced (holds under all of them)."""
+  head = ["claim", "difference"] + [f"eval seed {s}: mean [95% CI]" for s in eval_seeds] + ["reproduced"]
+  lines = ["| " + " | ".join(head) + " |", "|---" * len(head) + "|"]
+  for c in CLAIMS:
+    if c.arm not in by_arm or c.other not in by_arm:
+      continue
+    cells, verdicts = [], []
+    for s in eval_seeds:
+      mean, lo, hi = bootstrap_diff(prompt_means(by_arm[c.arm], c.metric, s),
+                                    prompt_means(by_arm[c.other], c.metric, s))
+      verdicts.append(c.holds(lo, hi))
+      cells.append(fmt_ci(mean, lo, hi) + (" holds" if verdicts[-1] else " fails"))
+    lines.append(f"| {c.text} | {c.metric}: {c.arm} {c.relation} {c.other} | " + " | ".join(cells)
+                 + f" | {'yes' if all(verdicts) else 'no'} |")
+  return "\n".join(lines)
+
+
+def difference_table(arms: dict[str, str], by_arm: dict[str, list[dict]], reference: str,
+                     metrics: Sequence[str], eval_seeds: Sequence[str]) -> str:
+  """Each arm minus `reference`, per metric and evaluation seed: mean [95% CI] over prompts."""
+  head = ["method", "eval seed"] + list(metrics)
+  lines = ["| " + " | ".join(head) + " |", "|---" * len(head) + "|"]
+  for key, title in arms.items():
+    if key == reference or key not in by_arm:
+      continue
+    for s in eval_seeds:
+      cells = [fmt_ci(*bootstrap_diff(prompt_means(by_arm[key], m, s),
+                                      prompt_means(by_arm[reference], m, s))) for m in metrics]
+      lines.append(f"| {title} | {s} | " + " | ".join(cells) + " |")
+  return "\n".join(lines)
