@@ -23,6 +23,9 @@ def get_config(arg=None):
   # the shipped base model (training prompts) the median |difference| is 0.009, so about half
   # the segments get a winner.
   c.label.tie_margin = 0.01
+  # Motion-bias experiment (segment labeler): 'faster' / 'slower' keeps only the segment labels
+  # whose winner is the faster / slower member there (the others become ties); 'all': every one.
+  c.label.keep_wins = "all"
   c.label.flip_prob = 0.0  # Label noise: flip this share of non-tie labels (Tab. 4 ablation).
   c.label.seed = 0
   c.label.max_pairs = 0  # Label only the first max_pairs pairs (a labeling budget); 0: all.

@@ -84,6 +84,7 @@ SETTINGS = {
     "tie": ("label.tie_margin", float, "tie margin {}"),
     "eta": ("pairs.eta_range", lambda v: tuple(float(x) for x in v.split("-")), "eta {}"),
     "fps": ("pairs.frames_per_segment", int, "{} frames a segment"),
+    "wins": ("label.keep_wins", str, "only {} members' segment wins"),
 }
 
 
@@ -180,6 +181,8 @@ def label_set(config, workdir: str, arm: Arm, num_pairs: int) -> dict:
   spec = {k: v for k, v in config.label.to_dict().items()
           if k not in ("in_dir", "in_name", "out_dir", "out_name", "num_previews", "max_pairs")}
   spec.update(labeler=arm.labeler, flip_prob=arm.flip_prob)
+  if spec.get("keep_wins") == _LATER_DEFAULTS["label.keep_wins"]:
+    del spec["keep_wins"]
   name = f"labels_{arm.labeler}_n{count}_{digest(spec)}"
   stats = label_task.label_pairs(with_overrides(config, **{
       "label.labeler": arm.labeler, "label.flip_prob": arm.flip_prob, "label.max_pairs": count,
@@ -194,6 +197,9 @@ def label_set(config, workdir: str, arm: Arm, num_pairs: int) -> dict:
           "segment_tie_share": summ["segment_label_share"]["0"]}
 
 
+# Settings added after runs were recorded: left out of names at these values, so that those
+# runs keep their folders.
+_LATER_DEFAULTS = {"label.keep_wins": "all"}
 # Keys that do not change what a run learns (paths derive from the settings that are kept).
 _NOT_SETTINGS = ("task", "experiment", "evaluate", "videos.split_eval", "data.path", "data.name",
                  "label.in_dir", "label.in_name", "label.out_dir", "label.out_name",
@@ -209,7 +215,7 @@ def run_settings(config, arm: Arm) -> dict:
   def walk(node, prefix):
     for k, v in node.items():
       key = f"{prefix}{k}"
-      if key in _NOT_SETTINGS:
+      if key in _NOT_SETTINGS or (key in _LATER_DEFAULTS and v == _LATER_DEFAULTS[key]):
         continue
       if isinstance(v, dict):
         walk(v, key + ".")

@@ -33,14 +33,6 @@ from densedpo_jax.shapesworld import judge
 ETA_BINS = (0.0, 0.3, 0.4, 0.5, 0.6, 0.7, 0.8, 1.0)
 
 
-def segment_speeds(score: judge.VideoScore, frames_per_segment: int, num_segments: int) -> np.ndarray:
-  """Mean judge speed (px/frame) of each segment `[S]`: the frame-to-frame displacements that
-  start in it (`min(f // frames_per_segment, S - 1)`)."""
-  seg = np.minimum(np.arange(len(score.speed)) // frames_per_segment, num_segments - 1)
-  return np.array([np.mean(score.speed[seg == s]) if (seg == s).any() else np.nan
-                   for s in range(num_segments)])
-
-
 def analyse_labels(pair_dir: str, name: str, min_nontie_frac: float = 0.2) -> dict:
   """Motion statistics of one labeled pair set (see the module doc)."""
   rows = []
@@ -48,7 +40,7 @@ def analyse_labels(pair_dir: str, name: str, min_nontie_frac: float = 0.2) -> di
     va, vb = oracle.identity_decoder(rec)
     sa, sb = (judge.judge_video(v, rec.prompt, rec.frames_per_segment, num_segments=rec.num_segments)
               for v in (va, vb))
-    speeds = [segment_speeds(s, rec.frames_per_segment, rec.num_segments) for s in (sa, sb)]
+    speeds = [judge.segment_speeds(s, rec.frames_per_segment, rec.num_segments) for s in (sa, sb)]
     labels = np.asarray(rec.segment_labels, np.int64)
     win = np.where(labels > 0, speeds[0], speeds[1])
     lose = np.where(labels > 0, speeds[1], speeds[0])
@@ -76,14 +68,17 @@ def analyse_labels(pair_dir: str, name: str, min_nontie_frac: float = 0.2) -> di
   return out
 
 
-def artifact_split(motion: dict, arm: str = "dense") -> list[dict]:
-  """Per evaluation seed: `arm`'s mean-speed change against the base model on prompts whose base
-  samples have artifacts and on those without, each with a 95% bootstrap interval."""
+def artifact_split(motion: dict) -> list[dict]:
+  """Per trained arm and evaluation seed: the mean-speed change against the base model on
+  prompts whose base samples have artifacts and on those without, with 95% bootstrap intervals."""
   by_arm = {}
   for r in motion["runs"]:
     by_arm.setdefault(r["arm"], []).append(r)
+  if "pretrained" not in by_arm:
+    return []
   out = []
-  for seed in map(str, motion["config"]["eval_seeds"]):
+  for arm, seed in ((a, str(s)) for a in by_arm if a != "pretrained"
+                    for s in motion["config"]["eval_seeds"]):
     base_art = experiment_stats.prompt_means(by_arm["pretrained"], "artifact_share", seed)
     delta = (experiment_stats.prompt_means(by_arm[arm], "mean_speed", seed)
              - experiment_stats.prompt_means(by_arm["pretrained"], "mean_speed", seed))
@@ -131,15 +126,20 @@ def run(workdir: str, out: str, motion_results: str = "", min_nontie_frac: float
   sets = []
   for pair_dir in sorted(glob.glob(os.path.join(workdir, "pairs_guided_*"))):
     side = arrayrecord_io.read_sidecar(pair_dir, "pairs")
-    names = sorted(os.path.basename(p)[:-len(".label_stats.json")]
-                   for p in glob.glob(os.path.join(pair_dir, "labels_segment_*.label_stats.json")))
-    for name in names:
+    largest = {}  # Label sets of one setting are prefixes of each other: take the largest.
+    for p in glob.glob(os.path.join(pair_dir, "labels_segment_n*_*.label_stats.json")):
+      name = os.path.basename(p)[:-len(".label_stats.json")]
+      count, setting = name[len("labels_segment_n"):].split("_", 1)
+      if int(count) > largest.get(setting, ("", 0))[1]:
+        largest[setting] = (name, int(count))
+    for name, _ in sorted(largest.values()):
       with open(os.path.join(pair_dir, f"{name}.label_stats.json")) as f:
         params = json.load(f).get("labeler_params", {})
       if params.get("flip_prob"):
         continue  # Flipped labels say nothing about the labeler's motion preference.
       stats = analyse_labels(pair_dir, name, min_nontie_frac)
       stats.update(pairs=os.path.basename(pair_dir), tie_margin=params.get("tie_margin"),
+                   keep_wins=params.get("keep_wins", "all"),
                    eta_range=(side.get("metadata") or {}).get("eta_range"))
       sets.append(stats)
       print(f"motion_analysis: {pair_dir}/{name}: {stats['segments']}")

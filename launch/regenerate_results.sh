@@ -8,7 +8,8 @@
 #   4. configs/experiment.py:motion     why DenseDPO slows clips    -> results/shapesworld_motion.*
 #      and python -m densedpo_jax.motion_analysis                   -> results/motion_analysis.*
 #   5. the main job (configs/dense.py)                              -> results/main_job.json
-#   6. python -m densedpo_jax.results_tables README.md               (the README's tables)
+#   6. python -m densedpo_jax.results_tables --readme=README.md      (the README's tables)
+#   7. the 2-process rehearsal (tests/test_multihost.py)            -> results/logs/multihost.txt
 # Logs go to results/logs/. STAGES="1 2" runs some stages only; --dry-run prints the commands.
 #
 #   bash launch/regenerate_results.sh [--dry-run]
@@ -17,7 +18,7 @@ cd "$(dirname "$0")/.."
 source launch/_common.sh
 parse_dry_run "$@"
 WORKDIR="${WORKDIR:-workdirs/experiment}"
-STAGES="${STAGES:-1 2 3 4 5 6}"
+STAGES="${STAGES:-1 2 3 4 5 6 7}"
 LOGS=results/logs
 run mkdir -p "$WORKDIR" "$LOGS"
 
@@ -48,6 +49,8 @@ for stage in $STAGES; do
        run python -m densedpo_jax.results_tables --main_job=workdirs/main_job \
          --out=results/main_job.json ;;
     6) run python -m densedpo_jax.results_tables --readme=README.md ;;
-    *) echo "regenerate_results: unknown stage $stage (1-6)" >&2; exit 2 ;;
+    7) logged multihost python -m pytest -q -s -p no:cacheprovider tests/test_multihost.py \
+         -k two_processes_match ;;
+    *) echo "regenerate_results: unknown stage $stage (1-7)" >&2; exit 2 ;;
   esac
 done

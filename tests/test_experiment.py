@@ -145,7 +145,7 @@ def test_arm_settings_parse_into_config_overrides_and_titles():
   [plain, tuned, eta] = experiment.parse_arms("dense, vanilla:beta=2500:steps=50,dense:eta=0.2-0.4")
   assert plain.overrides == () and plain.title == "DenseDPO"
   assert dict(tuned.overrides) == {"dpo.beta": 2500.0, "total_steps": 50}
-  assert tuned.title == "VanillaDPO (beta 2500.0, 50 steps)"
+  assert tuned.title == "VanillaDPO (beta 2500, 50 steps)"
   assert dict(eta.overrides) == {"pairs.eta_range": (0.2, 0.4)}
   with pytest.raises(ValueError, match="'gamma=1' is not key=value with a key of"):
     experiment.parse_arms("dense:gamma=1")

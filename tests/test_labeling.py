@@ -183,3 +183,29 @@ def test_identity_decoder_checks_shapes():
     oracle.SegmentOracle().label(_pair("d", v, v), v, v[:8])
   with pytest.raises(ValueError, match="temporal_factor 1"):
     oracle.identity_decoder(dataclasses.replace(_pair("d", v[:13], v[:13]), num_frames=49, temporal_factor=4))
+
+
+def test_keep_wins_keeps_only_the_segments_won_by_the_faster_or_slower_member():
+  slow, fast = _video(0.3), _video(1.3)
+  a, b = _corrupt_segment(slow, 3), _corrupt_segment(fast, 0)  # a (slow) wins 0, b (fast) wins 3
+  pair = _pair("w", a, b)
+  assert oracle.SegmentOracle().label(pair, a, b)[0].tolist() == [1, 0, 0, -1]
+  seg, glob = oracle.SegmentOracle(keep_wins="faster").label(pair, a, b)
+  assert seg.tolist() == [0, 0, 0, -1] and glob == -1
+  seg, glob = oracle.SegmentOracle(keep_wins="slower").label(pair, a, b)
+  assert seg.tolist() == [1, 0, 0, 0] and glob == 1
+  assert oracle.SegmentOracle(keep_wins="slower").params["keep_wins"] == "slower"
+  assert "keep_wins" not in oracle.SegmentOracle().params  # older labels keep their params
+  with pytest.raises(ValueError, match="keep_wins='fast'"):
+    oracle.SegmentOracle(keep_wins="fast")
+
+
+def test_segment_speeds_average_the_displacements_that_start_in_each_segment():
+  from densedpo_jax.shapesworld import judge
+  score = judge.judge_video(_video(0.8), PROMPT, 4)
+  want = [np.mean(score.speed[0:4]), np.mean(score.speed[4:8]), np.mean(score.speed[8:12]),
+          np.mean(score.speed[12:15])]
+  np.testing.assert_allclose(judge.segment_speeds(score, 4, 4), want, rtol=1e-12)
+  # Floor segments: the leftover displacements join the last one.
+  np.testing.assert_allclose(judge.segment_speeds(score, 6, 2),
+                             [np.mean(score.speed[0:6]), np.mean(score.speed[6:15])], rtol=1e-12)

@@ -83,18 +83,18 @@ def test_shapesworld_scripts_print_their_jobs_and_write_nothing(fake_bin, tmp_pa
   assert lines == [["python", "-m", "densedpo_jax.main", "--config=configs/experiment.py",
                     f"--workdir={workdir}", "--config.seed=1"]]
 
-  root = tmp_path / "tune"
-  lines, ran = _launch("tune_shapesworld.sh", "--dry-run", fake_bin=fake_bin, ROOT=str(root),
-                       GRID="500:1e-4 100:1e-3", ARMS="dense", SOURCE=str(tmp_path / "none"))
-  assert ran == [] and not root.exists()
-  jobs = [cmd for cmd in lines if cmd[0] == "python"]
-  assert [cmd[:3] for cmd in lines if cmd[0] != "python"] == [
-      ["mkdir", "-p", str(root)], ["mkdir", "-p", f"{root}/beta500_lr1e-4"],
-      ["mkdir", "-p", f"{root}/beta100_lr1e-3"]]
-  assert len(jobs) == 2
-  assert {"--config.dpo.beta=500", "--config.optim.lr=1e-4", "--config.experiment.seeds=(0,)",
-          "--config.experiment.arms=dense", f"--workdir={root}/beta500_lr1e-4"} <= set(jobs[0])
-  assert {"--config.dpo.beta=100", "--config.optim.lr=1e-3"} <= set(jobs[1])
+  lines, ran = _launch("regenerate_results.sh", "--dry-run", fake_bin=fake_bin,
+                       WORKDIR=str(workdir), STAGES="1 4 6")
+  assert ran == [] and not workdir.exists()
+  assert lines == [
+      ["mkdir", "-p", str(workdir), "results/logs"],
+      ["python", "-m", "densedpo_jax.main", "--config=configs/experiment.py:shapesworld",
+       f"--workdir={workdir}"],
+      ["python", "-m", "densedpo_jax.main", "--config=configs/experiment.py:motion",
+       f"--workdir={workdir}"],
+      ["python", "-m", "densedpo_jax.motion_analysis", f"--workdir={workdir}",
+       "--out=results/motion_analysis"],
+      ["python", "-m", "densedpo_jax.results_tables", "--readme=README.md"]]
 
   run = tmp_path / "run"
   (run / "checkpoints" / "7" / "params").mkdir(parents=True)
@@ -109,8 +109,8 @@ def test_shapesworld_scripts_print_their_jobs_and_write_nothing(fake_bin, tmp_pa
 
 def test_every_launch_script_takes_dry_run():
   scripts = sorted(f for f in os.listdir(LAUNCH) if f.endswith(".sh") and not f.startswith("_"))
-  assert scripts == ["gpu_slurm.sh", "local_multiprocess.sh", "reproduce_shapesworld.sh",
-                     "ship_base.sh", "tpu_pod.sh", "tune_shapesworld.sh"]
+  assert scripts == ["gpu_slurm.sh", "local_multiprocess.sh", "regenerate_results.sh",
+                     "reproduce_shapesworld.sh", "ship_base.sh", "tpu_pod.sh"]
   for name in scripts:
     with open(os.path.join(LAUNCH, name)) as f:
       text = f.read()

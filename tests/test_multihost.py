@@ -158,7 +158,12 @@ def test_two_processes_match_one_and_stop_together_on_sigterm(tmp_path):
 
   # One process x 8 devices: the same global batches (data/pipeline.py's block sharding), the
   # same losses, the same previews (the source's first prompts, whatever share a process reads).
-  for s in (1, 2, 3):  # Measured: at most 4e-7 apart (8e-7 at step 4): reduction order.
+  # The measured gaps go to the console (-s): launch/regenerate_results.sh keeps them in
+  # results/logs/multihost.txt.
+  gaps = [abs(h[s]["loss"] - histories[2][s]["loss"]) for h in histories[:2] for s in (1, 2, 3)]
+  print(f"multihost: 2 processes x 4 devices vs 1 x 8, steps 1-3: max |loss difference| "
+        f"{max(gaps):.2e}; both stopped at step {stop} after SIGTERM to process 1")
+  for s in (1, 2, 3):  # Reduction order only: a few 1e-7.
     for h in histories[:2]:
       np.testing.assert_allclose(h[s]["loss"], histories[2][s]["loss"], rtol=0, atol=1e-6)
       np.testing.assert_allclose(h[s]["grad_norm"], histories[2][s]["grad_norm"], rtol=1e-5)

@@ -29,7 +29,11 @@ def test_every_stage_runs_and_reruns_are_cached(world, tmp_path):
   c.videos.split_eval = "heldout"
   results = pipeline.main(c, workdir)
   assert set(results) == {"base", "dense_dpo"}
-  assert all(set(r) == set(pipeline.evaluate.METRICS) for r in results.values())
+  assert all(set(r) == set(pipeline.evaluate.METRICS) | {"per_prompt"} for r in results.values())
+  # Each prompt's scores, in prompt order, average to the model's (equal samples a prompt).
+  for r in results.values():
+    for metric in pipeline.evaluate.METRICS:
+      assert abs(sum(r["per_prompt"][metric]) / len(r["per_prompt"][metric]) - r[metric]) < 1e-9
   pairs_side = arrayrecord_io.read_sidecar(os.path.join(workdir, "pairs"), "pairs")
   labeled = list(arrayrecord_io.iter_records(os.path.join(workdir, "pairs"), "pairs_segment"))
   assert pairs_side["num_records"] == 6 and len(labeled) == 6

@@ -32,6 +32,7 @@ from densedpo_jax.shapesworld import judge
 from densedpo_jax.shapesworld.world import WorldConfig
 
 VERSION = 1
+KEEP_WINS = ("all", "faster", "slower")
 Decoder = Callable[[schema.PairRecord], tuple[np.ndarray, np.ndarray]]
 
 
@@ -129,12 +130,34 @@ class _JudgeOracle(Labeler):
 
 
 class SegmentOracle(_JudgeOracle):
-  """The dense "human": per-segment judge quality with a tie margin; global = majority vote."""
+  """The dense "human": per-segment judge quality with a tie margin; global = majority vote.
+
+  `keep_wins` (an experiment on motion bias, not a labeler one would use): 'faster' / 'slower'
+  turns into ties the segments whose winner is not the faster / slower member in that segment
+  (judge segment speed); 'all' keeps every label.
+  """
   name = "shapesworld_segment_oracle"
+
+  def __init__(self, *args, keep_wins: str = "all", **kwargs):
+    super().__init__(*args, **kwargs)
+    if keep_wins not in KEEP_WINS:
+      raise ValueError(f"keep_wins={keep_wins!r}; expected one of {KEEP_WINS}")
+    self.keep_wins = keep_wins
+
+  @property
+  def params(self) -> dict[str, Any]:
+    extra = {} if self.keep_wins == "all" else {"keep_wins": self.keep_wins}
+    return dict(super().params, **extra)
 
   def label_with_scores(self, pair, video_a, video_b):
     sa, sb = self.judge_pair(pair, video_a, video_b)
     seg = _compare(sa.segment_quality, sb.segment_quality, self.tie_margin)
+    if self.keep_wins != "all":
+      fps, s = pair.frames_per_segment, pair.num_segments
+      a_faster = judge.segment_speeds(sa, fps, s) > judge.segment_speeds(sb, fps, s)
+      winner_faster = np.where(seg > 0, a_faster, ~a_faster)
+      keep = winner_faster if self.keep_wins == "faster" else ~winner_faster
+      seg = np.where(keep, seg, 0).astype(np.int8)
     seg = flip_labels(seg, self.flip_prob, self.seed, pair.id)
     return seg, int(majority_vote(seg)), (sa, sb)
 

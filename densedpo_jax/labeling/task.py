@@ -24,8 +24,14 @@ def make_labeler(spec: ml_collections.ConfigDict) -> Labeler:
   or 'global' (whole-video preference, the motion-biased "human")."""
   if spec.labeler not in LABELERS:
     raise ValueError(f"config.label.labeler={spec.labeler!r}; expected one of {sorted(LABELERS)}")
+  kwargs = {}
+  if spec.get("keep_wins", "all") != "all":
+    if spec.labeler != "segment":
+      raise ValueError(f"config.label.keep_wins={spec.keep_wins!r} needs labeler 'segment', got "
+                       f"{spec.labeler!r}")
+    kwargs["keep_wins"] = spec.keep_wins
   return LABELERS[spec.labeler](tie_margin=spec.tie_margin, flip_prob=spec.flip_prob,
-                                seed=spec.seed)
+                                seed=spec.seed, **kwargs)
 
 
 def _check_existing(spec: ml_collections.ConfigDict) -> None:

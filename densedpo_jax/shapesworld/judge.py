@@ -302,6 +302,14 @@ def aggregate(scores: Sequence[VideoScore], config: WorldConfig = WorldConfig())
   return out
 
 
+def segment_speeds(score: VideoScore, frames_per_segment: int, num_segments: int) -> np.ndarray:
+  """Mean speed (px/frame) of each segment `[S]`: the frame-to-frame displacements that start in
+  it (frame f lies in segment `min(f // frames_per_segment, S - 1)`); NaN for an empty one."""
+  seg = np.minimum(np.arange(len(score.speed)) // frames_per_segment, num_segments - 1)
+  return np.array([np.mean(score.speed[seg == s]) if (seg == s).any() else np.nan
+                   for s in range(num_segments)])
+
+
 def judge_videos(videos, prompts, frames_per_segment=4, config=WorldConfig()) -> list[VideoScore]:
   """`judge_video` of every video `[N, T, H, W, 3]` with its prompt."""
   if np.ndim(videos) != 5:

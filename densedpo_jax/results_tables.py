@@ -1,0 +1,163 @@
+"""The README's result tables, rendered from `results/*.json` (never typed by hand).
+
+    python -m densedpo_jax.results_tables --readme=README.md          # rewrite every table block
+    python -m densedpo_jax.results_tables --main_job=workdirs/main_job --out=results/main_job.json
+
+A block in the README is `<!-- table:NAME -->`, the table, `<!-- /table -->`; `TABLES[NAME]`
+renders it from the JSON files under `results/`. tests/test_results_readme.py checks that the
+README's tables are what these files give.
+"""
+from __future__ import annotations
+
+import json
+import os
+import re
+from typing import Callable, Sequence
+
+from absl import app, flags
+
+from densedpo_jax import experiment_report as report
+from densedpo_jax import experiment_stats
+
+BLOCK = re.compile(r"(<!-- table:(\w+) -->\n)(.*?)(<!-- /table -->)", re.S)
+MAIN_JOB_COLUMNS = ("visual_quality", "temporal_consistency", "dynamic_degree", "fast_share",
+                    "mean_speed", "text_alignment", "artifact_share")
+
+
+def load(results_dir: str, name: str) -> dict:
+  path = os.path.join(results_dir, name)
+  if not os.path.exists(path):
+    raise FileNotFoundError(f"{path} is missing: run launch/regenerate_results.sh")
+  with open(path) as f:
+    return json.load(f)
+
+
+def _seeds(results: dict) -> list[str]:
+  return [str(s) for s in results["config"]["eval_seeds"]]
+
+
+def held_out(results_dir: str) -> dict[str, list[dict]]:
+  """Every held-out run of the main, tuned and motion calls, once each (they share runs)."""
+  runs = {}
+  for name in ("shapesworld.json", "shapesworld_tuned.json", "shapesworld_motion.json"):
+    if os.path.exists(os.path.join(results_dir, name)):
+      for r in load(results_dir, name)["runs"]:
+        runs[(r["arm"], r["seed"])] = r
+  return report._by_arm(list(runs.values()))
+
+
+def main_table(d: str) -> str:
+  r = load(d, "shapesworld.json")
+  return "\n\n".join(f"Evaluation seed {s}:\n\n" + report.metrics_table(r["arms"], r["runs"], s)
+                     for s in _seeds(r))
+
+
+def tuned_table(d: str) -> str:
+  r = load(d, "shapesworld_tuned.json")
+  return "\n\n".join(f"Evaluation seed {s}:\n\n" + report.metrics_table(r["arms"], r["runs"], s)
+                     for s in _seeds(r))
+
+
+def early_table(d: str) -> str:
+  r = load(d, "shapesworld.json")
+  return report.early_table(r["arms"], r["runs"], _seeds(r)[0])
+
+
+def tune_table(d: str) -> str:
+  """The sweep: training-split visual quality of each arm's setting at the early and last step."""
+  r = load(d, "shapesworld_tune.json")
+  seed = _seeds(r)[0]
+  lines = ["| arm | checkpoint | visual quality | fast share | artifact share |",
+           "|---|---|---|---|---|"]
+  for key, title in r["arms"].items():
+    for run in (x for x in r["runs"] if x["arm"] == key):
+      evals = [("final", run["eval"][seed])]
+      if run.get("eval_early"):
+        evals.insert(0, (f"step {r['config']['early_step']}", run["eval_early"][seed]))
+      for label, ev in evals:
+        lines.append(f"| {title} | {label} | {ev['visual_quality']:.3f} | {ev['fast_share']:.3f} | "
+                     f"{ev['artifact_share']:.3f} |")
+  return "\n".join(lines)
+
+
+def claims_table(d: str) -> str:
+  r = load(d, "shapesworld.json")
+  return experiment_stats.claims_table(held_out(d), _seeds(r))
+
+
+def motion_table(d: str) -> str:
+  r = load(d, "shapesworld_motion.json")
+  return experiment_stats.difference_table(r["arms"], report._by_arm(r["runs"]), "pretrained",
+                                           ("fast_share", "mean_speed", "visual_quality",
+                                            "artifact_share"), _seeds(r))
+
+
+def motion_segments_table(d: str) -> str:
+  a = load(d, "motion_analysis.json")
+  lines = ["| pair set (eta) | labels | non-tie segments | winner is the slower member | "
+           "winner minus loser speed (px/frame) |", "|---|---|---|---|---|"]
+  for s in a["label_sets"]:
+    seg = s["segments"]
+    eta = "-".join(f"{x:g}" for x in s["eta_range"]) if s.get("eta_range") else s["pairs"]
+    wins = "" if s.get("keep_wins", "all") == "all" else f", {s['keep_wins']} wins only"
+    lines.append(f"| {eta} | tie margin {s['tie_margin']:g}{wins}, {s['num_pairs']} pairs | "
+                 f"{seg['count']} | "
+                 f"{seg['winner_slower_share']:.3f} | {seg['mean_winner_minus_loser_speed']:+.4f} |")
+  return "\n".join(lines)
+
+
+def main_job_table(d: str) -> str:
+  r = load(d, "main_job.json")
+  lines = ["| model | " + " | ".join(c.replace("_", " ") for c in MAIN_JOB_COLUMNS) + " |",
+           "|---" * (len(MAIN_JOB_COLUMNS) + 1) + "|"]
+  for name, ev in r["eval"]["results"].items():
+    lines.append(f"| {name} | " + " | ".join(f"{ev[c]:.3f}" for c in MAIN_JOB_COLUMNS) + " |")
+  return "\n".join(lines)
+
+
+TABLES: dict[str, Callable[[str], str]] = {
+    "main": main_table, "claims": claims_table, "early": early_table, "tune": tune_table,
+    "tuned": tuned_table, "motion": motion_table, "motion_segments": motion_segments_table,
+    "main_job": main_job_table}
+
+
+def fill(text: str, results_dir: str = "results") -> str:
+  """`text` with every table block re-rendered; an unknown block name is an error."""
+  def one(m):
+    if m.group(2) not in TABLES:
+      raise ValueError(f"unknown table block {m.group(2)!r}; expected one of {sorted(TABLES)}")
+    return m.group(1) + TABLES[m.group(2)](results_dir) + "\n" + m.group(4)
+  return BLOCK.sub(one, text)
+
+
+def main_job_record(workdir: str) -> dict:
+  """The main job's committed output: its evaluation and its label statistics."""
+  with open(os.path.join(workdir, "eval", "metrics.json")) as f:
+    ev = json.load(f)
+  stats_path = os.path.join(workdir, "pairs", "pairs_segment.label_stats.json")
+  stats = json.load(open(stats_path)) if os.path.exists(stats_path) else None
+  return {"workdir": workdir, "eval": ev, "label_stats": stats}
+
+
+_README = flags.DEFINE_string("readme", "", "rewrite the table blocks of this Markdown file")
+_RESULTS = flags.DEFINE_string("results", "results", "folder of the results JSON files")
+_MAIN_JOB = flags.DEFINE_string("main_job", "", "main-job workdir to record into --out")
+_OUT = flags.DEFINE_string("out", "results/main_job.json", "where --main_job writes")
+
+
+def main(argv: Sequence[str]) -> None:
+  del argv
+  if _MAIN_JOB.value:
+    with open(_OUT.value, "w") as f:
+      json.dump(main_job_record(_MAIN_JOB.value), f, indent=1)
+    print(f"wrote {_OUT.value}")
+  if _README.value:
+    with open(_README.value) as f:
+      text = f.read()
+    with open(_README.value, "w") as f:
+      f.write(fill(text, _RESULTS.value))
+    print(f"rewrote the table blocks of {_README.value}")
+
+
+if __name__ == "__main__":
+  app.run(main)
