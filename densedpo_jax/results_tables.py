@@ -106,6 +106,14 @@ def motion_segments_table(d: str) -> str:
   return "\n".join(lines)
 
 
+def bias_table(d: str) -> str:
+  return report.bias_table(load(d, "shapesworld.json")["label_bias"])
+
+
+def appendix_b_table(d: str) -> str:
+  return report.appendix_table(load(d, "shapesworld.json")["appendix_b"])
+
+
 def main_job_table(d: str) -> str:
   r = load(d, "main_job.json")
   lines = ["| model | " + " | ".join(c.replace("_", " ") for c in MAIN_JOB_COLUMNS) + " |",
@@ -118,7 +126,7 @@ def main_job_table(d: str) -> str:
 TABLES: dict[str, Callable[[str], str]] = {
     "main": main_table, "claims": claims_table, "early": early_table, "tune": tune_table,
     "tuned": tuned_table, "motion": motion_table, "motion_segments": motion_segments_table,
-    "main_job": main_job_table}
+    "bias": bias_table, "appendix_b": appendix_b_table, "main_job": main_job_table}
 
 
 def fill(text: str, results_dir: str = "results") -> str:

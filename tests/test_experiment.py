@@ -181,3 +181,22 @@ def test_claims_hold_only_when_the_interval_excludes_zero_under_every_seed():
   text = experiment_stats.claims_table({"vanilla": mixed, "pretrained": base}, ["1", "2"])
   [row] = [line for line in text.splitlines() if line.startswith("| VanillaDPO slows")]
   assert "holds" in row and "fails" in row and row.endswith("| no |")
+
+
+def test_arm_settings_reach_the_pairs_labels_and_training(world, tmp_path):
+  c = _config(world, str(tmp_path / "results" / "m.md"))
+  c.unlock()
+  c.experiment.update(arms="dense:fps=1:wins=faster:eta=0.3-0.35", seeds=(0,), eval_seeds=(7,))
+  c.experiment.appendix_b.num_videos = 0
+  c.label.tie_margin = 0.01
+  out = experiment.main(c, str(tmp_path / "exp"))
+  [run] = out["runs"]
+  assert run["title"] == "DenseDPO (1 frames a segment, only faster members' segment wins, eta 0.3-0.35)"
+  assert run["settings"]["pairs.frames_per_segment"] == 1
+  assert run["settings"]["label.keep_wins"] == "faster"
+  assert run["settings"]["pairs.eta_range"] == [0.3, 0.35]
+  recs = list(arrayrecord_io.iter_records(run["labels"]["path"], run["labels"]["name"]))
+  assert recs and all(r.frames_per_segment == 1 and r.labeler_params["keep_wins"] == "faster"
+                      and 0.3 <= r.eta <= 0.35 for r in recs)
+  assert all(len(r.segment_labels) == r.num_frames for r in recs)
+  assert list(run["eval"]) == ["7"]
