@@ -6,8 +6,9 @@
 For every guided pair set of an experiment workdir (one per eta range or segment length) and
 each of its segment-labeled subsets, the judge scores both members of every pair again and
 this reports:
-  pairs     by eta bin: the mean |speed difference| of the two members (px/frame, whole clip)
-            and the share of pairs whose members differ by more than 0.1 px/frame;
+  pairs     by eta bin: the members' mean speed, the mean |speed difference| of the two
+            members (px/frame, whole clip) and the share of pairs whose members differ by more
+            than 0.1 px/frame;
   segments  over non-tie segments: the share whose winner is the slower member in that segment
             (0.5: no motion bias), the mean winner-minus-loser segment speed, and both again
             for the segments the loss keeps (pairs with enough non-tie segments);
@@ -46,6 +47,7 @@ def analyse_labels(pair_dir: str, name: str, min_nontie_frac: float = 0.2) -> di
     lose = np.where(labels > 0, speeds[1], speeds[0])
     nontie = labels != 0
     rows.append({"eta": float(rec.eta), "clip_diff": abs(sa.mean_speed - sb.mean_speed),
+                 "speed": (sa.mean_speed + sb.mean_speed) / 2,
                  "seg_diff": (win - lose)[nontie].tolist(),
                  "kept": bool(nontie.mean() > min_nontie_frac)})
   if not rows:
@@ -53,10 +55,13 @@ def analyse_labels(pair_dir: str, name: str, min_nontie_frac: float = 0.2) -> di
   out = {"name": name, "num_pairs": len(rows), "by_eta": []}
   etas = np.array([r["eta"] for r in rows])
   diffs = np.array([r["clip_diff"] for r in rows])
+  speeds = np.array([r["speed"] for r in rows])
+  out["mean_member_speed"] = float(speeds.mean())
   for lo, hi in zip(ETA_BINS[:-1], ETA_BINS[1:]):
     sel = (etas >= lo) & (etas < hi)
     if sel.any():
       out["by_eta"].append({"eta": [lo, hi], "pairs": int(sel.sum()),
+                            "mean_member_speed": float(speeds[sel].mean()),
                             "mean_abs_speed_diff": float(diffs[sel].mean()),
                             "share_over_0.1": float((diffs[sel] > 0.1).mean())})
   for key, keep in (("segments", lambda r: True), ("kept_segments", lambda r: r["kept"])):
@@ -66,6 +71,21 @@ def analyse_labels(pair_dir: str, name: str, min_nontie_frac: float = 0.2) -> di
                 "winner_slower_share": float((d < 0).mean()) if d.size else float("nan"),
                 "mean_winner_minus_loser_speed": float(d.mean()) if d.size else float("nan")}
   return out
+
+
+def ground_truth_motion(data_dir: str, split: str, max_videos: int = 512) -> dict:
+  """Judge speed statistics of the first `max_videos` ground-truth ShapesWorld videos of `split`
+  (TFDS under `data_dir`): the motion the guided pairs start from."""
+  from densedpo_jax.data import tfds_builder
+  source = tfds_builder.shapesworld_source(split, data_dir=data_dir)
+  n = min(max_videos, len(source))
+  scores = []
+  for i in range(n):
+    rec = arrayrecord_io.decode_raw(source[i])
+    scores.append(judge.judge_video(np.asarray(rec.latent, np.float32), rec.prompt))
+  agg = judge.aggregate(scores)
+  return {"split": split, "videos": n, "mean_speed": agg["mean_speed"],
+          "fast_share": agg["fast_share"], "artifact_share": agg["artifact_share"]}
 
 
 def artifact_split(motion: dict) -> list[dict]:
@@ -94,12 +114,13 @@ def render(result: dict) -> str:
   lines = ["# Motion inside guided pairs and their segment labels", "",
            "Written by `python -m densedpo_jax.motion_analysis`. Speeds are the judge's, px/frame.",
            "", "## Members of a pair: speed difference by eta", "",
-           "| pair set | labels | eta | pairs | mean abs speed difference | share over 0.1 |",
-           "|---|---|---|---|---|---|"]
+           "| pair set | labels | eta | pairs | members' mean speed | mean abs speed difference | "
+           "share over 0.1 |", "|---|---|---|---|---|---|---|"]
   for s in result["label_sets"]:
     for b in s["by_eta"]:
       lines.append(f"| {s['pairs']} | {s['name']} | {b['eta'][0]:.1f}-{b['eta'][1]:.1f} | "
-                   f"{b['pairs']} | {b['mean_abs_speed_diff']:.3f} | {b['share_over_0.1']:.3f} |")
+                   f"{b['pairs']} | {b['mean_member_speed']:.3f} | {b['mean_abs_speed_diff']:.3f} | "
+                   f"{b['share_over_0.1']:.3f} |")
   lines += ["", "## Non-tie segments: is the winner the slower member?", "",
             "| pair set | labels | segments | winner slower | winner minus loser speed | "
             "kept segments | winner slower (kept) | winner minus loser (kept) |",
@@ -109,6 +130,12 @@ def render(result: dict) -> str:
     lines.append(f"| {s['pairs']} | {s['name']} | {a['count']} | {a['winner_slower_share']:.3f} | "
                  f"{a['mean_winner_minus_loser_speed']:+.4f} | {k['count']} | "
                  f"{k['winner_slower_share']:.3f} | {k['mean_winner_minus_loser_speed']:+.4f} |")
+  if result.get("ground_truth"):
+    lines += ["", "## Ground-truth videos (what guided pairs start from)", "",
+              "| split | videos | mean speed | fast share | artifact share |", "|---|---|---|---|---|"]
+    for g in result["ground_truth"]:
+      lines.append(f"| {g['split']} | {g['videos']} | {g['mean_speed']:.3f} | {g['fast_share']:.3f} | "
+                   f"{g['artifact_share']:.3f} |")
   if result.get("artifact_split"):
     lines += ["", "## Speed change against the base model, by the base model's artifacts", "",
               "| arm | eval seed | prompts with base artifacts | speed change [95% CI] | "
@@ -122,7 +149,8 @@ def render(result: dict) -> str:
   return "\n".join(lines) + "\n"
 
 
-def run(workdir: str, out: str, motion_results: str = "", min_nontie_frac: float = 0.2) -> dict:
+def run(workdir: str, out: str, motion_results: str = "", min_nontie_frac: float = 0.2,
+        videos: str = "") -> dict:
   sets = []
   for pair_dir in sorted(glob.glob(os.path.join(workdir, "pairs_guided_*"))):
     side = arrayrecord_io.read_sidecar(pair_dir, "pairs")
@@ -143,7 +171,9 @@ def run(workdir: str, out: str, motion_results: str = "", min_nontie_frac: float
                    eta_range=(side.get("metadata") or {}).get("eta_range"))
       sets.append(stats)
       print(f"motion_analysis: {pair_dir}/{name}: {stats['segments']}")
-  result = {"label_sets": sets, "artifact_split": None}
+  result = {"label_sets": sets, "artifact_split": None,
+            "ground_truth": ([ground_truth_motion(videos, split) for split in ("train", "heldout")]
+                             if videos else [])}
   if motion_results and os.path.exists(motion_results):
     with open(motion_results) as f:
       result["artifact_split"] = artifact_split(json.load(f))
@@ -158,13 +188,15 @@ def run(workdir: str, out: str, motion_results: str = "", min_nontie_frac: float
 
 _WORKDIR = flags.DEFINE_string("workdir", "workdirs/experiment", "the experiment workdir")
 _OUT = flags.DEFINE_string("out", "results/motion_analysis", "output stem (.json and .md)")
+_VIDEOS = flags.DEFINE_string("videos", "workdirs/tfds", "ShapesWorld TFDS folder ('' skips the "
+                              "ground-truth statistics)")
 _MOTION = flags.DEFINE_string("motion", "results/shapesworld_motion.json",
                               "the motion experiment's results (per-prompt scores); '' skips")
 
 
 def main(argv: Sequence[str]) -> None:
   del argv
-  run(_WORKDIR.value, _OUT.value, _MOTION.value)
+  run(_WORKDIR.value, _OUT.value, _MOTION.value, videos=_VIDEOS.value)
 
 
 if __name__ == "__main__":

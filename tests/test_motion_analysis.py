@@ -37,3 +37,4 @@ def test_winner_speed_statistics_of_segment_labels(tmp_path):
   bins = {tuple(b["eta"]): b for b in out["by_eta"]}
   assert set(bins) == {(0.4, 0.5), (0.6, 0.7)}
   assert bins[(0.4, 0.5)]["mean_abs_speed_diff"] == pytest.approx(1.0, abs=0.15)
+  assert bins[(0.4, 0.5)]["mean_member_speed"] == pytest.approx(0.8, abs=0.1)  # (0.3 + 1.3) / 2
