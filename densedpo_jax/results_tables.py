@@ -64,19 +64,28 @@ def early_table(d: str) -> str:
 
 
 def tune_table(d: str) -> str:
-  """The sweep: training-split visual quality of each arm's setting at the early and last step."""
+  """The sweep's grid: training-split visual quality of each arm at each (beta, step)."""
   r = load(d, "shapesworld_tune.json")
-  seed = _seeds(r)[0]
-  lines = ["| arm | checkpoint | visual quality | fast share | artifact share |",
-           "|---|---|---|---|---|"]
-  for key, title in r["arms"].items():
-    for run in (x for x in r["runs"] if x["arm"] == key):
-      evals = [("final", run["eval"][seed])]
-      if run.get("eval_early"):
-        evals.insert(0, (f"step {r['config']['early_step']}", run["eval_early"][seed]))
-      for label, ev in evals:
-        lines.append(f"| {title} | {label} | {ev['visual_quality']:.3f} | {ev['fast_share']:.3f} | "
-                     f"{ev['artifact_share']:.3f} |")
+  seed, early = _seeds(r)[0], r["config"]["early_step"]
+  grid, pretrained = {}, None
+  for run in r["runs"]:
+    name = run["arm"].split(":")[0]
+    if not run["train"]:
+      pretrained = run["eval"][seed]["visual_quality"]
+      continue
+    beta, last = run["settings"]["dpo.beta"], max(map(int, run["train"]))
+    grid.setdefault(name, {})[(beta, last)] = run["eval"][seed]["visual_quality"]
+    if run.get("eval_early"):
+      grid[name][(beta, early)] = run["eval_early"][seed]["visual_quality"]
+  cols = sorted({k for g in grid.values() for k in g})
+  lines = ["| arm | " + " | ".join(f"beta {b:g}, step {t}" for b, t in cols) + " |",
+           "|---" * (len(cols) + 1) + "|"]
+  for name, g in grid.items():
+    best = max(g, key=g.get)
+    lines.append(f"| {r['arms'][name]} | " + " | ".join(
+        "–" if k not in g else (f"**{g[k]:.3f}**" if k == best else f"{g[k]:.3f}") for k in cols) + " |")
+  if pretrained is not None:
+    lines.append("| Pretrained | " + " | ".join(f"{pretrained:.3f}" for _ in cols) + " |")
   return "\n".join(lines)
 
 

@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # Regenerates every table in results/ and in the README's Results section from the code at
-# HEAD (about 2 hours on 2 CPU cores; a rerun resumes: finished runs are read from the workdir,
+# HEAD (about 2.5 hours on 2 CPU cores; a rerun resumes: finished runs are read from the workdir,
 # and a run whose settings changed gets its own folder):
 #   1. configs/experiment.py            all arms, 3 seeds, beta 500   -> results/shapesworld.*
 #   2. configs/experiment.py:tuned      whole-video arms at the tuned setting -> shapesworld_tuned.*

@@ -1,8 +1,9 @@
 #!/usr/bin/env bash
 # Reproduces the paper's findings on ShapesWorld (configs/experiment.py): pretrained, SFT,
 # Vanilla/Structural/DenseDPO and the Tab. 4 ablations, 3 training seeds each, Appendix B.
-# About 75 minutes on 2 CPU cores. Writes results/shapesworld.md and
-# results/shapesworld_appendix_b.png; a rerun resumes (finished runs are read from the workdir).
+# About 72 minutes on 2 CPU cores (stage 1 of launch/regenerate_results.sh). Writes
+# results/shapesworld.md and results/shapesworld_appendix_b.png; a rerun resumes (finished runs
+# are read from the workdir).
 # --dry-run prints the command instead of running it.
 #
 #   bash launch/reproduce_shapesworld.sh [--dry-run] [--config.key=value ...]
