@@ -186,18 +186,23 @@ def run(workdir: str, out: str, motion_results: str = "", min_nontie_frac: float
   return result
 
 
-_WORKDIR = flags.DEFINE_string("workdir", "workdirs/experiment", "the experiment workdir")
-_OUT = flags.DEFINE_string("out", "results/motion_analysis", "output stem (.json and .md)")
-_VIDEOS = flags.DEFINE_string("videos", "workdirs/tfds", "ShapesWorld TFDS folder ('' skips the "
-                              "ground-truth statistics)")
-_MOTION = flags.DEFINE_string("motion", "results/shapesworld_motion.json",
-                              "the motion experiment's results (per-prompt scores); '' skips")
-
-
 def main(argv: Sequence[str]) -> None:
   del argv
   run(_WORKDIR.value, _OUT.value, _MOTION.value, videos=_VIDEOS.value)
 
 
+def define_flags() -> None:
+  """Flags of the script (defined only when it runs, so that other entry points can share
+  names such as --out in one process)."""
+  global _WORKDIR, _OUT, _VIDEOS, _MOTION
+  _WORKDIR = flags.DEFINE_string("workdir", "workdirs/experiment", "the experiment workdir")
+  _OUT = flags.DEFINE_string("out", "results/motion_analysis", "output stem (.json and .md)")
+  _VIDEOS = flags.DEFINE_string("videos", "workdirs/tfds", "ShapesWorld TFDS folder ('' skips the "
+                                "ground-truth statistics)")
+  _MOTION = flags.DEFINE_string("motion", "results/shapesworld_motion.json",
+                                "the motion experiment's results (per-prompt scores); '' skips")
+
+
 if __name__ == "__main__":
+  define_flags()
   app.run(main)

@@ -156,12 +156,6 @@ def main_job_record(workdir: str) -> dict:
   return {"workdir": workdir, "eval": ev, "label_stats": stats}
 
 
-_README = flags.DEFINE_string("readme", "", "rewrite the table blocks of this Markdown file")
-_RESULTS = flags.DEFINE_string("results", "results", "folder of the results JSON files")
-_MAIN_JOB = flags.DEFINE_string("main_job", "", "main-job workdir to record into --out")
-_OUT = flags.DEFINE_string("out", "results/main_job.json", "where --main_job writes")
-
-
 def main(argv: Sequence[str]) -> None:
   del argv
   if _MAIN_JOB.value:
@@ -176,5 +170,16 @@ def main(argv: Sequence[str]) -> None:
     print(f"rewrote the table blocks of {_README.value}")
 
 
+def define_flags() -> None:
+  """Flags of the script (defined only when it runs, so that other entry points can share
+  names such as --out in one process)."""
+  global _README, _RESULTS, _MAIN_JOB, _OUT
+  _README = flags.DEFINE_string("readme", "", "rewrite the table blocks of this Markdown file")
+  _RESULTS = flags.DEFINE_string("results", "results", "folder of the results JSON files")
+  _MAIN_JOB = flags.DEFINE_string("main_job", "", "main-job workdir to record into --out")
+  _OUT = flags.DEFINE_string("out", "results/main_job.json", "where --main_job writes")
+
+
 if __name__ == "__main__":
+  define_flags()
   app.run(main)
