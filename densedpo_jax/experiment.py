@@ -158,12 +158,7 @@ def code_version() -> str:
 def pair_set(config, workdir: str, mode: str, num_pairs: int) -> str:
   """Generates (once) `num_pairs` pairs of `mode` from the base model; returns their folder,
   named by the settings that shape the pairs (a set with at least `num_pairs` is reused)."""
-  spec = {k: v for k, v in config.pairs.to_dict().items()
-          if k not in ("num_pairs", "out_dir", "name", "pairs_per_part", "batch_size")}
-  spec.update(mode=mode, seed=config.seed, init_from=config.init_from, videos=config.videos.path)
-  if mode == "vanilla":
-    spec.pop("eta_range")
-  out_dir = os.path.join(workdir, f"pairs_{mode}_{digest(spec)}")
+  out_dir = os.path.join(workdir, f"pairs_{mode}_{digest(pair_settings(config, mode))}")
   side = arrayrecord_io.sidecar_path(out_dir, "pairs")
   if not (distributed.path(side).exists()
           and arrayrecord_io.read_sidecar(out_dir, "pairs")["num_records"] >= num_pairs):
@@ -178,12 +173,7 @@ def label_set(config, workdir: str, arm: Arm, num_pairs: int) -> dict:
   n = config.experiment.labeled_pairs
   pair_dir = pair_set(config, workdir, arm.pairs, num_pairs)
   count = num_labeled(arm, n)
-  spec = {k: v for k, v in config.label.to_dict().items()
-          if k not in ("in_dir", "in_name", "out_dir", "out_name", "num_previews", "max_pairs")}
-  spec.update(labeler=arm.labeler, flip_prob=arm.flip_prob)
-  if spec.get("keep_wins") == _LATER_DEFAULTS["label.keep_wins"]:
-    del spec["keep_wins"]
-  name = f"labels_{arm.labeler}_n{count}_{digest(spec)}"
+  name = f"labels_{arm.labeler}_n{count}_{digest(label_settings(config, arm))}"
   stats = label_task.label_pairs(with_overrides(config, **{
       "label.labeler": arm.labeler, "label.flip_prob": arm.flip_prob, "label.max_pairs": count,
       "label.in_dir": pair_dir, "label.in_name": "pairs", "label.out_dir": pair_dir,
@@ -208,29 +198,55 @@ _NOT_SETTINGS = ("task", "experiment", "evaluate", "videos.split_eval", "data.pa
                  "profile", "sample", "checkpoint_every", "keep_checkpoints", "decoder")
 
 
+def _settings(node: dict, prefix: str = "", skip: tuple = _NOT_SETTINGS) -> dict:
+  """`node` flattened to dotted keys (`prefix` + key), without `skip` keys and without settings
+  at their `_LATER_DEFAULTS` value; tuples become lists (as JSON has them)."""
+  flat = {}
+  for k, v in node.items():
+    key = f"{prefix}{k}"
+    if key in skip or _LATER_DEFAULTS.get(key, object()) == v:
+      continue
+    if isinstance(v, dict):
+      flat.update(_settings(v, key + ".", skip))
+    else:
+      flat[key] = list(v) if isinstance(v, tuple) else v
+  return flat
+
+
+def _shallow(node: dict, prefix: str, skip: tuple = _NOT_SETTINGS) -> dict:
+  """`node`'s own keys (nested ones kept whole) by the same rule as `_settings`."""
+  return {k: v for k, v in node.items()
+          if f"{prefix}{k}" not in skip and _LATER_DEFAULTS.get(f"{prefix}{k}", object()) != v}
+
+
+def pair_settings(config, mode: str) -> dict:
+  """What shapes a pair set (its folder name): `config.pairs` but paths and batching."""
+  spec = _shallow(config.pairs.to_dict(), "pairs.")
+  spec.update(mode=mode, seed=config.seed, init_from=config.init_from, videos=config.videos.path)
+  if mode == "vanilla":
+    spec.pop("eta_range")
+  return spec
+
+
+def label_settings(config, arm: Arm) -> dict:
+  """What shapes a label set (its name): `config.label` but paths, previews and the budget."""
+  skip = _NOT_SETTINGS + ("label.max_pairs",)
+  spec = _shallow(config.label.to_dict(), "label.", skip)
+  spec.update(labeler=arm.labeler, flip_prob=arm.flip_prob)
+  return spec
+
+
 def run_settings(config, arm: Arm) -> dict:
   """Everything a trained arm depends on: the whole config but `_NOT_SETTINGS` (plus the arm)."""
-  flat = {}
-
-  def walk(node, prefix):
-    for k, v in node.items():
-      key = f"{prefix}{k}"
-      if key in _NOT_SETTINGS or (key in _LATER_DEFAULTS and v == _LATER_DEFAULTS[key]):
-        continue
-      if isinstance(v, dict):
-        walk(v, key + ".")
-      else:
-        flat[key] = list(v) if isinstance(v, tuple) else v
-  walk(config.to_dict(), "")
-  flat["arm"] = dataclasses.asdict(arm)
+  flat = dict(_settings(config.to_dict()), arm=dataclasses.asdict(arm))
   if arm.loss is None:  # The base model: only what it is.
     flat = {"init_from": config.init_from, "arm": flat["arm"]}
   return json.loads(json.dumps(flat))
 
 
 def eval_settings(config, seed: int, early: int) -> dict:
-  spec = {k: v for k, v in config.evaluate.to_dict().items()
-          if k not in ("models", "preview_prompts", "batch_size")}
+  spec = _shallow(config.evaluate.to_dict(), "evaluate.",
+                  ("evaluate.models", "evaluate.preview_prompts", "evaluate.batch_size"))
   return dict(spec, seed=seed, split=config.videos.split_eval, videos=config.videos.path,
               early_step=early)
 

@@ -32,7 +32,7 @@ def mean_std(values: Sequence[float], fmt: str = ".3f") -> str:
   return f"{np.mean(v):{fmt}} ± {np.std(v, ddof=1):{fmt}}"
 
 
-def _by_arm(runs: list[dict]) -> dict[str, list[dict]]:
+def runs_by_arm(runs: list[dict]) -> dict[str, list[dict]]:
   out: dict[str, list[dict]] = {}
   for r in runs:
     out.setdefault(r["arm"], []).append(r)
@@ -52,7 +52,7 @@ def last_signals(run: dict) -> dict[str, float]:
 
 
 def metrics_table(arms: dict[str, str], runs: list[dict], eval_seed: str) -> str:
-  by_arm = _by_arm(runs)
+  by_arm = runs_by_arm(runs)
   head = ["method", "seeds", "labeled pairs", "pairs trained on"] + [c[1] for c in COLUMNS]
   lines = ["| " + " | ".join(head) + " |", "|---" * len(head) + "|"]
   for name, title in arms.items():
@@ -68,7 +68,7 @@ def metrics_table(arms: dict[str, str], runs: list[dict], eval_seed: str) -> str
 
 
 def signals_table(arms: dict[str, str], runs: list[dict]) -> str:
-  by_arm = _by_arm(runs)
+  by_arm = runs_by_arm(runs)
   lines = ["| method | " + " | ".join(s[1] for s in SIGNALS) + " |", "|---" * (len(SIGNALS) + 1) + "|"]
   for name, title in arms.items():
     sig = [last_signals(r) for r in by_arm.get(name, [])]
@@ -83,7 +83,7 @@ def early_table(arms: dict[str, str], runs: list[dict], eval_seed: str) -> str:
   """The early checkpoint against the final one, mean ± std over every seed's run."""
   keys = ("visual_quality", "fast_share", "mean_speed", "text_alignment", "artifact_share")
   lines = ["| method | checkpoint | " + " | ".join(keys) + " |", "|---" * (len(keys) + 2) + "|"]
-  by_arm = _by_arm(runs)
+  by_arm = runs_by_arm(runs)
   for name, title in arms.items():
     rs = [r for r in by_arm.get(name, []) if r.get("eval_early")]
     if not rs:
@@ -115,7 +115,7 @@ def appendix_table(a: dict) -> str:
 def render(results: dict, figure: str) -> str:
   c = results["config"]
   arms, runs = results["arms"], results["runs"]
-  by_arm = _by_arm(runs)
+  by_arm = runs_by_arm(runs)
   seeds = [str(s) for s in c["eval_seeds"]]
   codes = sorted({r.get("code", "unknown") for r in runs})
   parts = [

@@ -26,7 +26,7 @@ from typing import Sequence
 import numpy as np
 from absl import app, flags
 
-from densedpo_jax import experiment_stats
+from densedpo_jax import experiment_report, experiment_stats
 from densedpo_jax.data import arrayrecord_io
 from densedpo_jax.labeling import oracle
 from densedpo_jax.shapesworld import judge
@@ -36,11 +36,9 @@ ETA_BINS = (0.0, 0.3, 0.4, 0.5, 0.6, 0.7, 0.8, 1.0)
 
 def analyse_labels(pair_dir: str, name: str, min_nontie_frac: float = 0.2) -> dict:
   """Motion statistics of one labeled pair set (see the module doc)."""
-  rows = []
+  rows, scorer = [], oracle.SegmentOracle()
   for rec in arrayrecord_io.iter_records(pair_dir, name):
-    va, vb = oracle.identity_decoder(rec)
-    sa, sb = (judge.judge_video(v, rec.prompt, rec.frames_per_segment, num_segments=rec.num_segments)
-              for v in (va, vb))
+    sa, sb = scorer.judge_pair(rec, *oracle.identity_decoder(rec))
     speeds = [judge.segment_speeds(s, rec.frames_per_segment, rec.num_segments) for s in (sa, sb)]
     labels = np.asarray(rec.segment_labels, np.int64)
     win = np.where(labels > 0, speeds[0], speeds[1])
@@ -91,9 +89,7 @@ def ground_truth_motion(data_dir: str, split: str, max_videos: int = 512) -> dic
 def artifact_split(motion: dict) -> list[dict]:
   """Per trained arm and evaluation seed: the mean-speed change against the base model on
   prompts whose base samples have artifacts and on those without, with 95% bootstrap intervals."""
-  by_arm = {}
-  for r in motion["runs"]:
-    by_arm.setdefault(r["arm"], []).append(r)
+  by_arm = experiment_report.runs_by_arm(motion["runs"])
   if "pretrained" not in by_arm:
     return []
   out = []

@@ -43,19 +43,21 @@ def held_out(results_dir: str) -> dict[str, list[dict]]:
     if os.path.exists(os.path.join(results_dir, name)):
       for r in load(results_dir, name)["runs"]:
         runs[(r["arm"], r["seed"])] = r
-  return report._by_arm(list(runs.values()))
+  return report.runs_by_arm(list(runs.values()))
+
+
+def _metrics_tables(d: str, name: str) -> str:
+  r = load(d, name)
+  return "\n\n".join(f"Evaluation seed {s}:\n\n" + report.metrics_table(r["arms"], r["runs"], s)
+                     for s in _seeds(r))
 
 
 def main_table(d: str) -> str:
-  r = load(d, "shapesworld.json")
-  return "\n\n".join(f"Evaluation seed {s}:\n\n" + report.metrics_table(r["arms"], r["runs"], s)
-                     for s in _seeds(r))
+  return _metrics_tables(d, "shapesworld.json")
 
 
 def tuned_table(d: str) -> str:
-  r = load(d, "shapesworld_tuned.json")
-  return "\n\n".join(f"Evaluation seed {s}:\n\n" + report.metrics_table(r["arms"], r["runs"], s)
-                     for s in _seeds(r))
+  return _metrics_tables(d, "shapesworld_tuned.json")
 
 
 def early_table(d: str) -> str:
@@ -96,7 +98,7 @@ def claims_table(d: str) -> str:
 
 def motion_table(d: str) -> str:
   r = load(d, "shapesworld_motion.json")
-  return experiment_stats.difference_table(r["arms"], report._by_arm(r["runs"]), "pretrained",
+  return experiment_stats.difference_table(r["arms"], report.runs_by_arm(r["runs"]), "pretrained",
                                            ("fast_share", "mean_speed", "visual_quality",
                                             "artifact_share"), _seeds(r))
 

@@ -58,3 +58,21 @@ def test_export_for_external_evaluators(zero_model, tmp_path):
   assert all(os.path.exists(out / e["file"]) for e in listing)
   assert os.path.exists(tmp_path / "eval" / "zero.png")
   assert json.load(open(tmp_path / "eval" / "metrics.json"))["num_prompts"] == 3
+
+
+def test_prompt_means_average_each_prompts_consecutive_samples():
+  import types
+  from densedpo_jax.evaluate import prompt_means
+  from densedpo_jax.shapesworld import judge
+  rng = np.random.default_rng()
+  keys = ("visual_quality", "temporal_consistency", "mean_speed", "text_alignment", "artifact_share")
+  values = {k: rng.uniform(0.2, 1.6, size=(3, 2)) for k in keys}  # 3 prompts x 2 samples
+  moving = rng.random((3, 2)) < 0.5
+  scores = [types.SimpleNamespace(moving=bool(moving[p, s]), **{k: float(values[k][p, s]) for k in keys})
+            for p in range(3) for s in range(2)]
+  out = prompt_means(scores, 2)
+  for k in keys:
+    np.testing.assert_allclose(out[k], values[k].mean(axis=1), rtol=1e-12)
+  np.testing.assert_allclose(out["dynamic_degree"], moving.mean(axis=1))
+  fast = values["mean_speed"] > judge.fast_speed(judge.WorldConfig())
+  np.testing.assert_allclose(out["fast_share"], fast.mean(axis=1))
