@@ -5,9 +5,9 @@
         --impls jax.nn xla blockwise                    # CPU, the tiny preset's attention
 
 `jax.nn` is `jax.nn.dot_product_attention`'s XLA path, which `xla` replaced. For each length:
-forward and forward+backward (gradients of sum(out * cotangent) with
-respect to q, k, v) of `model.attention.attention` per implementation, the median of `--repeats`
-timed calls after a warm-up, and the relative error ||out - ref|| / ||ref|| of the output and of
+forward and forward+backward (gradients of sum(out * cotangent) with respect to q, k and v
+together) of `model.attention.attention` per implementation, the median of `--repeats` timed
+calls after a warm-up, and the relative error ||out - ref|| / ||ref|| of the output and of
 dq against `jax.nn.dot_product_attention` run in float32 on the same (rounded) inputs. FLOPs are the two
 attention matmuls: 4 N^2 D per head forward; forward+backward 3.5x that (the flash backward
 recomputes the logits).
@@ -24,6 +24,7 @@ import jax
 import jax.numpy as jnp
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+from densedpo_jax import host_memory  # noqa: E402
 from densedpo_jax.model.attention import attention  # noqa: E402
 
 
@@ -59,6 +60,7 @@ def main():
   parser.add_argument("--dtype", default="bfloat16")
   parser.add_argument("--repeats", type=int, default=5)
   args = parser.parse_args()
+  print(host_memory.describe(host_memory.retain_freed_memory()), flush=True)
   dtype = jnp.dtype(args.dtype)
 
   rows = []
@@ -72,18 +74,18 @@ def main():
     ref_out = ref_dq = None
     if n <= 8192:  # The float32 XLA reference materialises N^2 logits a head.
       ref_out = jax.jit(_call("jax.nn"))(f32(q), f32(k), f32(v))
-      ref_dq = jax.jit(jax.grad(loss("jax.nn")))(f32(q), f32(k), f32(v))
+      ref_dq = jax.jit(jax.grad(loss("jax.nn"), argnums=(0, 1, 2)))(f32(q), f32(k), f32(v))[0]
     flops = 4 * args.batch * args.heads * n * n * args.head_dim
     for impl in args.impls:
       if impl in ("xla", "jax.nn") and n > 8192:
         continue  # GBs of logits; the point of the other implementations.
       try:
         fwd = jax.jit(_call(impl))
-        bwd = jax.jit(jax.grad(loss(impl)))
+        bwd = jax.jit(jax.grad(loss(impl), argnums=(0, 1, 2)))
         t_fwd = _median_time(fwd, (q, k, v), args.repeats)
         t_bwd = _median_time(bwd, (q, k, v), args.repeats)
         err_out = _rel(fwd(q, k, v), ref_out) if ref_out is not None else float("nan")
-        err_dq = _rel(bwd(q, k, v), ref_dq) if ref_dq is not None else float("nan")
+        err_dq = _rel(bwd(q, k, v)[0], ref_dq) if ref_dq is not None else float("nan")
       except Exception as e:  # noqa: BLE001  (an implementation this backend lacks: say so)
         print(f"[{impl} @ {n}] unavailable: {type(e).__name__}: {str(e).splitlines()[0][:120]}")
         continue

@@ -39,6 +39,7 @@ import numpy as np
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))  # For configs/.
 from configs.common import base  # noqa: E402
+from densedpo_jax import host_memory
 from densedpo_jax import train_step
 from densedpo_jax.builders import model_config
 from densedpo_jax.model import build, forward_flops
@@ -130,6 +131,7 @@ def main():
   parser.add_argument("--steps", type=int, default=5, help="timed steps a row (median)")
   parser.add_argument("--quick", action="store_true", help="2 timed steps, smaller matmul ceiling")
   args = parser.parse_args()
+  print(host_memory.describe(host_memory.retain_freed_memory()), flush=True)
   steps = 2 if args.quick else args.steps
 
   n, repeats = (1024, 3) if args.quick else (2048, 5)

@@ -35,6 +35,7 @@ import torch
 import torch.nn.functional as F
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))  # For configs/.
+from densedpo_jax import host_memory  # noqa: E402
 from benchmarks import torch_videodit as tv  # noqa: E402
 from benchmarks import vs_pytorch_sampler  # noqa: E402
 from benchmarks.train_step import build_step  # noqa: E402
@@ -180,6 +181,7 @@ def main():
   parser.add_argument("--no_pairs", action="store_true", help="skip the pair-sampler comparison")
   parser.add_argument("--torch_threads", type=int, default=os.cpu_count())
   args = parser.parse_args()
+  print(host_memory.describe(host_memory.retain_freed_memory()), flush=True)
   steps = 3 if args.quick else args.steps
   torch.set_num_threads(args.torch_threads)
 

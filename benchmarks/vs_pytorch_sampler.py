@@ -28,6 +28,7 @@ import torch
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))  # For configs/.
 from benchmarks import torch_videodit as tv  # noqa: E402
 from configs import dense  # noqa: E402
+from densedpo_jax import host_memory  # noqa: E402
 from densedpo_jax import flow, pairs  # noqa: E402
 from densedpo_jax.model import LoRAConfig, get_dit_config  # noqa: E402
 
@@ -116,6 +117,7 @@ def main():
   parser.add_argument("--runs", type=int, default=5, help="timed batches (median)")
   parser.add_argument("--torch_threads", type=int, default=os.cpu_count())
   args = parser.parse_args()
+  print(host_memory.describe(host_memory.retain_freed_memory()), flush=True)
   torch.set_num_threads(args.torch_threads)
   report(args.runs)
 
