@@ -119,10 +119,17 @@ def bench(preset: str, loss: str, steps: int) -> tuple[float, float]:
     times.append(time.perf_counter() - start)
   assert np.isfinite(float(metrics.compute()["loss"])), (preset, loss)
 
+  return statistics.median(times), step_flops(cfg, loss, latent, text, batch)
+
+
+def step_flops(cfg, loss: str, latent, text, batch: int) -> float:
+  """Matmul FLOPs of one train step: flow matching on `batch` videos, 3 forwards (the backward
+  takes two); DPO on `batch` pairs, the policy's forward and backward (LoRA gradients only: about
+  one forward each) on 2B videos and the reference's forward."""
   fwd = lambda b, lora: forward_flops(cfg, b, *latent[:3], text[0], lora_enabled=lora)
-  flops = 3 * fwd(batch, False) if loss == "flow_matching" else 2 * fwd(2 * batch, True) + fwd(
-      2 * batch, False)
-  return statistics.median(times), flops
+  if loss == "flow_matching":
+    return 3 * fwd(batch, False)
+  return 2 * fwd(2 * batch, True) + fwd(2 * batch, False)
 
 
 def main():

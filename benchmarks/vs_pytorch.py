@@ -38,7 +38,7 @@ sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__)))) 
 from densedpo_jax import host_memory  # noqa: E402
 from benchmarks import torch_videodit as tv  # noqa: E402
 from benchmarks import vs_pytorch_sampler  # noqa: E402
-from benchmarks.train_step import build_step  # noqa: E402
+from benchmarks.train_step import build_step, matmul_ceiling, step_flops  # noqa: E402
 from configs.common import base  # noqa: E402
 
 # name: (model overrides of the tiny preset, latent [T, H, W, C], text [L, D], pairs)
@@ -191,7 +191,10 @@ def main():
     fns, error = build(preset)
     print(f"  forward parity (float32, LoRA on and off): max |torch - ours| / max |ours| = "
           f"{error:.1e}", flush=True)
-    rows.append((preset, error, time_steps(fns, steps)))
+    cfg = fns["ours dpo"].cfg
+    _, latent, text, batch = PRESETS[preset]
+    rows.append((preset, error, time_steps(fns, steps), step_flops(cfg, "flow_dpo", latent, text,
+                                                                   batch)))
 
   print(f"\ndevice: {jax.devices()[0].device_kind} ({os.cpu_count()} CPU cores), jax "
         f"{jax.__version__}, torch {torch.__version__} ({torch.get_num_threads()} threads, eager); "
@@ -200,7 +203,7 @@ def main():
           "torch FM ms", "FM ours/torch", "ours DPO/FM", "torch DPO/FM", "parity err")
   print("| " + " | ".join(head) + " |")
   print("|" + "---|" * len(head))
-  for preset, error, t in rows:
+  for preset, error, t, _ in rows:
     ms = {k: v * 1e3 for k, v in t.items()}
     print(f"| {preset} | {PRESETS[preset][3]} | {ms['ours dpo']:,.0f} | {ms['torch dpo']:,.0f} | "
           f"{t['ours dpo'] / t['torch dpo']:.2f} | {ms['ours fm']:,.0f} | {ms['torch fm']:,.0f} | "
@@ -208,6 +211,16 @@ def main():
           f"{t['torch dpo'] / t['torch fm']:.2f} | {error:.1e} |")
   print("\nDPO: B pairs (2B videos, policy fwd+bwd with LoRA, reference fwd); FM: B videos, all "
         "parameters trained.")
+  peak, dtype = matmul_ceiling(2048, 5)
+  print(f"\nDPO step matmul work (`train_step.step_flops`) against a jitted 2048^3 {dtype} "
+        f"matmul ({peak / 1e9:.0f} GFLOP/s, best of 5):\n")
+  print("| preset | GFLOP a step | ours GFLOP/s | torch GFLOP/s | ours/torch 0.8 needs | "
+        "share of the matmul ceiling |")
+  print("|---|---|---|---|---|---|")
+  for preset, _, t, flops in rows:
+    need = flops / (0.8 * t["torch dpo"])
+    print(f"| {preset} | {flops / 1e9:.0f} | {flops / t['ours dpo'] / 1e9:.0f} | "
+          f"{flops / t['torch dpo'] / 1e9:.0f} | {need / 1e9:.0f} GFLOP/s | {need / peak:.0%} |")
   if not args.no_pairs:
     print()
     vs_pytorch_sampler.report(runs=2 if args.quick else 5)
