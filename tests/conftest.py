@@ -7,10 +7,6 @@ os.environ.setdefault("JAX_PLATFORMS", "cpu")
 
 import pytest  # noqa: E402  (after the environment is set)
 
-from densedpo_jax import host_memory  # noqa: E402
-
-host_memory.retain_freed_memory()  # As main.py does: no page faults on reused XLA temporaries.
-
 TINY_MODEL = dict(width=32, depth=2, num_heads=2)
 
 
