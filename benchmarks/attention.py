@@ -60,7 +60,8 @@ def main():
   parser.add_argument("--dtype", default="bfloat16")
   parser.add_argument("--repeats", type=int, default=5)
   args = parser.parse_args()
-  print(host_memory.describe(host_memory.retain_freed_memory()), flush=True)
+  host_memory.retain_freed_memory()
+  print(host_memory.describe(), flush=True)
   dtype = jnp.dtype(args.dtype)
 
   rows = []

@@ -138,7 +138,8 @@ def main():
   parser.add_argument("--steps", type=int, default=5, help="timed steps a row (median)")
   parser.add_argument("--quick", action="store_true", help="2 timed steps, smaller matmul ceiling")
   args = parser.parse_args()
-  print(host_memory.describe(host_memory.retain_freed_memory()), flush=True)
+  host_memory.retain_freed_memory()
+  print(host_memory.describe(), flush=True)
   steps = 2 if args.quick else args.steps
 
   n, repeats = (1024, 3) if args.quick else (2048, 5)

@@ -181,7 +181,8 @@ def main():
   parser.add_argument("--no_pairs", action="store_true", help="skip the pair-sampler comparison")
   parser.add_argument("--torch_threads", type=int, default=os.cpu_count())
   args = parser.parse_args()
-  print(host_memory.describe(host_memory.retain_freed_memory()), flush=True)
+  host_memory.retain_freed_memory()
+  print(host_memory.describe(), flush=True)
   steps = 3 if args.quick else args.steps
   torch.set_num_threads(args.torch_threads)
 

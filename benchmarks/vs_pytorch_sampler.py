@@ -117,7 +117,8 @@ def main():
   parser.add_argument("--runs", type=int, default=5, help="timed batches (median)")
   parser.add_argument("--torch_threads", type=int, default=os.cpu_count())
   args = parser.parse_args()
-  print(host_memory.describe(host_memory.retain_freed_memory()), flush=True)
+  host_memory.retain_freed_memory()
+  print(host_memory.describe(), flush=True)
   torch.set_num_threads(args.torch_threads)
   report(args.runs)
 

@@ -5,7 +5,7 @@ XLA:CPU allocates an executable's temporaries (about 1 GB for the tiny preset's 
 call, and glibc serves an allocation that large with a fresh `mmap` and returns it to the kernel
 with `munmap` when the call ends: every call then faults in and zeroes a gigabyte of 4 KiB pages
 (0.7 s of system time per tiny DPO step on 2 cores, a fifth to a quarter of the step;
-`benchmarks/vs_pytorch.py --malloc default` shows it). `retain_freed_memory` tells glibc to serve
+`DENSEDPO_MALLOC=default python benchmarks/vs_pytorch.py` shows it). `retain_freed_memory` tells glibc to serve
 every allocation from one heap that is never trimmed (`mallopt`: one arena, no `mmap`, no trim),
 so the second call reuses the pages of the first. The process's resident memory then stays at its
 peak instead of falling between steps. Accelerator memory is not host memory: on GPU and TPU this
@@ -52,8 +52,8 @@ def retain_freed_memory() -> bool:
   return _applied
 
 
-def describe(retained: bool) -> str:
-  """One line for a benchmark's header: which host allocation mode the timings ran under."""
-  if retained:
+def describe() -> str:
+  """One line for a log or a benchmark's header: which host allocation mode this process runs."""
+  if _applied:
     return "host memory: freed memory retained (glibc mallopt; DENSEDPO_MALLOC=default to compare)"
   return "host memory: the allocator's defaults (large temporaries mmapped and unmapped each call)"

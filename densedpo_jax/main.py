@@ -38,7 +38,7 @@ def main(argv):
     raise app.UsageError(f"Unexpected arguments: {argv[1:]}")
   verbosity = flags.FLAGS.verbosity  # Read once: absl's set_verbosity (in setup) rewrites it.
   console.setup(None, verbosity)  # The log file once the process index is known.
-  retained = host_memory.retain_freed_memory()  # Before JAX starts its threads.
+  host_memory.retain_freed_memory()  # Before JAX starts its threads.
   import jax  # After flag parsing; jax.distributed must come before any other JAX call.
   from densedpo_jax import distributed
   if _DISTRIBUTED.value or os.environ.get("DENSEDPO_DISTRIBUTED") == "1":
@@ -51,7 +51,7 @@ def main(argv):
                jax.__version__, jax.process_index(), jax.process_count(), jax.device_count(),
                jax.devices()[0].platform, workdir, os.path.join(workdir, "logs", name))
   logging.info("Config:\n%s", config, extra={console.FILE_ONLY: True})
-  logging.info(host_memory.describe(retained), extra={console.FILE_ONLY: True})
+  logging.info(host_memory.describe(), extra={console.FILE_ONLY: True})
   if config.task not in TASKS:
     raise ValueError(f"config.task={config.task!r}; expected one of {TASKS}")
   if config.task == "train":
