@@ -1,0 +1,64 @@
+"""The speed tools: the model variants of `benchmarks/step_variants.py` compute today's model's
+function (else their timings compare different work), and `benchmarks/profile_step.py` joins a
+real trace to the compiled module's layer names."""
+import tempfile
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+pytest.importorskip("torch")  # benchmarks/vs_pytorch.py, which both tools build on, imports it.
+
+from benchmarks import profile_step, step_variants  # noqa: E402
+from densedpo_jax.model import VideoDiT  # noqa: E402
+from tests.test_lora import _setup  # noqa: E402
+from tests.test_model import randomize  # noqa: E402
+
+
+@pytest.mark.parametrize("name", ["fused_qkv", "merged_lora"])
+def test_variants_compute_todays_model(name):
+  seed = np.random.randint(1 << 20)
+  cfg, model, params, lora, inputs = _setup(seed)
+  variables = {"params": params, "lora": randomize(lora, seed + 2, scale=0.2)}
+  # Modules are built when applied: today's outputs must be computed outside the context.
+  want = {on: model.apply(variables, *inputs, lora_enabled=on) for on in (True, False)}
+  assert float(jnp.abs(want[True] - want[False]).max()) > 1e-2  # The adapter does something.
+  with step_variants.variant(name):
+    got = {on: VideoDiT(cfg).apply(variables, *inputs, lora_enabled=on) for on in (True, False)}
+  for on in (True, False):
+    np.testing.assert_allclose(np.asarray(got[on]), np.asarray(want[on]), rtol=1e-4, atol=1e-5)
+  # Outside the context the blocks are today's again.
+  from densedpo_jax.model import dit, layers
+  assert layers.LoRADense is not step_variants.MergedLoRADense
+  assert dit.Attention is layers.Attention
+
+
+def test_op_names_are_sorted_into_layer_parts():
+  part = profile_step.layer_part
+  assert part("jit(step)/transpose(jvp(VideoDiT))/block_3/self_attn/bhnd,bhmd->bhnm/dot_general"
+              ) == ("self_attn/core", "backward")
+  assert part("jit(step)/jvp(VideoDiT)/block_0/self_attn/reduce_max") == ("self_attn/core",
+                                                                          "forward")
+  assert part("jit(step)/jvp(VideoDiT)/block_0/cross_attn/q/dot_general") == ("cross_attn/q",
+                                                                             "forward")
+  assert part("jit(step)/jvp(VideoDiT)/block_1/mlp/tanh") == ("mlp/gelu", "forward")
+  assert part("jit(step)/transpose(jvp(VideoDiT))/block_1/mlp/fc_in/dot_general") == (
+      "mlp/fc_in", "backward")
+  assert part("jit(step)/jvp(VideoDiT)/final_proj/dot_general") == ("final_proj", "forward")
+  assert part("jit(step)/add")[1] == "-" and part("")[1] == "-"
+
+
+def test_a_real_trace_joins_to_the_compiled_modules_op_names():
+  a = jax.random.normal(jax.random.key(0), (512, 512))
+  f = jax.jit(lambda x: jnp.tanh(x @ x.T))
+  names = profile_step.op_names(f.lower(a).compile().as_text())
+  jax.block_until_ready(f(a))
+  with tempfile.TemporaryDirectory() as trace_dir:
+    with jax.profiler.trace(trace_dir):
+      for _ in range(3):
+        jax.block_until_ready(f(a))
+    times = profile_step.kernel_times(trace_dir, steps=3)
+  joined = {k: ms for k, ms in times.items() if "dot_general" in names.get(k, "")}
+  # The matmul (2 x 512^3 FLOPs) is most of the work, and it is found by its layer name.
+  assert joined and sum(joined.values()) > 0.5 * sum(times.values())
