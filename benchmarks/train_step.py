@@ -32,6 +32,7 @@ import os
 import statistics
 import sys
 import time
+import types
 
 import flax.linen as nn
 import jax
@@ -106,8 +107,9 @@ def build_step(c, latent, text, batch: int):
 def bench(preset: str, steps: int) -> dict[str, tuple[float, float]]:
   """`{objective: (median step seconds, training FLOPs a step)}` on one preset.
 
-  Each objective's step is compiled and warmed up, then `steps` rounds take the three in turn,
-  so the load of a shared machine falls on all of them alike and their ratios are comparable.
+  Each objective's step is compiled and warmed up, then `steps` rounds take the three in turn
+  (each round starting with the next one), so the load of a shared machine falls on all of them
+  alike and their ratios are comparable.
   """
   latent, text, batch = PRESETS[preset]
   key, runs = jax.random.key(1), {}
@@ -118,16 +120,18 @@ def bench(preset: str, steps: int) -> dict[str, tuple[float, float]]:
       c.lora.rank = 0
     cfg, step, state, frozen, data, _ = build_step(c, latent, text, batch)
     state, _ = jax.block_until_ready(step(state, frozen, data, key))  # Compile and warm-up.
-    runs[loss] = [cfg, step, state, frozen, data, []]
-  for _ in range(steps):
-    for loss, run in runs.items():
-      cfg, step, state, frozen, data, times = run
+    runs[loss] = types.SimpleNamespace(cfg=cfg, step=step, state=state, frozen=frozen, data=data,
+                                       times=[])
+  order = list(runs)
+  for i in range(steps):
+    for loss in order[i % 3:] + order[:i % 3]:  # Each objective goes first in turn.
+      r = runs[loss]
       start = time.perf_counter()
-      run[2], metrics = jax.block_until_ready(step(state, frozen, data, key))
-      times.append(time.perf_counter() - start)
+      r.state, metrics = jax.block_until_ready(r.step(r.state, r.frozen, r.data, key))
+      r.times.append(time.perf_counter() - start)
       assert np.isfinite(float(metrics.compute()["loss"])), (preset, loss)
-  return {loss: (statistics.median(run[5]), step_flops(run[0], loss, latent, text, batch))
-          for loss, run in runs.items()}
+  return {loss: (statistics.median(r.times), step_flops(r.cfg, loss, latent, text, batch))
+          for loss, r in runs.items()}
 
 
 def step_flops(cfg, loss: str, latent, text, batch: int) -> float:
