@@ -32,7 +32,8 @@ import tempfile
 import jax
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))  # For configs/.
-from benchmarks.vs_pytorch import PRESETS, OursStep, make_config  # noqa: E402
+from benchmarks.train_step import OursStep  # noqa: E402
+from benchmarks.vs_pytorch import PRESETS, make_config  # noqa: E402
 from densedpo_jax import host_memory  # noqa: E402
 
 _OP_NAME = re.compile(r"^\s*%?([\w.\-]+) = [^\n]*?op_name=\"([^\"]+)\"", re.M)

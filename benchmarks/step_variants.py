@@ -27,7 +27,8 @@ import jax
 import jax.numpy as jnp
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))  # For configs/.
-from benchmarks.vs_pytorch import PRESETS, OursStep, make_config, time_steps  # noqa: E402
+from benchmarks.train_step import OursStep, time_steps  # noqa: E402
+from benchmarks.vs_pytorch import PRESETS, make_config  # noqa: E402
 from densedpo_jax import host_memory  # noqa: E402
 from densedpo_jax.model import dit, layers  # noqa: E402
 from densedpo_jax.model.attention import attention  # noqa: E402
@@ -39,42 +40,37 @@ class MergedLoRADense(LoRADense):
 
   @nn.compact
   def __call__(self, x):
-    kernel = self.param("kernel", nn.with_logical_partitioning(self.kernel_init, self.axes),
-                        (x.shape[-1], self.features), self.param_dtype).astype(self.dtype)
+    kernel, bias, lora_a, lora_b = _variables(self, x.shape[-1])
     lead, x = x.shape[:-1], x.reshape(-1, x.shape[-1]).astype(self.dtype)
-    if self.use_lora and self.lora.rank > 0:
-      a, b = _lora_factors(self, x.shape[-1], self.features)
-      if self.lora_enabled:
-        kernel = kernel + self.lora.scale * jnp.dot(a, b).astype(self.dtype)
+    kernel = kernel.astype(self.dtype)
+    if lora_a is not None and self.lora_enabled:
+      kernel = kernel + self.lora.scale * jnp.dot(lora_a, lora_b).astype(self.dtype)
     y = jnp.dot(x, kernel)
-    if self.use_bias:
-      y = y + self.param("bias", nn.initializers.zeros, (self.features,), self.param_dtype)
+    if bias is not None:
+      y = y + bias.astype(self.dtype)
     return y.reshape(lead + (self.features,))
 
 
-def _lora_factors(module: nn.Module, fan_in: int, features: int):
-  """The `'lora'` variables `(lora_a [in, r], lora_b [r, out])` of `module`."""
-  r = module.lora.rank
-  a = module.variable("lora", "lora_a", lambda: nn.initializers.he_uniform()(
-      module.make_rng("params"), (fan_in, r), jnp.float32))
-  b = module.variable("lora", "lora_b", lambda: jnp.zeros((r, features), jnp.float32))
-  return a.value, b.value
+def _variables(dense: LoRADense, fan_in: int):
+  """`(kernel [in, out], bias [out] or None, lora_a [in, r] or None, lora_b [r, out] or None)`
+  of a `LoRADense`, created in `LoRADense`'s order (so initialisation draws the same values)."""
+  kernel = dense.param("kernel", nn.with_logical_partitioning(dense.kernel_init, dense.axes),
+                       (fan_in, dense.features), dense.param_dtype)
+  bias = None
+  if dense.use_bias:
+    bias = dense.param("bias", nn.with_logical_partitioning(nn.initializers.zeros, dense.axes[1:]),
+                       (dense.features,), dense.param_dtype)
+  if not (dense.use_lora and dense.lora.rank > 0):
+    return kernel, bias, None, None
+  return (kernel, bias) + dense.adapter(fan_in)
 
 
-class _Projection(nn.Module):
-  """The variables of one attention projection, returned instead of applied:
-  `(kernel [in, out], bias [out], lora_a or None, lora_b or None)`."""
-  features: int
-  use_lora: bool
-  lora: object
+class _Projection(LoRADense):
+  """The variables of one attention projection (`_variables`), returned instead of applied."""
 
   @nn.compact
   def __call__(self, fan_in: int):
-    kernel = self.param("kernel", nn.initializers.xavier_uniform(), (fan_in, self.features))
-    bias = self.param("bias", nn.initializers.zeros, (self.features,))
-    if not (self.use_lora and self.lora.rank):
-      return kernel, bias, None, None
-    return (kernel, bias) + _lora_factors(self, fan_in, self.features)
+    return _variables(self, fan_in)
 
 
 def _fused_projections(x, projections, lora_enabled: bool, scale: float):
@@ -96,8 +92,9 @@ class FusedQKVAttention(layers.Attention):
   @nn.compact
   def __call__(self, x, context, mask=None, rope=None):
     cfg, p = self.cfg, self.prefix
-    proj = lambda name, src: _Projection(cfg.width, cfg.lora.applies_to(f"{p}_{name}"), cfg.lora,
-                                         name=name)(src.shape[-1])
+    proj = lambda name, src: _Projection(
+        cfg.width, ("embed", "heads") if name != "out" else ("heads", "embed"), lora=cfg.lora,
+        use_lora=cfg.lora.applies_to(f"{p}_{name}"), name=name)(src.shape[-1])
     fused = lambda src, names: _fused_projections(src, [proj(n, src) for n in names],
                                                   self.lora_enabled, cfg.lora.scale)
     heads = lambda y: y.reshape(y.shape[:2] + (cfg.num_heads, cfg.head_dim))

@@ -32,7 +32,6 @@ import os
 import statistics
 import sys
 import time
-import types
 
 import flax.linen as nn
 import jax
@@ -104,34 +103,51 @@ def build_step(c, latent, text, batch: int):
   return cfg, step, state, frozen, data, variables
 
 
-def bench(preset: str, steps: int) -> dict[str, tuple[float, float]]:
-  """`{objective: (median step seconds, training FLOPs a step)}` on one preset.
+class OursStep:
+  """`build_step`'s jitted step, called with a donated state; a call returns the step's loss."""
 
-  Each objective's step is compiled and warmed up, then `steps` rounds take the three in turn
-  (each round starting with the next one), so the load of a shared machine falls on all of them
-  alike and their ratios are comparable.
-  """
+  def __init__(self, c, latent, text, batch: int):
+    self.cfg, self.step, self.state, self.frozen, self.data, self.variables = build_step(
+        c, latent, text, batch)
+    self.key = jax.random.key(1)
+
+  def __call__(self) -> float:
+    self.state, metrics = jax.block_until_ready(
+        self.step(self.state, self.frozen, self.data, self.key))
+    return float(metrics.compute()["loss"])
+
+
+def time_steps(steps: dict, rounds: int) -> dict[str, float]:
+  """Median seconds of each step `{name: () -> loss}`: one warm-up each, then `rounds` rounds
+  taking them in turn, each round starting with the next one, so that the load of a shared
+  machine falls on all of them alike and their ratios are comparable."""
+  for name, step in steps.items():
+    start = time.perf_counter()
+    loss = step()
+    print(f"  warm-up {name}: {time.perf_counter() - start:.1f} s, loss {loss:.4g}", flush=True)
+    assert np.isfinite(loss), name
+  names, times = list(steps), {name: [] for name in steps}
+  for i in range(rounds):
+    for name in names[i % len(names):] + names[:i % len(names)]:
+      start = time.perf_counter()
+      steps[name]()
+      times[name].append(time.perf_counter() - start)
+  return {name: statistics.median(t) for name, t in times.items()}
+
+
+def bench(preset: str, steps: int) -> dict[str, tuple[float, float]]:
+  """`{objective: (median step seconds, training FLOPs a step)}` on one preset, the objectives
+  timed in turn (`time_steps`)."""
   latent, text, batch = PRESETS[preset]
-  key, runs = jax.random.key(1), {}
+  runs = {}
   for loss in LOSSES:
     c = base()
     c.model.preset, c.loss, c.data.batch_size = preset, loss, batch
     if loss == "flow_matching":
       c.lora.rank = 0
-    cfg, step, state, frozen, data, _ = build_step(c, latent, text, batch)
-    state, _ = jax.block_until_ready(step(state, frozen, data, key))  # Compile and warm-up.
-    runs[loss] = types.SimpleNamespace(cfg=cfg, step=step, state=state, frozen=frozen, data=data,
-                                       times=[])
-  order = list(runs)
-  for i in range(steps):
-    for loss in order[i % 3:] + order[:i % 3]:  # Each objective goes first in turn.
-      r = runs[loss]
-      start = time.perf_counter()
-      r.state, metrics = jax.block_until_ready(r.step(r.state, r.frozen, r.data, key))
-      r.times.append(time.perf_counter() - start)
-      assert np.isfinite(float(metrics.compute()["loss"])), (preset, loss)
-  return {loss: (statistics.median(r.times), step_flops(r.cfg, loss, latent, text, batch))
-          for loss, r in runs.items()}
+    runs[loss] = OursStep(c, latent, text, batch)
+  return {loss: (seconds, step_flops(runs[loss].cfg, loss, latent, text, batch))
+          for loss, seconds in time_steps(runs, steps).items()}
 
 
 def step_flops(cfg, loss: str, latent, text, batch: int) -> float:

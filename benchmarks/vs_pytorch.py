@@ -25,9 +25,7 @@ from __future__ import annotations
 
 import argparse
 import os
-import statistics
 import sys
-import time
 
 import jax
 import numpy as np
@@ -38,7 +36,7 @@ sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__)))) 
 from densedpo_jax import host_memory  # noqa: E402
 from benchmarks import torch_videodit as tv  # noqa: E402
 from benchmarks import vs_pytorch_sampler  # noqa: E402
-from benchmarks.train_step import build_step, matmul_ceiling, step_flops  # noqa: E402
+from benchmarks.train_step import OursStep, matmul_ceiling, step_flops, time_steps  # noqa: E402
 from configs.common import base  # noqa: E402
 
 # name: (model overrides of the tiny preset, latent [T, H, W, C], text [L, D], pairs)
@@ -129,20 +127,6 @@ class TorchStep:
 
 # Ours.
 
-class OursStep:
-  """`benchmarks/train_step.build_step`'s jitted step, called with a donated state."""
-
-  def __init__(self, c, latent, text, batch: int):
-    self.cfg, self.step, self.state, self.frozen, self.data, self.variables = build_step(
-        c, latent, text, batch)
-    self.key = jax.random.key(1)
-
-  def __call__(self):
-    self.state, metrics = jax.block_until_ready(
-        self.step(self.state, self.frozen, self.data, self.key))
-    return float(metrics.compute()["loss"])
-
-
 def build(preset: str):
   """`({name: step}, parity error)` for 'ours dpo', 'torch dpo', 'ours fm', 'torch fm'."""
   _, latent, text, batch = PRESETS[preset]
@@ -156,21 +140,6 @@ def build(preset: str):
     if short == "dpo":  # Same weights, so the same forward: checked on random LoRA weights.
       error = tv.parity_error(ours.cfg, latent, text[0], batch=2)
   return steps, error
-
-
-def time_steps(steps: dict, rounds: int) -> dict[str, float]:
-  """Median seconds of each step: one warm-up each, then `rounds` rounds taking them in turn."""
-  for name, step in steps.items():
-    start = time.perf_counter()
-    loss = step()
-    print(f"  warm-up {name}: {time.perf_counter() - start:.1f} s, loss {loss:.4g}", flush=True)
-  times = {name: [] for name in steps}
-  for _ in range(rounds):
-    for name, step in steps.items():
-      start = time.perf_counter()
-      step()
-      times[name].append(time.perf_counter() - start)
-  return {name: statistics.median(t) for name, t in times.items()}
 
 
 def main():

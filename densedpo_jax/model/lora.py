@@ -56,20 +56,28 @@ class LoRADense(nn.Module):
                         (self.features,), self.param_dtype)
       y = y + bias.astype(self.dtype)
     if self.use_lora and self.lora.rank > 0:
-      a_init = nn.with_logical_partitioning(nn.initializers.he_uniform(), (self.axes[0], None))
-      b_init = nn.with_logical_partitioning(nn.initializers.zeros, (None, self.axes[1]))
-      shape_a, shape_b = (x.shape[-1], self.lora.rank), (self.lora.rank, self.features)
-      # Lambdas: the 'params' rng is only needed (and only present) at init.
-      # The adapter is trained: float32 even when the frozen base is stored in bf16 (its
-      # gradients and their accumulation are float32; a bf16 adapter would not match them).
-      lora_a = self.variable("lora", "lora_a", lambda: a_init(self.make_rng("params"), shape_a,
-                                                              jnp.float32))
-      lora_b = self.variable("lora", "lora_b", lambda: b_init(self.make_rng("params"), shape_b,
-                                                              jnp.float32))
+      lora_a, lora_b = self.adapter(x.shape[-1])
       if self.lora_enabled:
-        low = jnp.dot(x, lora_a.value.astype(self.dtype))
-        y = y + self.lora.scale * jnp.dot(low, lora_b.value.astype(self.dtype))
+        low = jnp.dot(x, lora_a.astype(self.dtype))
+        y = y + self.lora.scale * jnp.dot(low, lora_b.astype(self.dtype))
     return y.reshape(lead + (self.features,))
+
+  def adapter(self, fan_in: int) -> tuple[Array, Array]:
+    """The `'lora'` variables `(lora_a [in, r], lora_b [r, out])`, created at init.
+
+    Call from the module's compact `__call__`.
+    """
+    a_init = nn.with_logical_partitioning(nn.initializers.he_uniform(), (self.axes[0], None))
+    b_init = nn.with_logical_partitioning(nn.initializers.zeros, (None, self.axes[1]))
+    shape_a, shape_b = (fan_in, self.lora.rank), (self.lora.rank, self.features)
+    # Lambdas: the 'params' rng is only needed (and only present) at init.
+    # The adapter is trained: float32 even when the frozen base is stored in bf16 (its
+    # gradients and their accumulation are float32; a bf16 adapter would not match them).
+    lora_a = self.variable("lora", "lora_a", lambda: a_init(self.make_rng("params"), shape_a,
+                                                            jnp.float32))
+    lora_b = self.variable("lora", "lora_b", lambda: b_init(self.make_rng("params"), shape_b,
+                                                            jnp.float32))
+    return lora_a.value, lora_b.value
 
 
 def merge_lora(params: Any, lora: Any, cfg: DiTConfig) -> Any:
