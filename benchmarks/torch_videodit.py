@@ -77,7 +77,7 @@ def timestep_embedding(t, dim: int, max_period: float = 10000.0):
   half = dim // 2
   exponent = (np.float32(-math.log(max_period)) * np.arange(half, dtype=np.float32)
               / np.float32(half))
-  freqs = torch.from_numpy(np.exp(exponent.astype(np.float64)).astype(np.float32))
+  freqs = torch.from_numpy(np.exp(exponent.astype(np.float64)).astype(np.float32)).to(t.device)
   args = (1000.0 * t.float())[:, None] * freqs[None]
   return torch.cat([args.cos(), args.sin()], -1)
 
@@ -160,10 +160,11 @@ class VideoDiT(nn.Module):
     self.final_proj = nn.Linear(w, cfg.patch_dim)
     self._rope = {}
 
-  def rope(self, grid):
-    if grid not in self._rope:
-      self._rope[grid] = rope_3d(grid, self.cfg.head_dim, self.cfg.rope_theta)
-    return self._rope[grid]
+  def rope(self, grid, device):
+    if (grid, device) not in self._rope:
+      self._rope[grid, device] = tuple(
+          r.to(device) for r in rope_3d(grid, self.cfg.head_dim, self.cfg.rope_theta))
+    return self._rope[grid, device]
 
   def forward(self, x, t, text, text_mask, null_text=None):
     cfg = self.cfg
@@ -171,7 +172,7 @@ class VideoDiT(nn.Module):
     pt, ph, pw = cfg.patch_size
     text_mask = text_mask.bool()
     if null_text is not None:  # CFG / text dropout: the whole text becomes one null token.
-      first = torch.arange(text.shape[1]) == 0
+      first = torch.arange(text.shape[1], device=text.device) == 0
       null_seq = torch.where(first[:, None], self.null_text.to(text.dtype), 0.0)
       text = torch.where(null_text[:, None, None], null_seq[None], text)
       text_mask = torch.where(null_text[:, None], first[None], text_mask)
@@ -187,7 +188,7 @@ class VideoDiT(nn.Module):
     patches = x.reshape(b, grid[0], pt, grid[1], ph, grid[2], pw, c)
     patches = patches.permute(0, 1, 3, 5, 2, 4, 6, 7).reshape(b, -1, cfg.patch_dim)
     h = self.patch_embed(patches)
-    mask, rope = text_mask[:, None, None, :], self.rope(grid)
+    mask, rope = text_mask[:, None, None, :], self.rope(grid, x.device)
     for block in self.blocks:
       h = block(h, cond, context, mask, rope)
 

@@ -135,14 +135,15 @@ def time_steps(steps: dict, rounds: int) -> dict[str, float]:
   return {name: statistics.median(t) for name, t in times.items()}
 
 
-def bench(preset: str, steps: int) -> dict[str, tuple[float, float]]:
-  """`{objective: (median step seconds, training FLOPs a step)}` on one preset, the objectives
-  timed in turn (`time_steps`)."""
+def bench(preset: str, steps: int, dtype: str = "float32") -> dict[str, tuple[float, float]]:
+  """`{objective: (median step seconds, training FLOPs a step)}` on one preset computing in
+  `dtype`, the objectives timed in turn (`time_steps`)."""
   latent, text, batch = PRESETS[preset]
   runs = {}
   for loss in LOSSES:
     c = base()
     c.model.preset, c.loss, c.data.batch_size = preset, loss, batch
+    c.model.dtype = dtype
     if loss == "flow_matching":
       c.lora.rank = 0
     runs[loss] = OursStep(c, latent, text, batch)
@@ -165,6 +166,8 @@ def main():
   parser.add_argument("--presets", nargs="+", default=list(PRESETS), choices=list(PRESETS))
   parser.add_argument("--steps", type=int, default=5, help="timed steps a row (median)")
   parser.add_argument("--quick", action="store_true", help="2 timed steps, smaller matmul ceiling")
+  parser.add_argument("--dtype", default="float32", choices=("float32", "bfloat16"),
+                      help="compute dtype (parameters stay float32)")
   args = parser.parse_args()
   host_memory.retain_freed_memory()
   print(host_memory.describe(), flush=True)
@@ -176,14 +179,14 @@ def main():
   for preset in args.presets:
     batch = PRESETS[preset][2]
     t = {}
-    for loss, (t[loss], flops) in bench(preset, steps).items():
+    for loss, (t[loss], flops) in bench(preset, steps, args.dtype).items():
       rows.append((preset, loss, batch, t[loss], flops))
     ratios.append((preset, t["flow_dpo"] / t["flow_matching"], t["dense_dpo"] / t["flow_matching"],
                    t["dense_dpo"] / t["flow_dpo"]))
   peak = max(peak, matmul_ceiling(n, repeats)[0])  # Best of before and after: less load noise.
 
   print(f"device: {jax.devices()[0].device_kind} ({jax.default_backend()}, "
-        f"{os.cpu_count()} CPU cores), jax {jax.__version__}")
+        f"{os.cpu_count()} CPU cores), jax {jax.__version__}; compute {args.dtype}")
   print(f"matmul ceiling ({dtype}, {n}^3, best of {repeats} before and after): "
         f"{peak / 1e9:,.1f} GFLOP/s; step time = median of {steps} steps, the objectives "
         "taking turns\n")

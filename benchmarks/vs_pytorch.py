@@ -24,6 +24,7 @@ Then `vs_pytorch_sampler.py`'s guided pair generation at the tiny preset (skip: 
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import os
 import sys
 
@@ -45,11 +46,14 @@ PRESETS = {"tiny": ({}, (16, 16, 16, 3), (16, 64), 16),
 LOSSES = {"dpo": "flow_dpo", "fm": "flow_matching"}
 
 
-def make_config(preset: str, loss: str):
+def make_config(preset: str, loss: str, dtype: str = "float32"):
   overrides, _, _, batch = PRESETS[preset]
   c = base()
   c.model.preset, c.loss, c.data.batch_size = "tiny", loss, batch
   c.model.update(overrides)
+  c.model.dtype = dtype
+  if dtype == "bfloat16" and jax.default_backend() == "gpu":
+    c.model.attention_impl = "cudnn"  # As configs/common.py's accelerator settings.
   if loss == "flow_matching":
     c.lora.rank = 0
   return c
@@ -75,8 +79,8 @@ def make_optimizer(params, optim):
 
 def noised(x0, n: int, gen):
   """`(x_t, t, target)`: logit-normal `t [n]` and noise of `n` videos, repeated to fill `x0`."""
-  t = torch.sigmoid(torch.randn(n, generator=gen))
-  eps = torch.randn((n,) + x0.shape[1:], generator=gen)
+  t = torch.sigmoid(torch.randn(n, generator=gen, device=x0.device))
+  eps = torch.randn((n,) + x0.shape[1:], generator=gen, device=x0.device)
   reps = x0.shape[0] // n
   t, eps = t.repeat(reps), eps.repeat(reps, 1, 1, 1, 1)
   tb = t.view(-1, 1, 1, 1, 1)
@@ -84,11 +88,13 @@ def noised(x0, n: int, gen):
 
 
 class TorchStep:
-  """One PyTorch train step of config `c` (`'flow_dpo'`: LoRA only; `'flow_matching'`: all)."""
+  """One PyTorch train step of config `c` (`'flow_dpo'`: LoRA only; `'flow_matching'`: all) on
+  `device`; with `c.model.dtype` bfloat16 the forwards run under `torch.autocast` (parameters and
+  optimiser in float32, as ours)."""
 
-  def __init__(self, model: tv.VideoDiT, c, data: dict):
-    self.model, self.c = model, c
-    self.data = {k: torch.from_numpy(np.array(v)) for k, v in data.items()}
+  def __init__(self, model: tv.VideoDiT, c, data: dict, device: str = "cpu"):
+    self.model, self.c, self.device = model.to(device), c, device
+    self.data = {k: torch.from_numpy(np.array(v)).to(device) for k, v in data.items()}
     if c.loss == "flow_dpo":
       for p in model.parameters():
         p.requires_grad_(False)
@@ -98,13 +104,13 @@ class TorchStep:
     else:
       self.params = list(model.parameters())
     self.opt, self.schedule = make_optimizer(self.params, c.optim)
-    self.gen = torch.Generator().manual_seed(1)
+    self.gen = torch.Generator(device).manual_seed(1)
 
   def loss(self):
     d, model = self.data, self.model
     if self.c.loss == "flow_matching":
       x_t, t, target = noised(d["latent"], d["latent"].shape[0], self.gen)
-      drop = torch.rand(t.shape[0], generator=self.gen) < model.cfg.text_dropout
+      drop = torch.rand(t.shape[0], generator=self.gen, device=t.device) < model.cfg.text_dropout
       return F.mse_loss(model(x_t, t, d["text_emb"], d["text_mask"], null_text=drop), target)
     n = d["latent_a"].shape[0]
     x_t, t, target = noised(torch.cat([d["latent_a"], d["latent_b"]]), n, self.gen)
@@ -116,7 +122,8 @@ class TorchStep:
                          self.c.dpo.beta)
 
   def __call__(self):
-    loss = self.loss()
+    with torch.autocast(self.device, torch.bfloat16, enabled=self.c.model.dtype == "bfloat16"):
+      loss = self.loss()
     self.opt.zero_grad(set_to_none=True)
     loss.backward()
     torch.nn.utils.clip_grad_norm_(self.params, self.c.optim.grad_clip)
@@ -127,18 +134,22 @@ class TorchStep:
 
 # Ours.
 
-def build(preset: str):
-  """`({name: step}, parity error)` for 'ours dpo', 'torch dpo', 'ours fm', 'torch fm'."""
+def build(preset: str, dtype: str, device: str):
+  """`({name: step}, parity error)` for 'ours dpo', 'torch dpo', 'ours fm', 'torch fm'; torch on
+  `device`, both computing in `dtype`."""
   _, latent, text, batch = PRESETS[preset]
   steps, error = {}, None
   for short, loss in LOSSES.items():
-    c = make_config(preset, loss)
+    c = make_config(preset, loss, dtype)
     ours = OursStep(c, latent, text, batch)
     variables = jax.device_get(ours.variables)
     torch_model = tv.load_flax(tv.VideoDiT(ours.cfg), variables["params"], variables.get("lora"))
-    steps[f"ours {short}"], steps[f"torch {short}"] = ours, TorchStep(torch_model, c, ours.data)
-    if short == "dpo":  # Same weights, so the same forward: checked on random LoRA weights.
-      error = tv.parity_error(ours.cfg, latent, text[0], batch=2)
+    steps[f"ours {short}"], steps[f"torch {short}"] = ours, TorchStep(torch_model, c, ours.data, device)
+    if short == "dpo":  # Same weights, so the same forward: checked on random LoRA weights,
+      # in float32 at full matmul precision (no TF32 on a GPU), torch on the CPU.
+      cfg32 = dataclasses.replace(ours.cfg, dtype="float32", attention_impl="xla")
+      with jax.default_matmul_precision("highest"):
+        error = tv.parity_error(cfg32, latent, text[0], batch=2)
   return steps, error
 
 
@@ -149,7 +160,13 @@ def main():
   parser.add_argument("--quick", action="store_true", help="3 timed steps, 2 sampler runs")
   parser.add_argument("--no_pairs", action="store_true", help="skip the pair-sampler comparison")
   parser.add_argument("--torch_threads", type=int, default=os.cpu_count())
+  parser.add_argument("--dtype", default="float32", choices=("float32", "bfloat16"),
+                      help="compute dtype of both (torch: autocast); parameters stay float32")
   args = parser.parse_args()
+  # Torch on the GPU when JAX runs on one. Matmuls in float32 there take TF32 in both, as JAX's
+  # default precision does.
+  device = "cuda" if jax.default_backend() == "gpu" and torch.cuda.is_available() else "cpu"
+  torch.backends.cuda.matmul.allow_tf32 = torch.backends.cudnn.allow_tf32 = True
   host_memory.retain_freed_memory()
   print(host_memory.describe(), flush=True)
   steps = 3 if args.quick else args.steps
@@ -158,7 +175,7 @@ def main():
   rows = []
   for preset in args.presets:
     print(f"{preset}:", flush=True)
-    fns, error = build(preset)
+    fns, error = build(preset, args.dtype, device)
     print(f"  forward parity (float32, LoRA on and off): max |torch - ours| / max |ours| = "
           f"{error:.1e}", flush=True)
     cfg = fns["ours dpo"].cfg
@@ -167,16 +184,16 @@ def main():
                                                                    batch)))
 
   print(f"\ndevice: {jax.devices()[0].device_kind} ({os.cpu_count()} CPU cores), jax "
-        f"{jax.__version__}, torch {torch.__version__} ({torch.get_num_threads()} threads, eager); "
-        f"median of {steps} steps\n")
+        f"{jax.__version__}, torch {torch.__version__} on {device} ({torch.get_num_threads()} "
+        f"threads, eager); compute {args.dtype}; median of {steps} steps\n")
   head = ("preset", "pairs", "ours DPO ms", "torch DPO ms", "DPO ours/torch", "ours FM ms",
           "torch FM ms", "FM ours/torch", "ours DPO/FM", "torch DPO/FM", "parity err")
   print("| " + " | ".join(head) + " |")
   print("|" + "---|" * len(head))
   for preset, error, t, _ in rows:
-    ms = {k: v * 1e3 for k, v in t.items()}
-    print(f"| {preset} | {PRESETS[preset][3]} | {ms['ours dpo']:,.0f} | {ms['torch dpo']:,.0f} | "
-          f"{t['ours dpo'] / t['torch dpo']:.2f} | {ms['ours fm']:,.0f} | {ms['torch fm']:,.0f} | "
+    ms = {k: f"{v * 1e3:,.{1 if v < 0.1 else 0}f}" for k, v in t.items()}
+    print(f"| {preset} | {PRESETS[preset][3]} | {ms['ours dpo']} | {ms['torch dpo']} | "
+          f"{t['ours dpo'] / t['torch dpo']:.2f} | {ms['ours fm']} | {ms['torch fm']} | "
           f"{t['ours fm'] / t['torch fm']:.2f} | {t['ours dpo'] / t['ours fm']:.2f} | "
           f"{t['torch dpo'] / t['torch fm']:.2f} | {error:.1e} |")
   print("\nDPO: B pairs (2B videos, policy fwd+bwd with LoRA, reference fwd); FM: B videos, all "
@@ -193,7 +210,7 @@ def main():
           f"{flops / t['torch dpo'] / 1e9:.0f} | {need / 1e9:.0f} GFLOP/s | {need / peak:.0%} |")
   if not args.no_pairs:
     print()
-    vs_pytorch_sampler.report(runs=2 if args.quick else 5)
+    vs_pytorch_sampler.report(runs=2 if args.quick else 5, device=device)
 
 
 if __name__ == "__main__":

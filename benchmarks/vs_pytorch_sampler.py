@@ -51,19 +51,20 @@ def torch_guided_pairs(model, x_gt, eps_a, eps_b, eta: float, text, text_mask, *
   guided = cfg_scale is not None and cfg_scale != 1
   if guided:  # One call on [conditional; unconditional].
     text, text_mask = torch.cat([text, text]), torch.cat([text_mask, text_mask])
-    null = torch.arange(4 * b) >= 2 * b
+    null = torch.arange(4 * b, device=x.device) >= 2 * b
   for t_cur, t_next in zip(times[:-1], times[1:]):
     if guided:
-      v_cond, v_uncond = model(torch.cat([x, x]), torch.full((4 * b,), t_cur), text, text_mask,
+      v_cond, v_uncond = model(torch.cat([x, x]), torch.full((4 * b,), t_cur, device=x.device), text, text_mask,
                                null_text=null).chunk(2)
       v = v_uncond + cfg_scale * (v_cond - v_uncond)
     else:
-      v = model(x, torch.full((2 * b,), t_cur), text, text_mask)
+      v = model(x, torch.full((2 * b,), t_cur, device=x.device), text, text_mask)
     x = x + (t_next - t_cur) * v
   return x[:b], x[b:]
 
 
 def _median_seconds(fn, runs: int) -> float:
+  """Median seconds of `fn()`, which returns once its work is done."""
   times = []
   for _ in range(runs):
     start = time.perf_counter()
@@ -72,8 +73,9 @@ def _median_seconds(fn, runs: int) -> float:
   return statistics.median(times)
 
 
-def report(runs: int = 5) -> dict:
-  """Times both samplers at the tiny preset and prints pairs/s, their ratio and `sample_error`."""
+def report(runs: int = 5, device: str = "cpu") -> dict:
+  """Times both samplers at the tiny preset (torch on `device`) and prints pairs/s, their ratio
+  and `sample_error`."""
   s = spec()
   kw = dict(num_steps=s.num_steps, shift=s.shift or None, cfg_scale=s.cfg_scale)
   cfg = get_dit_config("tiny", lora=LoRAConfig())
@@ -90,14 +92,19 @@ def report(runs: int = 5) -> dict:
           jnp.asarray(mask))
   run_ours = lambda: jax.block_until_ready(ours(*args))
   # The noise `guided_pairs` draws from the keys, so both samplers start from the same x_eta.
-  eps_a, eps_b = (torch.from_numpy(np.array(flow.per_video_noise(k, LATENT)))
-                  for k in (keys_a, keys_b))
-  t_args = (torch.from_numpy(x_gt), eps_a, eps_b, ETA, *map(torch.from_numpy, (text, mask)))
-  run_torch = lambda: torch_guided_pairs(torch_model, *t_args, **kw)
+  to_torch = lambda a: torch.from_numpy(np.array(a)).to(device)
+  eps_a, eps_b = (to_torch(flow.per_video_noise(k, LATENT)) for k in (keys_a, keys_b))
+  t_args = (to_torch(x_gt), eps_a, eps_b, ETA, to_torch(text), to_torch(mask))
+  torch_model.to(device)
+  def run_torch():
+    out = torch_guided_pairs(torch_model, *t_args, **kw)
+    if device != "cpu":
+      torch.cuda.synchronize()
+    return out
 
   # The first runs (compile, warm-up) give the outputs that are compared.
   ref = np.concatenate([np.asarray(x) for x in run_ours()])
-  out = np.concatenate([x.numpy() for x in run_torch()])
+  out = np.concatenate([x.cpu().numpy() for x in run_torch()])
   error = float(np.abs(out - ref).max() / np.abs(ref).max())
   sec = {"ours": _median_seconds(run_ours, runs), "torch": _median_seconds(run_torch, runs)}
   calls = len(flow.guided_times(ETA, s.num_steps, kw["shift"])) - 1

@@ -55,7 +55,7 @@ def _rope_axes(model):
   grid = (LATENT[0], LATENT[1] // 4, LATENT[2] // 4)
   cos, sin = tv.rope_3d(grid[::-1], CFG.head_dim, CFG.rope_theta)  # w-major token order.
   order = np.arange(np.prod(grid)).reshape(grid[::-1]).transpose(2, 1, 0).reshape(-1)
-  model._rope[grid] = (cos[order], sin[order])
+  model._rope[grid, torch.device("cpu")] = (cos[order], sin[order])
 
 
 def _rope_interleaved(model):

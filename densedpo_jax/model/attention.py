@@ -76,6 +76,9 @@ def _context_parallel(q, k, v, mask, shards: int, implementation: str, block_q: 
 
 def _local_attention(q, k, v, mask, implementation: str, block_q: int, block_k: int):
   if implementation == "cudnn":
+    if mask is not None:  # cuDNN refuses masks that broadcast over a sequence axis.
+      full = (1, 1, q.shape[1], k.shape[1])
+      mask = jnp.broadcast_to(mask, jnp.broadcast_shapes(mask.shape, full))
     return jax.nn.dot_product_attention(q, k, v, mask=mask, implementation="cudnn")
   if implementation == "xla" or (mask is not None and implementation in IMPLEMENTATIONS):
     return xla_attention(q, k, v, mask)
