@@ -10,10 +10,13 @@ device). A variant swaps one building block while the step is traced, and leaves
                concatenated LoRA-A (x @ [A_q A_k A_v]); cross-attention's k and v likewise
   merged_lora  the adapter folded into the kernel inside the step, x @ (W + s A B): one
                [in, out] weight-gradient dot instead of four rank-r products
+  dots_3d      the projections' dots on `[B, N, in]` tokens as they come, as before session 4
+               (today's `LoRADense` flattens them to `[B*N, in]` first, so that XLA:CPU's
+               weight-gradient dots contract one axis and need no transposing copies)
 
 Each row prints the median step time and its ratio to today's model; on a shared machine only
-these ratios, taken in one run, are comparable. Neither variant is in the model: at the tiny
-shape both were slower (README, Performance).
+these ratios, taken in one run, are comparable. The first two are not in the model: at the tiny
+shape neither was faster than the drift between runs (README, Performance).
 """
 from __future__ import annotations
 
@@ -49,6 +52,23 @@ class MergedLoRADense(LoRADense):
     if bias is not None:
       y = y + bias.astype(self.dtype)
     return y.reshape(lead + (self.features,))
+
+
+class Dots3dLoRADense(LoRADense):
+  """`LoRADense` with its dots on the unflattened `[..., in]` tokens (same variables, same
+  function)."""
+
+  @nn.compact
+  def __call__(self, x):
+    kernel, bias, lora_a, lora_b = _variables(self, x.shape[-1])
+    x = x.astype(self.dtype)
+    y = jnp.dot(x, kernel.astype(self.dtype))
+    if bias is not None:
+      y = y + bias.astype(self.dtype)
+    if lora_a is not None and self.lora_enabled:
+      low = jnp.dot(x, lora_a.astype(self.dtype))
+      y = y + self.lora.scale * jnp.dot(low, lora_b.astype(self.dtype))
+    return y
 
 
 def _variables(dense: LoRADense, fan_in: int):
@@ -117,6 +137,8 @@ def variant(name: str):
   saved = layers.LoRADense, dit.Attention
   if name == "merged_lora":
     layers.LoRADense = MergedLoRADense
+  elif name == "dots_3d":
+    layers.LoRADense = Dots3dLoRADense
   elif name == "fused_qkv":
     dit.Attention = FusedQKVAttention
   try:
@@ -125,7 +147,7 @@ def variant(name: str):
     layers.LoRADense, dit.Attention = saved
 
 
-VARIANTS = ("today", "fused_qkv", "merged_lora")
+VARIANTS = ("today", "fused_qkv", "merged_lora", "dots_3d")
 
 
 def main():

@@ -16,7 +16,7 @@ from tests.test_lora import _setup  # noqa: E402
 from tests.test_model import randomize  # noqa: E402
 
 
-@pytest.mark.parametrize("name", ["fused_qkv", "merged_lora"])
+@pytest.mark.parametrize("name", ["fused_qkv", "merged_lora", "dots_3d"])
 def test_variants_compute_todays_model(name):
   seed = np.random.randint(1 << 20)
   cfg, model, params, lora, inputs = _setup(seed)
@@ -30,7 +30,7 @@ def test_variants_compute_todays_model(name):
     np.testing.assert_allclose(np.asarray(got[on]), np.asarray(want[on]), rtol=1e-4, atol=1e-5)
   # Outside the context the blocks are today's again.
   from densedpo_jax.model import dit, layers
-  assert layers.LoRADense is not step_variants.MergedLoRADense
+  assert layers.LoRADense not in (step_variants.MergedLoRADense, step_variants.Dots3dLoRADense)
   assert dit.Attention is layers.Attention
 
 

@@ -46,8 +46,8 @@ class LoRADense(nn.Module):
     kernel = self.param("kernel", nn.with_logical_partitioning(self.kernel_init, self.axes),
                         (x.shape[-1], self.features), self.param_dtype)
     # Tokens flattened to one axis: the backward's weight-gradient dots then contract one axis,
-    # which XLA:CPU runs without transposing copies of the activations (3D inputs: 2.3x slower
-    # MLP forward+backward, benchmarks/layers.py).
+    # which XLA:CPU runs without transposing copies of the activations (with 3D inputs the tiny
+    # DPO step took 1.41x as long: `benchmarks/step_variants.py --variants dots_3d`).
     lead = x.shape[:-1]
     x = x.reshape(-1, x.shape[-1]).astype(self.dtype)
     y = jnp.dot(x, kernel.astype(self.dtype))
