@@ -74,6 +74,27 @@ def on_main(fn: Callable[..., Any], *args, **kwargs) -> Any:
   return outcome["result"]
 
 
+def my_items(n: int) -> range:
+  """The indices of `n` work items that this process takes: every `process_count`-th one."""
+  return range(jax.process_index(), n, jax.process_count())
+
+
+def join_items(mine: dict[int, np.ndarray], n: int, shape: tuple[int, ...], dtype) -> np.ndarray:
+  """Every process's results `{index: array of shape}` of its `my_items(n)`, on every process:
+  `[n, *shape]` in index order (a collective: every process calls it)."""
+  if sorted(mine) != list(my_items(n)):
+    raise ValueError(f"join_items: process {jax.process_index()} holds items {sorted(mine)}; "
+                     f"expected {list(my_items(n))}")
+  count = jax.process_count()
+  local = np.zeros((-(-n // count),) + tuple(shape), dtype)  # Same shape on every process.
+  for i, value in mine.items():
+    local[i // count] = value
+  if count == 1:
+    return local
+  gathered = np.asarray(multihost_utils.process_allgather(local))  # [processes, per process, ...]
+  return np.stack([gathered[i % count, i // count] for i in range(n)])
+
+
 class StopVote:
   """Agreement of all processes on a local stop flag, read one step late so the host never
   waits for the devices: `poll(flag)` dispatches this step's vote and returns the last one.

@@ -9,8 +9,9 @@ checkpoint holding exported weights), sample every distinct prompt of `config.da
                        `<model>/samples.npy` `[N, T, H, W, C]` latents, `<model>/prompts.json`
                        and one GIF a sample (decode latents with your VAE first for real videos).
 Writes `<workdir>/eval/metrics.json` (means, and each prompt's means under `per_prompt`), `table.md` and a preview grid `<model>.{png,gif}`.
-On several processes each samples and scores the same (the restore of the weights is a
-collective, the sampling is not), and process 0 alone writes.
+On several processes each samples every `process_count`-th batch and all of them join the
+samples (each sample's noise comes from its own key, so they equal one process's); every
+process scores them, and process 0 alone writes.
 """
 from __future__ import annotations
 
@@ -56,18 +57,22 @@ def prompt_set(source, max_prompts: int) -> list:
 
 
 def sample_model(params, records, spec, cfg) -> np.ndarray:
-  """`seeds_per_prompt` samples of each record's prompt: `[P * S, T, H, W, C]` (prompt-major)."""
-  shape = records[0].latent.shape
+  """`seeds_per_prompt` samples of each record's prompt: `[P * S, T, H, W, C]` (prompt-major),
+  batches split over the processes (`distributed.my_items`) and joined on every process."""
+  shape = tuple(records[0].latent.shape)
   run = sampling.make_video_sampler(cfg, shape, spec.num_steps, spec.cfg_scale)
   reps = spec.seeds_per_prompt
   text = np.repeat(np.stack([r.text_emb for r in records]).astype(np.float32), reps, axis=0)
   mask = np.repeat(np.stack([np.asarray(r.text_mask, bool) for r in records]), reps, axis=0)
-  keys = jax.random.split(jax.random.key(spec.seed), len(text))
-  out = []
-  for i in range(0, len(text), spec.batch_size):
-    sl = slice(i, i + spec.batch_size)
-    out.append(np.asarray(run(params, keys[sl], text[sl], mask[sl])))
-  return np.concatenate(out)
+  n, size = len(text), spec.batch_size
+  keys = jax.random.split(jax.random.key(spec.seed), n)
+  num_batches, mine = -(-n // size), {}
+  for b in distributed.my_items(num_batches):
+    sl = slice(b * size, (b + 1) * size)
+    videos = np.asarray(run(params, keys[sl], text[sl], mask[sl]), np.float32)
+    mine[b] = np.concatenate([videos, np.zeros((size - len(videos),) + shape, np.float32)])
+  videos = distributed.join_items(mine, num_batches, (size,) + shape, np.float32)
+  return videos.reshape((-1,) + shape)[:n]  # The last batch's zero rows dropped.
 
 
 def markdown_table(results: dict[str, dict[str, float]]) -> str:

@@ -126,7 +126,7 @@ def generate_pairs(config: ml_collections.ConfigDict, source, params, model) -> 
   sidecar = lambda k: distributed.path(arrayrecord_io.sidecar_path(parts_dir, part_name(k)))
   committed = lambda k: sidecar(k).exists()
   start, done = time.time(), 0
-  for k in range(jax.process_index(), num_parts, jax.process_count()):
+  for k in distributed.my_items(num_parts):
     if committed(k):
       continue  # Committed by an earlier run.
     indices = list(range(k * spec.pairs_per_part, min((k + 1) * spec.pairs_per_part, num_pairs)))

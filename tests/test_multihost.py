@@ -68,6 +68,41 @@ except Exception as e:
 print("RESULT", json.dumps([side, stats, error], default=float), flush=True)
 """
 
+EVALUATE = """
+import jax, ml_collections, numpy as np
+from densedpo_jax import evaluate, sampling
+from tests.test_multihost import evaluation_setup
+params, records, spec, cfg = evaluation_setup({data!r})
+calls, make = [], sampling.make_video_sampler
+def counted(*args, **kwargs):
+  run = make(*args, **kwargs)
+  def counted_run(params, keys, text, mask):
+    calls.append(len(keys))
+    return run(params, keys, text, mask)
+  return counted_run
+sampling.make_video_sampler = counted
+np.save({out!r} + f"/videos{{pid}}.npy", evaluate.sample_model(params, records, spec, cfg))
+print("RESULT", json.dumps(calls), flush=True)
+"""
+
+
+def evaluation_setup(data: str):
+  """`evaluate.sample_model`'s inputs: a tiny random model, the prompts of the ShapesWorld
+  clips in `data`, 2 seeds each, batches of 3 (10 samples: 4 batches, the last of 1)."""
+  import ml_collections
+  from densedpo_jax import evaluate
+  from densedpo_jax.model import VideoDiT, get_dit_config
+  from tests.test_model import randomize
+  cfg = get_dit_config("tiny", width=32, depth=2, num_heads=2, text_dim=64)
+  zeros = lambda shape: np.zeros(shape, np.float32)
+  variables = VideoDiT(cfg).init(jax.random.key(0), zeros((1, 16, 16, 16, 3)), zeros((1,)),
+                                 zeros((1, 16, 64)), np.ones((1, 16), bool))
+  params = nn.unbox(randomize(variables["params"], 3))
+  records = evaluate.prompt_set(arrayrecord_io.ShardedSource(data, "videos"), 5)
+  spec = ml_collections.ConfigDict(dict(seeds_per_prompt=2, batch_size=3, seed=7, num_steps=2,
+                                        cfg_scale=1.0))
+  return params, records, spec, cfg
+
 
 def _free_port() -> int:
   with socket.socket() as s:
@@ -207,6 +242,34 @@ def test_two_processes_split_pairs_and_label_them_once(tmp_path):
   # A failure of process 0's single-copy work reaches the others, which would otherwise wait.
   assert (error, error1) == ("ValueError: no labels", "RuntimeError: process 0 failed: "
                                                       "ValueError: no labels")
+
+
+def test_two_processes_split_evaluation_samples_and_join_them(tmp_path):
+  from densedpo_jax import evaluate
+  data = str(tmp_path / "videos")
+  cfg = tfds_builder.ShapesWorldConfig(name="test")
+  arrayrecord_io.write_records([tfds_builder.shapesworld_video(i, "train", cfg) for i in range(5)],
+                               data, "videos", num_shards=1)
+  port = _free_port()
+  procs = [_start(EVALUATE, str(tmp_path / f"eval.{pid}.log"), pid, port, data=data,
+                  out=str(tmp_path)) for pid in (0, 1)]
+  outs = [_output(p) for p in procs]
+  assert [p.returncode for p in procs] == [0, 0], [o[-3000:] for o in outs]
+  # Batches 0 and 2 (3 samples each) on process 0; 1 (3) and 3 (the last sample) on process 1.
+  assert [_result(o) for o in outs] == [[3, 3], [3, 1]]
+  want = evaluate.sample_model(*evaluation_setup(data))  # One process, every batch.
+  assert want.shape == (10, 16, 16, 16, 3) and np.abs(want).max() > 0
+  for pid in (0, 1):
+    np.testing.assert_allclose(np.load(tmp_path / f"videos{pid}.npy"), want, rtol=1e-6,
+                               atol=1e-6)
+
+
+def test_join_items_checks_what_this_process_holds():
+  items = {i: np.full((2,), i, np.float32) for i in range(3)}
+  np.testing.assert_array_equal(distributed.join_items(items, 3, (2,), np.float32),
+                                [[0, 0], [1, 1], [2, 2]])
+  with pytest.raises(ValueError, match=r"process 0 holds items \[0, 2\]; expected \[0, 1, 2\]"):
+    distributed.join_items({0: items[0], 2: items[2]}, 3, (2,), np.float32)
 
 
 @pytest.fixture
