@@ -12,6 +12,9 @@
 #   attention_32k    cuDNN and blockwise attention at Wan 2.1's heads, 32,760 tokens
 #   vs_pytorch_f32   vs_pytorch in float32 (TF32 matmuls in both, as JAX's default)
 #
+# Needs jax with CUDA, torch with CUDA and the project's core packages (`pip install -e .` or,
+# on an image that has jax, flax, optax and torch, wheels of ml_collections, clu, grain and
+# array_record on PYTHONPATH). TensorFlow and TFDS are not needed.
 # Each check has its own time limit (seconds on an H100, where compiling our tiny DPO step takes
 # about 17 s), so one that hangs or runs out of memory costs only itself.
 set -u
