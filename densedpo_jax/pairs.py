@@ -98,6 +98,7 @@ def generate_pairs(config: ml_collections.ConfigDict, source, params, model) -> 
     raise ValueError(f"config.pairs.mode={spec.mode!r}; expected one of {MODES}")
   if spec.mode == "guided":
     check_eta_range(spec.eta_range)
+  arrayrecord_io.check_local(spec.out_dir)  # Before any sampling.
   num_pairs = min(spec.num_pairs, len(source))
   if num_pairs < 1:
     raise ValueError(f"config.pairs.num_pairs={spec.num_pairs} with {len(source)} source videos")

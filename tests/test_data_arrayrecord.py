@@ -148,3 +148,17 @@ def test_a_source_pickles_for_grain_workers(tmp_path):
   copy = pickle.loads(pickle.dumps(src))
   assert copy.max_unreadable_share == 0.5 and len(copy) == 3
   assert arrayrecord_io.decode_raw(copy[2]).id == arrayrecord_io.decode_raw(src[2]).id
+
+
+def test_urls_are_refused_before_anything_is_written(tmp_path, monkeypatch):
+  """ArrayRecord opens local files only: a `gs://` folder must fail with a message, not become a
+  local `gs:` folder (os.makedirs would make one)."""
+  monkeypatch.chdir(tmp_path)
+  url = "gs://bucket/pairs"
+  for call in (lambda: arrayrecord_io.write_records(_pairs(2), url, "pairs"),
+               lambda: arrayrecord_io.ShardedSource(url, "pairs"),
+               lambda: arrayrecord_io.merge_datasets([(url + "/parts", "p0")], url, "pairs")):
+    with pytest.raises(ValueError, match="gs://bucket/pairs: ArrayRecord datasets are read and "
+                                         "written on local paths only; mount the bucket"):
+      call()
+  assert os.listdir(tmp_path) == []

@@ -51,6 +51,15 @@ def sidecar_path(directory: str, name: str) -> str:
   return os.path.join(directory, f"{name}.json")
 
 
+def check_local(directory: str) -> str:
+  """`directory`, when it is a local path; a ValueError for a URL (`gs://...`): the open-source
+  ArrayRecord reader and writer open local files only (riegeli's file descriptors)."""
+  if "://" in os.fspath(directory):
+    raise ValueError(f"{directory}: ArrayRecord datasets are read and written on local paths "
+                     "only; mount the bucket (e.g. gcsfuse) and pass the mounted path")
+  return directory
+
+
 def _atomic_write_text(path: str, text: str) -> None:
   tmp = os.path.join(os.path.dirname(path), f".{os.path.basename(path)}.tmp-{uuid.uuid4().hex[:8]}")
   with open(tmp, "w", encoding="utf-8") as f:
@@ -78,7 +87,7 @@ class ShardedWriter:
                writer_options: str = DEFAULT_WRITER_OPTIONS, metadata: Optional[dict] = None):
     if num_shards < 1:
       raise ValueError(f"num_shards must be >= 1, got {num_shards}")
-    os.makedirs(directory, exist_ok=True)
+    os.makedirs(check_local(directory), exist_ok=True)
     self.directory, self.name, self.num_shards = directory, name, num_shards
     self.writer_options, self.metadata = writer_options, dict(metadata or {})
     self.files = [shard_filename(name, i, num_shards) for i in range(num_shards)]
@@ -194,6 +203,7 @@ def merge_datasets(parts: Sequence[tuple[str, str]], directory: str, name: str,
   Raises:
     ValueError: when a part lies outside `directory` or the parts' signatures differ.
   """
+  check_local(directory)
   sides = [read_sidecar(d, n) for d, n in parts]
   if not sides:
     raise ValueError("merge_datasets: no parts to merge")
@@ -221,7 +231,7 @@ def _load_json(path: str) -> dict:
 
 def read_sidecar(directory: str, name: str) -> dict[str, Any]:
   """The sidecar of a complete dataset; FileNotFoundError when there is none."""
-  path = sidecar_path(directory, name)
+  path = sidecar_path(check_local(directory), name)
   if not os.path.exists(path):
     raise FileNotFoundError(f"no complete dataset {name!r} in {directory}: {path} is missing "
                             "(a dataset whose writer did not finish has no sidecar)")

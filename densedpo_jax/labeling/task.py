@@ -60,6 +60,7 @@ def _label_pairs(spec: ml_collections.ConfigDict) -> dict:
   """Labels `spec.in_dir/in_name` (its first `spec.max_pairs` pairs; 0: all) into
   `spec.out_dir/out_name` (skipped when it exists). `labeler=jsonl` imports `spec.file` instead
   (every time: the file may have grown), reporting every bad or unknown line by number."""
+  arrayrecord_io.check_local(spec.out_dir)  # Before any labeler call.
   if spec.labeler == "vlm":
     return label_with_vlm(spec)
   if spec.labeler == "jsonl":
