@@ -2,6 +2,7 @@
 
     python benchmarks/vs_pytorch.py                        # tiny and mid, 10 steps, pair sampler
     python benchmarks/vs_pytorch.py --presets tiny --quick
+    python benchmarks/vs_pytorch.py --dtype bfloat16       # on a GPU: both there, bf16 compute
 
 Ours: `benchmarks/train_step.build_step` (`train_step.make_train_step`, jit, state donated).
 PyTorch: `torch_videodit.VideoDiT` holding the same weights (a forward parity check runs first
@@ -12,7 +13,9 @@ reference forward under `torch.no_grad()` with the adapters bypassed, the Flow-D
 flow-matching step trains every parameter (no LoRA), with text dropout as ours.
 
 Each step is warmed up once (compile excluded), then the four steps are timed in turn, `--steps`
-rounds, and each row is the median. PyTorch runs eagerly on `--torch_threads` threads (default
+rounds, and each row is the median. When JAX runs on a GPU, PyTorch runs there too; with
+`--dtype bfloat16` ours uses cuDNN attention and PyTorch `torch.autocast` (float32 parameters
+and AdamW in both); float32 matmuls take TF32 in both, as JAX's default does. PyTorch runs eagerly on `--torch_threads` threads (default
 `os.cpu_count()`); JAX on its defaults. On a machine shared with other jobs, PyTorch's OpenMP
 threads suffer most from oversubscription (on 2 busy cores, 2 threads ran 3x slower than 1). Sizes (LoRA rank 16 on every projection, text 16 x 64, logit-normal t, beta 500):
 
@@ -144,7 +147,8 @@ def build(preset: str, dtype: str, device: str):
     ours = OursStep(c, latent, text, batch)
     variables = jax.device_get(ours.variables)
     torch_model = tv.load_flax(tv.VideoDiT(ours.cfg), variables["params"], variables.get("lora"))
-    steps[f"ours {short}"], steps[f"torch {short}"] = ours, TorchStep(torch_model, c, ours.data, device)
+    steps[f"ours {short}"] = ours
+    steps[f"torch {short}"] = TorchStep(torch_model, c, ours.data, device)
     if short == "dpo":  # Same weights, so the same forward: checked on random LoRA weights,
       # in float32 at full matmul precision (no TF32 on a GPU), torch on the CPU.
       cfg32 = dataclasses.replace(ours.cfg, dtype="float32", attention_impl="xla")
