@@ -1,0 +1,56 @@
+"""One framework's DPO step alone in a process: step time, page faults and system time a step.
+
+    python benchmarks/step_alone.py --framework ours --preset mid --steps 3
+    python benchmarks/step_alone.py --framework torch --preset mid --steps 3
+
+The steps are `vs_pytorch.py`'s (Flow-DPO, same config and weights), with the host-memory fix
+on. `vs_pytorch.py` runs both frameworks in one process, where at mid their steps share one
+retained glibc heap and page faults come back (README, Performance); this script shows each
+alone. Run the two one after the other: they are not interleaved, so machine drift applies.
+"""
+from __future__ import annotations
+
+import argparse
+import os
+import resource
+import sys
+import time
+
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))  # For configs/.
+from densedpo_jax import host_memory  # noqa: E402
+
+
+def main():
+  parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+  parser.add_argument("--framework", choices=("ours", "torch"), required=True)
+  parser.add_argument("--preset", default="mid", choices=("tiny", "mid"))
+  parser.add_argument("--steps", type=int, default=3)
+  args = parser.parse_args()
+  host_memory.retain_freed_memory()
+  print(host_memory.describe(), flush=True)
+  import jax  # After the allocator setting, as in the other benchmarks.
+  from benchmarks import torch_videodit as tv
+  from benchmarks.train_step import OursStep, build_step
+  from benchmarks.vs_pytorch import PRESETS, TorchStep, make_config
+  _, latent, text, batch = PRESETS[args.preset]
+  c = make_config(args.preset, "flow_dpo")
+  if args.framework == "ours":
+    step = OursStep(c, latent, text, batch)
+  else:  # Builds ours (not compiled) only for its weights and batch.
+    cfg, _, _, _, data, variables = build_step(c, latent, text, batch)
+    variables = jax.device_get(variables)
+    step = TorchStep(tv.load_flax(tv.VideoDiT(cfg), variables["params"], variables.get("lora")),
+                     c, data)
+  step()  # Warm-up (compile, first allocations).
+  print(f"{args.framework}, {args.preset}, Flow-DPO on {batch} pairs\n")
+  print("| step | seconds | minor faults | system s |\n|---|---|---|---|")
+  for i in range(args.steps):
+    before, start = resource.getrusage(resource.RUSAGE_SELF), time.perf_counter()
+    step()
+    seconds, after = time.perf_counter() - start, resource.getrusage(resource.RUSAGE_SELF)
+    print(f"| {i + 1} | {seconds:.1f} | {after.ru_minflt - before.ru_minflt:,} | "
+          f"{after.ru_stime - before.ru_stime:.1f} |", flush=True)
+
+
+if __name__ == "__main__":
+  main()
