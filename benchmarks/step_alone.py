@@ -28,19 +28,15 @@ def main():
   args = parser.parse_args()
   host_memory.retain_freed_memory()
   print(host_memory.describe(), flush=True)
-  import jax  # After the allocator setting, as in the other benchmarks.
-  from benchmarks import torch_videodit as tv
   from benchmarks.train_step import OursStep, build_step
-  from benchmarks.vs_pytorch import PRESETS, TorchStep, make_config
+  from benchmarks.vs_pytorch import PRESETS, make_config, torch_step
   _, latent, text, batch = PRESETS[args.preset]
   c = make_config(args.preset, "flow_dpo")
   if args.framework == "ours":
     step = OursStep(c, latent, text, batch)
   else:  # Builds ours (not compiled) only for its weights and batch.
     cfg, _, _, _, data, variables = build_step(c, latent, text, batch)
-    variables = jax.device_get(variables)
-    step = TorchStep(tv.load_flax(tv.VideoDiT(cfg), variables["params"], variables.get("lora")),
-                     c, data)
+    step = torch_step(c, cfg, variables, data)
   step()  # Warm-up (compile, first allocations).
   print(f"{args.framework}, {args.preset}, Flow-DPO on {batch} pairs\n")
   print("| step | seconds | minor faults | system s |\n|---|---|---|---|")

@@ -135,6 +135,13 @@ class TorchStep:
     return loss.item()
 
 
+def torch_step(c, cfg, variables, data: dict, device: str = "cpu") -> TorchStep:
+  """PyTorch's step of config `c` holding our model's (`cfg`) `variables`, on our batch `data`."""
+  variables = jax.device_get(variables)
+  model = tv.load_flax(tv.VideoDiT(cfg), variables["params"], variables.get("lora"))
+  return TorchStep(model, c, data, device)
+
+
 # Ours.
 
 def build(preset: str, dtype: str, device: str):
@@ -145,10 +152,8 @@ def build(preset: str, dtype: str, device: str):
   for short, loss in LOSSES.items():
     c = make_config(preset, loss, dtype)
     ours = OursStep(c, latent, text, batch)
-    variables = jax.device_get(ours.variables)
-    torch_model = tv.load_flax(tv.VideoDiT(ours.cfg), variables["params"], variables.get("lora"))
     steps[f"ours {short}"] = ours
-    steps[f"torch {short}"] = TorchStep(torch_model, c, ours.data, device)
+    steps[f"torch {short}"] = torch_step(c, ours.cfg, ours.variables, ours.data, device)
     if short == "dpo":  # Same weights, so the same forward: checked on random LoRA weights,
       # in float32 at full matmul precision (no TF32 on a GPU), torch on the CPU.
       cfg32 = dataclasses.replace(ours.cfg, dtype="float32", attention_impl="xla")

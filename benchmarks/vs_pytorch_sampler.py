@@ -54,8 +54,8 @@ def torch_guided_pairs(model, x_gt, eps_a, eps_b, eta: float, text, text_mask, *
     null = torch.arange(4 * b, device=x.device) >= 2 * b
   for t_cur, t_next in zip(times[:-1], times[1:]):
     if guided:
-      v_cond, v_uncond = model(torch.cat([x, x]), torch.full((4 * b,), t_cur, device=x.device), text, text_mask,
-                               null_text=null).chunk(2)
+      t = torch.full((4 * b,), t_cur, device=x.device)
+      v_cond, v_uncond = model(torch.cat([x, x]), t, text, text_mask, null_text=null).chunk(2)
       v = v_uncond + cfg_scale * (v_cond - v_uncond)
     else:
       v = model(x, torch.full((2 * b,), t_cur, device=x.device), text, text_mask)

@@ -40,9 +40,8 @@ def test_cudnn_gradients_with_a_key_mask_equal_float32_xla():
   q, k, v = _qkv(seed, nq=256, nk=32, h=4, d=64, dtype=jnp.bfloat16)
   mask = jnp.asarray(_key_mask(seed, 2, 32))
   w = jax.random.normal(jax.random.key(seed), q.shape)
-  loss = lambda impl: lambda q, k, v: jnp.sum(
-      attention(q, k, v, mask, impl).astype(jnp.float32) * w)
-  grads = jax.grad(loss("cudnn"), (0, 1, 2))(q, k, v)
+  grads = jax.grad(lambda q, k, v: jnp.sum(attention(q, k, v, mask, "cudnn").astype(jnp.float32)
+                                           * w), (0, 1, 2))(q, k, v)
   f32 = [x.astype(jnp.float32) for x in (q, k, v)]
   with jax.default_matmul_precision("highest"):
     refs = jax.grad(lambda q, k, v: jnp.sum(xla_attention(q, k, v, mask) * w), (0, 1, 2))(*f32)
