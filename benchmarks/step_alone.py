@@ -4,9 +4,10 @@
     python benchmarks/step_alone.py --framework torch --preset mid --steps 3
 
 The steps are `vs_pytorch.py`'s (Flow-DPO, same config and weights), with the host-memory fix
-on. `vs_pytorch.py` runs both frameworks in one process, where at mid their steps share one
-retained glibc heap and page faults come back (README, Performance); this script shows each
-alone. Run the two one after the other: they are not interleaved, so machine drift applies.
+on. With `--one_process`, `vs_pytorch.py` runs both frameworks in one process, where at mid
+their steps share one retained glibc heap and page faults come back (README, Performance); this
+script shows each alone with its faults. Run the two one after the other: they are not
+interleaved, so machine drift applies (`vs_pytorch.py`'s workers interleave them).
 """
 from __future__ import annotations
 
@@ -28,15 +29,9 @@ def main():
   args = parser.parse_args()
   host_memory.retain_freed_memory()
   print(host_memory.describe(), flush=True)
-  from benchmarks.train_step import OursStep, build_step
-  from benchmarks.vs_pytorch import PRESETS, make_config, torch_step
-  _, latent, text, batch = PRESETS[args.preset]
-  c = make_config(args.preset, "flow_dpo")
-  if args.framework == "ours":
-    step = OursStep(c, latent, text, batch)
-  else:  # Builds ours (not compiled) only for its weights and batch.
-    cfg, _, _, _, data, variables = build_step(c, latent, text, batch)
-    step = torch_step(c, cfg, variables, data)
+  from benchmarks.vs_pytorch import PRESETS, framework_steps
+  batch = PRESETS[args.preset][3]
+  step = framework_steps(args.framework, args.preset, "float32")["dpo"]
   step()  # Warm-up (compile, first allocations).
   print(f"{args.framework}, {args.preset}, Flow-DPO on {batch} pairs\n")
   print("| step | seconds | minor faults | system s |\n|---|---|---|---|")

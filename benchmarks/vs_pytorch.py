@@ -13,7 +13,10 @@ reference forward under `torch.no_grad()` with the adapters bypassed, the Flow-D
 flow-matching step trains every parameter (no LoRA), with text dropout as ours.
 
 Each step is warmed up once (compile excluded), then the four steps are timed in turn, `--steps`
-rounds, and each row is the median. When JAX runs on a GPU, PyTorch runs there too; with
+rounds, and each row is the median. On the CPU each framework runs in a process of its own (a
+worker; the rounds still alternate, one step at a time), because in one process the two share
+glibc's retained heap and at mid our step's temporaries fault back in page by page (README,
+Performance); `--one_process` runs both here, as before session 9. When JAX runs on a GPU, PyTorch runs there too; with
 `--dtype bfloat16` ours uses cuDNN attention and PyTorch `torch.autocast` (float32 parameters
 and AdamW in both); float32 matmuls take TF32 in both, as JAX's default does. PyTorch runs eagerly on `--torch_threads` threads (default
 `os.cpu_count()`); JAX on its defaults. On a machine shared with other jobs, PyTorch's OpenMP
@@ -28,6 +31,7 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
+import multiprocessing
 import os
 import sys
 
@@ -40,8 +44,10 @@ sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__)))) 
 from densedpo_jax import host_memory  # noqa: E402
 from benchmarks import torch_videodit as tv  # noqa: E402
 from benchmarks import vs_pytorch_sampler  # noqa: E402
-from benchmarks.train_step import OursStep, matmul_ceiling, step_flops, time_steps  # noqa: E402
+from benchmarks.train_step import (OursStep, build_step, matmul_ceiling, step_flops,  # noqa: E402
+                                    time_steps)
 from configs.common import base  # noqa: E402
+from densedpo_jax.builders import model_config  # noqa: E402
 
 # name: (model overrides of the tiny preset, latent [T, H, W, C], text [L, D], pairs)
 PRESETS = {"tiny": ({}, (16, 16, 16, 3), (16, 64), 16),
@@ -142,24 +148,96 @@ def torch_step(c, cfg, variables, data: dict, device: str = "cpu") -> TorchStep:
   return TorchStep(model, c, data, device)
 
 
-# Ours.
+# Both, in one process or in a process each.
 
-def build(preset: str, dtype: str, device: str):
-  """`({name: step}, parity error)` for 'ours dpo', 'torch dpo', 'ours fm', 'torch fm'; torch on
-  `device`, both computing in `dtype`."""
+def framework_steps(framework: str, preset: str, dtype: str, device: str = "cpu") -> dict:
+  """`{'dpo': step, 'fm': step}` of `framework` ('ours' or 'torch'); a step is `() -> loss`.
+
+  PyTorch's steps hold the weights and batch of ours (`build_step`, fixed seeds), built here
+  without compiling ours.
+  """
   _, latent, text, batch = PRESETS[preset]
-  steps, error = {}, None
+  steps = {}
   for short, loss in LOSSES.items():
     c = make_config(preset, loss, dtype)
-    ours = OursStep(c, latent, text, batch)
-    steps[f"ours {short}"] = ours
-    steps[f"torch {short}"] = torch_step(c, ours.cfg, ours.variables, ours.data, device)
-    if short == "dpo":  # Same weights, so the same forward: checked on random LoRA weights,
-      # in float32 at full matmul precision (no TF32 on a GPU), torch on the CPU.
-      cfg32 = dataclasses.replace(ours.cfg, dtype="float32", attention_impl="xla")
-      with jax.default_matmul_precision("highest"):
-        error = tv.parity_error(cfg32, latent, text[0], batch=2)
-  return steps, error
+    if framework == "ours":
+      steps[short] = OursStep(c, latent, text, batch)
+    else:
+      cfg, _, _, _, data, variables = build_step(c, latent, text, batch)
+      steps[short] = torch_step(c, cfg, variables, data, device)
+  return steps
+
+
+def _serve(framework: str, preset: str, dtype: str, device: str, threads: int, conn):
+  """A worker process: builds `framework_steps`, then runs the step named by each message."""
+  host_memory.retain_freed_memory()
+  torch.set_num_threads(threads)
+  steps = framework_steps(framework, preset, dtype, device)
+  conn.send("ready")
+  while (short := conn.recv()) is not None:
+    conn.send(steps[short]())
+
+
+class StepWorker:
+  """One framework's steps in a spawned process of its own, so that its heap and page faults
+  are its own (README, Performance: at mid, one process shared by both brings the faults back).
+  `self.step(short)` is a `() -> loss` that runs the step there and waits for it."""
+
+  def __init__(self, framework: str, *args):
+    ctx = multiprocessing.get_context("spawn")  # Not fork: JAX and PyTorch hold threads.
+    self.name, (self.conn, child) = framework, ctx.Pipe()
+    self.process = ctx.Process(target=_serve, args=(framework, *args, child), daemon=True)
+    self.process.start()
+
+  def _recv(self):
+    try:
+      return self.conn.recv()
+    except EOFError:
+      self.process.join()
+      raise RuntimeError(f"the {self.name} worker process died (exit code "
+                         f"{self.process.exitcode}); its traceback is above") from None
+
+  def wait_ready(self):
+    assert self._recv() == "ready"
+
+  def step(self, short: str):
+    def call() -> float:
+      self.conn.send(short)
+      return self._recv()
+    return call
+
+  def close(self):
+    self.conn.send(None)
+    self.process.join()
+
+
+def time_preset(preset: str, dtype: str, device: str, rounds: int, threads: int,
+                one_process: bool) -> dict[str, float]:
+  """Median seconds of 'ours dpo', 'torch dpo', 'ours fm', 'torch fm' (`time_steps`: in turn)."""
+  if one_process:
+    steps = {}
+    for framework in ("ours", "torch"):
+      for short, step in framework_steps(framework, preset, dtype, device).items():
+        steps[f"{framework} {short}"] = step
+    return time_steps(steps, rounds)
+  workers = [StepWorker(framework, preset, dtype, device, threads) for framework in ("ours", "torch")]
+  for worker in workers:
+    worker.wait_ready()
+  try:
+    return time_steps({f"{w.name} {short}": w.step(short) for short in LOSSES for w in workers},
+                      rounds)
+  finally:
+    for worker in workers:
+      worker.close()
+
+
+def parity(preset: str) -> float:
+  """Forward parity of the two ports on random LoRA weights, in float32 at full matmul precision
+  (no TF32 on a GPU), torch on the CPU."""
+  _, latent, text, _ = PRESETS[preset]
+  cfg32 = dataclasses.replace(model_config(make_config(preset, "flow_dpo")), attention_impl="xla")
+  with jax.default_matmul_precision("highest"):
+    return tv.parity_error(cfg32, latent, text[0], batch=2)
 
 
 def main():
@@ -171,6 +249,8 @@ def main():
   parser.add_argument("--torch_threads", type=int, default=os.cpu_count())
   parser.add_argument("--dtype", default="float32", choices=("float32", "bfloat16"),
                       help="compute dtype of both (torch: autocast); parameters stay float32")
+  parser.add_argument("--one_process", action="store_true",
+                      help="both frameworks in this process (always so on a GPU)")
   args = parser.parse_args()
   # Torch on the GPU when JAX runs on one. Matmuls in float32 there take TF32 in both, as JAX's
   # default precision does.
@@ -181,20 +261,25 @@ def main():
   steps = 3 if args.quick else args.steps
   torch.set_num_threads(args.torch_threads)
 
+  # Each framework in a process of its own on the CPU; on a GPU one process (two would each
+  # preallocate most of its memory).
+  one_process = args.one_process or device != "cpu"
   rows = []
   for preset in args.presets:
     print(f"{preset}:", flush=True)
-    fns, error = build(preset, args.dtype, device)
+    error = parity(preset)
     print(f"  forward parity (float32, LoRA on and off): max |torch - ours| / max |ours| = "
           f"{error:.1e}", flush=True)
-    cfg = fns["ours dpo"].cfg
+    cfg = model_config(make_config(preset, "flow_dpo", args.dtype))
     _, latent, text, batch = PRESETS[preset]
-    rows.append((preset, error, time_steps(fns, steps), step_flops(cfg, "flow_dpo", latent, text,
-                                                                   batch)))
+    rows.append((preset, error, time_preset(preset, args.dtype, device, steps, args.torch_threads,
+                                            one_process),
+                 step_flops(cfg, "flow_dpo", latent, text, batch)))
 
   print(f"\ndevice: {jax.devices()[0].device_kind} ({os.cpu_count()} CPU cores), jax "
         f"{jax.__version__}, torch {torch.__version__} on {device} ({torch.get_num_threads()} "
-        f"threads, eager); compute {args.dtype}; median of {steps} steps\n")
+        f"threads, eager); compute {args.dtype}; median of {steps} steps, "
+        f"{'one process' if one_process else 'a process each'}\n")
   head = ("preset", "pairs", "ours DPO ms", "torch DPO ms", "DPO ours/torch", "ours FM ms",
           "torch FM ms", "FM ours/torch", "ours DPO/FM", "torch DPO/FM", "parity err")
   print("| " + " | ".join(head) + " |")

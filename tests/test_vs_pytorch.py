@@ -93,3 +93,24 @@ def test_flow_dpo_loss_matches_ours():
   out = vs_pytorch.flow_dpo_loss(*map(torch.from_numpy, errs), torch.from_numpy(labels).float(),
                                  50.0)
   np.testing.assert_allclose(out.item(), float(ref), rtol=1e-6)
+
+
+def test_step_worker_runs_steps_in_its_own_process():
+  """The benchmark's worker process runs the step it is sent and returns its loss: a fresh
+  adapter (lora_b = 0) makes the policy the reference, so the first DPO loss is -log sigmoid(0)."""
+  worker = vs_pytorch.StepWorker("torch", "tiny", "float32", "cpu", 1)
+  try:
+    worker.wait_ready()
+    assert worker.process.pid != __import__("os").getpid()
+    dpo, fm = worker.step("dpo")(), worker.step("fm")()
+  finally:
+    worker.close()
+  np.testing.assert_allclose(dpo, np.log(2.0), rtol=1e-6)
+  assert 1.5 < fm < 2.5  # Velocity eps - x0 of unit Gaussians: mean square about 2.
+  assert worker.process.exitcode == 0
+
+
+def test_a_dead_worker_is_named():
+  worker = vs_pytorch.StepWorker("torch", "no_such_preset", "float32", "cpu", 1)
+  with pytest.raises(RuntimeError, match="torch worker process died"):
+    worker.wait_ready()
