@@ -1,4 +1,4 @@
-"""One framework's DPO step alone in a process: step time, page faults and system time a step.
+"""One framework's DPO step alone in a process: step time, CPU time, page faults a step.
 
     python benchmarks/step_alone.py --framework ours --preset mid --steps 3
     python benchmarks/step_alone.py --framework torch --preset mid --steps 3
@@ -8,12 +8,16 @@ on. With `--one_process`, `vs_pytorch.py` runs both frameworks in one process, w
 their steps share one retained glibc heap and page faults come back (README, Performance); this
 script shows each alone with its faults. Run the two one after the other: they are not
 interleaved, so machine drift applies (`vs_pytorch.py`'s workers interleave them).
+
+CPU time over wall time says how many cores the step keeps busy (a spinning OpenMP thread
+counts as busy).
 """
 from __future__ import annotations
 
 import argparse
 import os
 import resource
+import statistics
 import sys
 import time
 
@@ -34,14 +38,21 @@ def main():
   step = framework_steps(args.framework, args.preset, "float32")["dpo"]
   step()  # Warm-up (compile, first allocations).
   print(f"{args.framework}, {args.preset}, Flow-DPO on {batch} pairs\n")
-  print("| step | seconds | minor faults | system s |\n|---|---|---|---|")
+  print("| step | seconds | CPU s (user + system) | cores busy | minor faults | system s |\n"
+        "|---|---|---|---|---|---|")
+  rows = []
   for i in range(args.steps):
     before, start = resource.getrusage(resource.RUSAGE_SELF), time.perf_counter()
     step()
     seconds, after = time.perf_counter() - start, resource.getrusage(resource.RUSAGE_SELF)
-    print(f"| {i + 1} | {seconds:.1f} | {after.ru_minflt - before.ru_minflt:,} | "
-          f"{after.ru_stime - before.ru_stime:.1f} |", flush=True)
-
+    system = after.ru_stime - before.ru_stime
+    cpu = after.ru_utime - before.ru_utime + system
+    rows.append((seconds, cpu))
+    print(f"| {i + 1} | {seconds:.2f} | {cpu:.2f} | {cpu / seconds:.2f} | "
+          f"{after.ru_minflt - before.ru_minflt:,} | {system:.1f} |", flush=True)
+  seconds, cpu = (statistics.median(column) for column in zip(*rows))
+  print(f"\nmedians: {seconds:.3f} s a step, {cpu:.3f} CPU s, {cpu / seconds:.2f} of "
+        f"{os.cpu_count()} cores busy")
 
 if __name__ == "__main__":
   main()
