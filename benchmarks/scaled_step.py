@@ -2,7 +2,7 @@
 
     python benchmarks/scaled_step.py                          # Wan 2.1 1.3B, 81 x 480 x 832
     python benchmarks/scaled_step.py --attention cudnn blockwise --steps 3
-    python benchmarks/scaled_step.py --model wan1.3b --latent 3,8,8 --text_len 16   # CPU check
+    python benchmarks/scaled_step.py --model wan1.3b --latent 3,8,8 --text_len 16 --attention xla  # CPU
 
 Builds `configs/dense.py:<model>` (bf16 compute, float32 base and LoRA rank 128, scanned layers,
 full remat), fills a random frozen base on the device, and times the jitted DenseDPO step on
@@ -30,6 +30,7 @@ import jax.numpy as jnp
 import numpy as np
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))  # For configs/.
+from benchmarks.train_step import matmul_ceiling  # noqa: E402
 from configs import common  # noqa: E402
 from densedpo_jax import plan, train_step  # noqa: E402
 from densedpo_jax.builders import model_config  # noqa: E402
@@ -37,20 +38,6 @@ from densedpo_jax.model import build, forward_flops  # noqa: E402
 from densedpo_jax.model.registry import abstract_variables  # noqa: E402
 
 GIB = 2 ** 30
-
-
-def matmul_ceiling(n: int = 8192, repeats: int = 10) -> float:
-  """Median FLOP/s of a jitted bf16 n^3 matmul on random data."""
-  a = jax.random.normal(jax.random.key(0), (n, n), jnp.bfloat16)
-  b = jax.random.normal(jax.random.key(1), (n, n), jnp.bfloat16)
-  f = jax.jit(jnp.matmul)
-  jax.block_until_ready(f(a, b))
-  times = []
-  for _ in range(repeats):
-    start = time.perf_counter()
-    jax.block_until_ready(f(a, b))
-    times.append(time.perf_counter() - start)
-  return 2 * n ** 3 / statistics.median(times)
 
 
 def random_like(tree, key):
@@ -134,7 +121,8 @@ def main():
   args.latent = tuple(int(v) for v in args.latent.split(","))
 
   device = jax.devices()[0]
-  peak_flops = matmul_ceiling() if jax.default_backend() != "cpu" else float("nan")
+  peak_flops = (matmul_ceiling(8192, 10, statistics.median)[0]  # bf16 on an accelerator.
+                if jax.default_backend() != "cpu" else float("nan"))
   rows = []
   for impl in args.attention:
     rows.append(bench(args, impl, jax.random.key(0)))
