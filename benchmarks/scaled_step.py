@@ -2,7 +2,8 @@
 
     python benchmarks/scaled_step.py                          # Wan 2.1 1.3B, 81 x 480 x 832
     python benchmarks/scaled_step.py --attention cudnn blockwise --steps 3
-    python benchmarks/scaled_step.py --model wan1.3b --latent 3,8,8 --text_len 16 --attention xla  # CPU
+    python benchmarks/scaled_step.py --model wan1.3b --latent 3,8,8 --text_len 16 \
+        --attention xla                                       # a CPU check
 
 Builds `configs/dense.py:<model>` (bf16 compute, float32 base and LoRA rank 128, scanned layers,
 full remat), fills a random frozen base on the device, and times the jitted DenseDPO step on
@@ -27,7 +28,6 @@ import time
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
-import numpy as np
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))  # For configs/.
 from benchmarks.train_step import matmul_ceiling  # noqa: E402

@@ -13,14 +13,19 @@ reference forward under `torch.no_grad()` with the adapters bypassed, the Flow-D
 flow-matching step trains every parameter (no LoRA), with text dropout as ours.
 
 Each step is warmed up once (compile excluded), then the four steps are timed in turn, `--steps`
-rounds, and each row is the median. On the CPU each framework runs in a process of its own (a
-worker; the rounds still alternate, one step at a time), because in one process the two share
-glibc's retained heap and at mid our step's temporaries fault back in page by page (README,
-Performance); `--one_process` runs both here, as before session 9. When JAX runs on a GPU, PyTorch runs there too; with
-`--dtype bfloat16` ours uses cuDNN attention and PyTorch `torch.autocast` (float32 parameters
-and AdamW in both); float32 matmuls take TF32 in both, as JAX's default does. PyTorch runs eagerly on `--torch_threads` threads (default
-`os.cpu_count()`); JAX on its defaults. On a machine shared with other jobs, PyTorch's OpenMP
-threads suffer most from oversubscription (on 2 busy cores, 2 threads ran 3x slower than 1). Sizes (LoRA rank 16 on every projection, text 16 x 64, logit-normal t, beta 500):
+rounds, and each row is the median. On the CPU each framework runs in a worker process of its
+own, the rounds still alternating one step at a time: in one process the two share glibc's
+retained heap, and at mid our step's temporaries then fault back in page by page (README,
+Performance). `--one_process` runs both in this process, as before session 9.
+
+When JAX runs on a GPU, PyTorch runs there too, in this process; with `--dtype bfloat16` ours
+uses cuDNN attention and PyTorch `torch.autocast` (float32 parameters and AdamW in both);
+float32 matmuls take TF32 in both, as JAX's default does. PyTorch runs eagerly on
+`--torch_threads` threads (default `os.cpu_count()`); JAX on its defaults. On a machine shared
+with other jobs, PyTorch's OpenMP threads suffer most from oversubscription (on 2 busy cores, 2
+threads ran 3x slower than 1).
+
+Sizes (LoRA rank 16 on every projection, text 16 x 64, logit-normal t, beta 500):
 
   tiny  ShapesWorld's preset: width 128, depth 4, 4 heads, latent 16x16x16x3 (256 tokens), 16 pairs
   mid   width 384, depth 12, 6 heads, latent 16x32x32x3 (1,024 tokens), 4 pairs
@@ -198,7 +203,8 @@ class StepWorker:
                          f"{self.process.exitcode}); its traceback is above") from None
 
   def wait_ready(self):
-    assert self._recv() == "ready"
+    if (message := self._recv()) != "ready":
+      raise RuntimeError(f"the {self.name} worker sent {message!r}, expected 'ready'")
 
   def step(self, short: str):
     def call() -> float:
@@ -207,7 +213,8 @@ class StepWorker:
     return call
 
   def close(self):
-    self.conn.send(None)
+    if self.process.is_alive():  # A dead one has said why; do not hide that behind a pipe error.
+      self.conn.send(None)
     self.process.join()
 
 
@@ -220,7 +227,8 @@ def time_preset(preset: str, dtype: str, device: str, rounds: int, threads: int,
       for short, step in framework_steps(framework, preset, dtype, device).items():
         steps[f"{framework} {short}"] = step
     return time_steps(steps, rounds)
-  workers = [StepWorker(framework, preset, dtype, device, threads) for framework in ("ours", "torch")]
+  workers = [StepWorker(framework, preset, dtype, device, threads)
+             for framework in ("ours", "torch")]
   for worker in workers:
     worker.wait_ready()
   try:
