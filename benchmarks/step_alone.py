@@ -33,9 +33,9 @@ def main():
   args = parser.parse_args()
   host_memory.retain_freed_memory()
   print(host_memory.describe(), flush=True)
-  from benchmarks.vs_pytorch import PRESETS, framework_steps
+  from benchmarks.vs_pytorch import PRESETS, framework_step
   batch = PRESETS[args.preset][3]
-  step = framework_steps(args.framework, args.preset, "float32")["dpo"]
+  step = framework_step(args.framework, args.preset, "flow_dpo", "float32")
   step()  # Warm-up (compile, first allocations).
   print(f"{args.framework}, {args.preset}, Flow-DPO on {batch} pairs\n")
   print("| step | seconds | CPU s (user + system) | cores busy | minor faults | system s |\n"

@@ -155,22 +155,24 @@ def torch_step(c, cfg, variables, data: dict, device: str = "cpu") -> TorchStep:
 
 # Both, in one process or in a process each.
 
-def framework_steps(framework: str, preset: str, dtype: str, device: str = "cpu") -> dict:
-  """`{'dpo': step, 'fm': step}` of `framework` ('ours' or 'torch'); a step is `() -> loss`.
+def framework_step(framework: str, preset: str, loss: str, dtype: str, device: str = "cpu"):
+  """The `() -> loss` train step of `framework` ('ours' or 'torch') for `loss` at `preset`.
 
-  PyTorch's steps hold the weights and batch of ours (`build_step`, fixed seeds), built here
+  PyTorch's step holds the weights and batch of ours (`build_step`, fixed seeds), built here
   without compiling ours.
   """
   _, latent, text, batch = PRESETS[preset]
-  steps = {}
-  for short, loss in LOSSES.items():
-    c = make_config(preset, loss, dtype)
-    if framework == "ours":
-      steps[short] = OursStep(c, latent, text, batch)
-    else:
-      cfg, _, _, _, data, variables = build_step(c, latent, text, batch)
-      steps[short] = torch_step(c, cfg, variables, data, device)
-  return steps
+  c = make_config(preset, loss, dtype)
+  if framework == "ours":
+    return OursStep(c, latent, text, batch)
+  cfg, _, _, _, data, variables = build_step(c, latent, text, batch)
+  return torch_step(c, cfg, variables, data, device)
+
+
+def framework_steps(framework: str, preset: str, dtype: str, device: str = "cpu") -> dict:
+  """`{'dpo': step, 'fm': step}` of `framework` (`framework_step` for each of `LOSSES`)."""
+  return {short: framework_step(framework, preset, loss, dtype, device)
+          for short, loss in LOSSES.items()}
 
 
 def _serve(framework: str, preset: str, dtype: str, device: str, threads: int, conn):

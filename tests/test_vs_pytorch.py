@@ -3,6 +3,8 @@
 The benchmark's ratios are only meaningful when both sides run the same network: the forwards
 must agree to float32 rounding, and a port with a LoRA or RoPE mistake must fail the check.
 """
+import os
+
 import numpy as np
 import pytest
 
@@ -101,7 +103,7 @@ def test_step_worker_runs_steps_in_its_own_process():
   worker = vs_pytorch.StepWorker("torch", "tiny", "float32", "cpu", 1)
   try:
     worker.wait_ready()
-    assert worker.process.pid != __import__("os").getpid()
+    assert worker.process.pid != os.getpid()
     dpo, fm = worker.step("dpo")(), worker.step("fm")()
   finally:
     worker.close()
