@@ -18,8 +18,6 @@ os.environ.setdefault("JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS", "0.3")
 
 import pytest  # noqa: E402  (after the environment is set)
 
-TINY_MODEL = dict(width=32, depth=2, num_heads=2)
-
 
 @pytest.fixture(scope="session")
 def world(tmp_path_factory):
@@ -28,6 +26,7 @@ def world(tmp_path_factory):
   from configs import pretrain
   from densedpo_jax import train
   from densedpo_jax.data import arrayrecord_io, tfds_builder
+  from tests.helpers import TINY_MODEL
   root = tmp_path_factory.mktemp("world")
   cfg = tfds_builder.ShapesWorldConfig(name="test")
   for split, n in (("train", 12), ("heldout", 4)):

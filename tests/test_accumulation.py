@@ -10,8 +10,8 @@ from jax.sharding import NamedSharding, PartitionSpec as P
 from densedpo_jax import sharding, train_step
 from densedpo_jax.builders import model_config
 from densedpo_jax.model import build
-from tests.test_model import randomize
-from tests.test_train import tiny_config
+from tests.helpers import randomize
+from tests.helpers import tiny_config
 
 B, T, H, W, C, L, D = 16, 4, 8, 8, 3, 4, 16
 
@@ -34,6 +34,7 @@ def _setup(loss, seed):
   return config, model, params, lora, batch
 
 
+@pytest.mark.e2e
 @pytest.mark.parametrize("loss", ["dense_dpo", "flow_dpo"])
 def test_accumulated_dpo_equals_the_full_batch_on_eight_devices(loss):
   seed = int(np.random.randint(1 << 20))

@@ -13,7 +13,7 @@ from densedpo_jax.annotate import report as report_lib
 from densedpo_jax.annotate.server import make_server, to_record_labels
 from densedpo_jax.annotate.store import Store, gold_items, items_from_dataset
 from densedpo_jax.data import labels_io
-from tests.test_train import write_pairs
+from tests.helpers import write_pairs
 
 CHROMIUM = "/usr/bin/chromium"
 
@@ -176,6 +176,7 @@ def test_gold_pairs_and_the_report(pairs, tmp_path):
   assert r["double_labeled_pairs"] == 2 and len(r["kappa_by_segment"]) == 2
 
 
+@pytest.mark.e2e
 @pytest.mark.skipif(not os.path.exists(CHROMIUM), reason=f"{CHROMIUM} is absent (apt-get install chromium)")
 def test_a_person_labels_a_pair_with_the_keyboard_in_a_real_browser(session, tmp_path):
   playwright = pytest.importorskip("playwright.sync_api")

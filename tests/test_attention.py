@@ -6,12 +6,8 @@ import pytest
 
 from densedpo_jax.model.attention import attention, blockwise_attention, xla_attention
 from densedpo_jax.model import VideoDiT, get_dit_config
-from tests.test_model import _inputs, randomize
-
-
-def _qkv(seed, b=2, nq=100, nk=70, h=3, d=16, dtype=jnp.float32):
-  k = jax.random.split(jax.random.key(seed), 3)
-  return tuple(jax.random.normal(kk, (b, n, h, d), dtype) for kk, n in zip(k, (nq, nk, nk)))
+from tests.helpers import (dit_inputs as _inputs, forward_gap_bound, gamma,
+                           numpy_attention as _numpy_attention, qkv as _qkv, randomize)
 
 
 @pytest.mark.parametrize("nq,nk,block", [(100, 70, 32), (64, 64, 64), (33, 129, 16)])
@@ -19,23 +15,39 @@ def test_values_and_gradients_equal_the_reference(nq, nk, block):
   q, k, v = _qkv(np.random.randint(1 << 30), nq=nq, nk=nk)
   ref = jax.nn.dot_product_attention(q, k, v, implementation="xla")
   out = blockwise_attention(q, k, v, block, block)
-  np.testing.assert_allclose(out, ref, rtol=1e-5, atol=1e-5)
+  want = _numpy_attention(q, k, v, np.ones((1, 1, nq, nk), bool))
+  np.testing.assert_allclose(out, want, rtol=0, atol=attention_error_bound(q, k, v, block))
   w = jax.random.normal(jax.random.key(1), ref.shape)  # A random cotangent.
   loss = lambda f: lambda q, k, v: jnp.sum(f(q, k, v) * w)
   g_ref = jax.grad(loss(lambda q, k, v: jax.nn.dot_product_attention(q, k, v)), (0, 1, 2))(q, k, v)
   g = jax.grad(loss(lambda q, k, v: blockwise_attention(q, k, v, block, block)), (0, 1, 2))(q, k, v)
   for a, b in zip(g, g_ref):
-    np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-5 * float(jnp.abs(b).max()))
+    np.testing.assert_allclose(a, b, rtol=0, atol=gradient_gap_bound(b, q, k, block))
 
 
-def _numpy_attention(q, k, v, mask):
-  """float64 softmax attention, `[B, N, H, D]` layout, `mask [B, 1, Nq, Nk]` (True = attend)."""
+def attention_error_bound(q, k, v, block: int) -> float:
+  """Bound on |float32 attention - exact| for q `[B, Nq, H, D]`, k, v `[B, Nk, H, D]`.
+
+  A logit q.k / sqrt(D) errs by at most gamma_D sum_i |q_i k_i| / sqrt(D) =: e; logits off by at
+  most e move each softmax weight by a factor within exp(+-2e), so the weighted mean of v moves by
+  at most (exp(2e) - 1) max|v|. The float32 softmax and weighted sum then round at most
+  2 Nk + ceil(Nk / block) + 8 times in a row (exp, the two sums over keys, the blockwise
+  rescalings, the division), each relative to sum_j p_j |v_j| <= max|v|.
+  """
   q, k, v = (np.asarray(x, np.float64) for x in (q, k, v))
-  logits = np.einsum("bnhd,bmhd->bhnm", q, k) / np.sqrt(q.shape[-1])
-  logits = np.where(mask, logits, -np.inf)
-  p = np.exp(logits - logits.max(-1, keepdims=True))
-  p /= p.sum(-1, keepdims=True)
-  return np.einsum("bhnm,bmhd->bnhd", p, v)
+  d, nk = q.shape[-1], k.shape[1]
+  logit_sum = np.einsum("bnhd,bmhd->bhnm", np.abs(q), np.abs(k)).max() / np.sqrt(d)
+  e = gamma(d) * logit_sum
+  rounds = 2 * nk + -(-nk // block) + 8
+  return float((np.expm1(2 * e) + gamma(rounds)) * np.abs(v).max())
+
+
+def gradient_gap_bound(grad, q, k, block: int) -> float:
+  """Bound on max|a - b| for two float32 attention backward passes that add in other orders:
+  about 16 reductions (twice the forward's), the longest over max(Nq, Nk) terms plus a rescaling
+  a block, each within gamma of the gradients' scale max|grad|."""
+  n = max(q.shape[1], k.shape[1])
+  return forward_gap_bound(float(jnp.abs(grad).max()), 1, n + -(-n // block), 16)
 
 
 def test_xla_attention_equals_float64_softmax_with_a_mask_and_jax_nn_gradients():
@@ -46,14 +58,15 @@ def test_xla_attention_equals_float64_softmax_with_a_mask_and_jax_nn_gradients()
   mask[:, :, :, 0] = True  # Every query keeps a key (the model's text masks do).
   mask = np.broadcast_to(mask, (2, 1, 37, 23))
   out = xla_attention(q, k, v, jnp.asarray(mask))
-  np.testing.assert_allclose(out, _numpy_attention(q, k, v, mask), rtol=1e-5, atol=1e-6)
+  np.testing.assert_allclose(out, _numpy_attention(q, k, v, mask), rtol=0,
+                             atol=attention_error_bound(q, k, v, block=23))
   w = jax.random.normal(jax.random.key(seed), out.shape)
   loss = lambda f: lambda q, k, v: jnp.sum(f(q, k, v, jnp.asarray(mask)) * w)
   g = jax.grad(loss(xla_attention), (0, 1, 2))(q, k, v)
   g_ref = jax.grad(loss(lambda q, k, v, m: jax.nn.dot_product_attention(q, k, v, mask=m)),
                    (0, 1, 2))(q, k, v)
   for a, b in zip(g, g_ref):
-    np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-5 * float(jnp.abs(b).max()))
+    np.testing.assert_allclose(a, b, rtol=0, atol=gradient_gap_bound(b, q, k, block=23))
 
 
 def test_bfloat16_inputs_stay_within_bf16_rounding():
@@ -86,7 +99,9 @@ def test_the_model_with_blockwise_attention_equals_xla():
   params = {"params": randomize(variables["params"], seed)}
   ref = VideoDiT(cfg).apply(params, x, t, text, mask)
   out = VideoDiT(cfg.replace(attention_impl="blockwise")).apply(params, x, t, text, mask)
-  np.testing.assert_allclose(out, ref, rtol=1e-5, atol=1e-5)
+  # Two float32 forwards that add in other orders; the longest reduction is the MLP's 4 * width.
+  tol = forward_gap_bound(float(np.abs(ref).max()), cfg.depth, 4 * cfg.width)
+  np.testing.assert_allclose(out, ref, rtol=0, atol=tol)
 
 
 def test_splash_refuses_other_backends_with_a_clear_message():

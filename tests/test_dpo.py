@@ -7,7 +7,8 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from densedpo_jax import dpo, losses
+from densedpo_jax import dpo
+from tests.helpers import dense_dpo_reference
 
 B, T, H, W, C, L, D = 3, 4, 2, 2, 3, 5, 6
 
@@ -116,20 +117,77 @@ def test_zero_lora_gives_log2(rng, dense):
   assert np.any(np.asarray(g["b"]) != 0)
 
 
+EPS32 = float(np.finfo(np.float32).eps)
+gamma = lambda n: n * EPS32 / (1 - n * EPS32)  # Higham's bound on n float32 roundings in a row.
+
+
+def _error_gap_bound(params, lora, batch, noise):
+  """`[2, 2B, T]` bound on |a - b| for two float32 computations a, b of the per-frame errors
+  (policy, reference) that round differently (jit fuses and contracts, eager does not).
+
+  An error is a mean of n = H*W*C squared residuals d = target - v. Each computation of d rounds
+  at most m = 2C + 12 times along a chain whose absolute terms add up to A (the same formula on
+  absolute values: |x0| + |eps| + |x_t| |w| + ...), plus the text mean of L*D terms; so
+  |d_a - d_b| <= 2 (gamma_m A + gamma_{L*D} mean|text|) =: delta, and the errors differ by at
+  most 2 gamma_n e + mean(2 |d| delta + delta^2).
+  """
+  t = np.asarray(noise["t"], np.float64)[:, None, None, None, None]
+  x0 = {k: np.asarray(batch[k], np.float64) for k in ("latent_a", "latent_b")}
+  eps = {"latent_a": np.asarray(noise["eps_a"], np.float64),
+         "latent_b": np.asarray(noise["eps_b"], np.float64)}
+  mask = np.asarray(batch["text_mask"])
+  text_abs = (np.abs(np.asarray(batch["text_emb"], np.float64)) * mask[..., None]).mean((1, 2))
+  p64 = jax.tree.map(lambda a: np.asarray(a, np.float64), params)
+  l64 = jax.tree.map(lambda a: np.asarray(a, np.float64), lora)
+  abs_p, abs_l = jax.tree.map(np.abs, p64), jax.tree.map(np.abs, l64)
+  bounds = []
+  for lora_on in (True, False):
+    rows = []
+    for k in ("latent_a", "latent_b"):
+      x_t = (1 - t) * x0[k] + t * eps[k]
+      d = eps[k] - x0[k] - toy_numpy(p64, l64, x_t, np.asarray(noise["t"]), batch["text_emb"],
+                                     mask, lora_on)
+      x_abs = (1 - t) * np.abs(x0[k]) + t * np.abs(eps[k])
+      a = (np.abs(eps[k]) + np.abs(x0[k]) + x_abs
+           + toy_numpy(abs_p, abs_l, x_abs, np.asarray(noise["t"]), np.abs(batch["text_emb"]),
+                       mask, lora_on))
+      delta = 2 * (gamma(2 * C + 12) * a + gamma(L * D) * text_abs[:, None, None, None, None])
+      e = (d ** 2).mean((2, 3, 4))
+      rows.append(2 * gamma(H * W * C) * e + (2 * np.abs(d) * delta + delta ** 2).mean((2, 3, 4)))
+    bounds.append(np.concatenate(rows))
+  return np.stack(bounds)
+
+
 def test_dpo_loss_composes_errors_and_losses_under_jit(rng):
+  """jit(dpo_loss) equals the float64 DenseDPO formula on the eager errors, within the float32
+  rounding of both: the error gap bound above, times beta / 2 (z is beta / 2 times a signed sum
+  of four errors, and -log sigmoid moves by at most |dz|), plus z's and the mean's own roundings.
+  """
   params, lora, batch, key = make(rng)
-  errs = dpo.dpo_errors(toy_apply, params, lora, batch, key)
+  noise = dpo.draw_noise(batch, key)
+  batch = {**batch, **noise}
+  errs = {k: np.asarray(v, np.float64) for k, v in
+          dpo.dpo_errors(toy_apply, params, lora, batch, key).items()}
   beta = float(rng.uniform(10, 100))
   step = jax.jit(lambda l, batch: dpo.dpo_loss(toy_apply, params, l, batch, key, beta=beta))
   loss, metrics = step(lora, batch)
-  want, _ = losses.dense_dpo_loss(**errs, labels=batch["labels"], beta=beta)
-  np.testing.assert_allclose(loss, want, rtol=1e-5)
-  # Segment granularity with one segment per video equals Flow-DPO on the mean errors.
+  labels = np.asarray(batch["labels"])
+  want = dense_dpo_reference(errs, labels, beta)
+  gap = _error_gap_bound(params, lora, batch, noise)  # [policy/ref, a|b, T]
+  per_unit = gap[:, :B].sum(0) + gap[:, B:].sum(0)  # the four errors of each unit
+  size = sum(np.abs(e) for e in errs.values())
+  tol = float(np.max((beta / 2) * (2 * per_unit + 2 * gamma(4) * size))) + 2 * gamma(B * T) * want
+  np.testing.assert_allclose(float(loss), want, rtol=0, atol=tol)
+  # Segment granularity with one segment per video equals Flow-DPO on the mean errors: the same
+  # formula on means of T errors summed in another order (2 gamma_T of each mean, times beta/2).
   ones = {**batch, "labels": jnp.ones((B, T), jnp.int32), "segment_ids": jnp.zeros((B, T), int)}
   seg, _ = dpo.dpo_loss(toy_apply, params, lora, ones, key, beta=beta, granularity="segment")
   glob, _ = dpo.dpo_loss(toy_apply, params, lora, {**batch, "labels": jnp.ones(B)}, key,
                          beta=beta, dense=False)
-  np.testing.assert_allclose(seg, glob, rtol=1e-5)
+  means = sum(e.mean(1) for e in errs.values())
+  tol = (float(np.max((beta / 2) * (2 * gamma(T) + 2 * gamma(4)) * means))
+         + 2 * gamma(B) * float(glob))
+  np.testing.assert_allclose(float(seg), float(glob), rtol=0, atol=tol)
 
 
 def test_bad_batch_raises(rng):

@@ -196,13 +196,14 @@ def test_bad_videos_and_labels_name_the_manifest_line_and_field(wan, tmp_path):
     encode.encode_dataset(encoders, bad, str(tmp_path / "d"), "p", SETTINGS, log=lambda s: None)
 
 
+@pytest.mark.e2e
 def test_the_whole_real_model_path(wan, tmp_path):
   """encode -> task=pairs (Wan, straight from the diffusers folder) with decoding -> labels from a
   JSONL file (task=label) -> task=train DenseDPO -> task=evaluate with decoding."""
   from configs import evaluate as evaluate_config, label as label_config, pairs as pairs_config
   from densedpo_jax import evaluate, pairs, train
   from densedpo_jax.labeling import task as label_task
-  from tests.test_train import tiny_config
+  from tests.helpers import tiny_config
   folder, encoders = wan
   lines = []
   for i in range(4):

@@ -9,7 +9,7 @@ import pytest
 from configs import evaluate as evaluate_config
 from densedpo_jax import evaluate, train
 from densedpo_jax.data import arrayrecord_io
-from tests.test_train import C, H, T, W, tiny_config, write_videos
+from tests.helpers import C, H, T, W, tiny_config, write_videos
 
 
 @pytest.fixture(scope="module")
@@ -35,6 +35,7 @@ def test_markdown_table_lists_models_and_metrics():
                                 "| base | 0.500 | 1.000 |", "| dense | 0.250 | 0.750 |"]
 
 
+@pytest.mark.e2e
 def test_export_for_external_evaluators(zero_model, tmp_path):
   root, videos, train_config = zero_model
   c = evaluate_config.get_config()

@@ -10,7 +10,9 @@ import pytest
 from configs import experiment as experiment_config
 from densedpo_jax import experiment, experiment_report, experiment_stats
 from densedpo_jax.data import arrayrecord_io
-from tests.conftest import TINY_MODEL
+from tests.helpers import TINY_MODEL
+
+pytestmark = pytest.mark.e2e  # Whole jobs through their stages.
 
 
 def _config(root, results):

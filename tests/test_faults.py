@@ -16,7 +16,7 @@ from orbax.checkpoint._src.path import atomicity
 
 from densedpo_jax import checkpointing, train
 from densedpo_jax.data import arrayrecord_io, schema, summary
-from tests.test_train import tiny_config, write_pairs, write_videos
+from tests.helpers import tiny_config, write_pairs, write_videos
 
 
 def _checkpoint_dirs(workdir):
@@ -36,6 +36,7 @@ def slow_saves(monkeypatch):
   monkeypatch.setattr(atomicity.AtomicRenameTemporaryPath, "finalize", slow)
 
 
+@pytest.mark.e2e
 def test_a_nan_with_a_save_in_flight_keeps_that_checkpoint(slow_saves, tmp_path):
   data = write_videos(str(tmp_path / "videos"))
   config = tiny_config("flow_matching", data, total_steps=10, checkpoint_every=1,
@@ -132,13 +133,14 @@ def _events(workdir, tag="loss"):
   return sorted(out)
 
 
+@pytest.mark.e2e
 def test_sigterm_then_resume_logs_every_step_exactly_once(tmp_path):
   data = write_videos(str(tmp_path / "videos"))
   workdir = str(tmp_path / "run")
   total = 60
   script = (
       "import sys, json; sys.path.insert(0, %r)\n"
-      "from tests.test_train import tiny_config\n"
+      "from tests.helpers import tiny_config\n"
       "from densedpo_jax import train\n"
       "c = tiny_config('flow_matching', %r, total_steps=%d, log_every=5, checkpoint_every=10)\n"
       "h = train.train_and_evaluate(c, %r)\n"

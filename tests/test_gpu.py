@@ -9,8 +9,8 @@ import pytest
 
 from densedpo_jax.model import VideoDiT, get_dit_config
 from densedpo_jax.model.attention import attention, xla_attention
-from tests.test_attention import _numpy_attention, _qkv
-from tests.test_model import randomize
+from tests.helpers import numpy_attention as _numpy_attention, qkv as _qkv
+from tests.helpers import randomize
 
 pytestmark = pytest.mark.skipif(jax.default_backend() != "gpu", reason="needs a GPU (cuDNN)")
 BF16_ULP = 2.0 ** -8

@@ -6,28 +6,9 @@ import numpy as np
 import pytest
 
 from densedpo_jax.data import arrayrecord_io
-from densedpo_jax.data import schema
 from densedpo_jax.labeling import oracle
-from densedpo_jax.shapesworld import artifacts
-from densedpo_jax.shapesworld import world
-
-PROMPT = "a red circle moves to the right"
-
-
-def _video(speed, start=(8.0, 5.0), direction="right"):
-  return world.render(world.Scene("red", "circle", direction, speed, start))
-
-
-def _pair(pid, a, b, prompt=PROMPT):
-  return schema.PairRecord(id=pid, prompt=prompt, text_emb=np.zeros((4, 8), np.float32),
-                           text_mask=np.ones(4, bool), latent_a=np.asarray(a, np.float32),
-                           latent_b=np.asarray(b, np.float32), num_frames=16, fps=8.0, frames_per_segment=4,
-                           seed_a=1, seed_b=2)
-
-
-def _corrupt_segment(v, segment, kind="ghosting", severity=0.8):
-  return artifacts.corrupt(v, artifacts.segment_frames(segment, 4, 16), kind, severity, rng=segment)
-
+from tests.helpers import (PROMPT, corrupt_segment as _corrupt_segment, world_pair as _pair,
+                           world_video as _video)
 
 def test_majority_vote_hand_cases():
   assert oracle.majority_vote([1, 1, -1, 0]) == 1

@@ -3,20 +3,10 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
-from flax import linen as nn
 from flax import traverse_util
 
-from densedpo_jax.model import LoRAConfig, VideoDiT, get_dit_config, merge_lora
-from tests.test_model import SMALL, _inputs, randomize
-
-
-def _setup(seed, **lora_kw):
-  cfg = get_dit_config("tiny", **SMALL, lora=LoRAConfig(rank=4, alpha=8.0, **lora_kw))
-  model = VideoDiT(cfg)
-  x, t, text, mask = _inputs(seed)
-  variables = model.init(jax.random.key(seed), x, t, text, mask)
-  params = randomize(variables["params"], seed + 1)
-  return cfg, model, params, nn.unbox(variables["lora"]), (x, t, text, mask)
+from densedpo_jax.model import LoRAConfig, VideoDiT, merge_lora
+from tests.helpers import SMALL, lora_setup as _setup, randomize
 
 
 def test_fresh_adapter_is_the_base_model():

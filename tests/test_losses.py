@@ -1,4 +1,5 @@
-"""Losses against float64 NumPy references written here from the formulas (DESIGN.md section 1)."""
+"""Losses against float64 NumPy references written from the formulas (DESIGN.md section 1;
+the unit loop is `tests/helpers.dpo_units_reference`)."""
 import os
 
 import jax
@@ -7,8 +8,8 @@ import numpy as np
 import pytest
 
 from densedpo_jax import losses
+from tests.helpers import dpo_units_reference, gamma
 
-RTOL, ATOL = 2e-5, 1e-6
 METRICS = ("loss", "implicit_acc", "reward_margin", "policy_err_win", "policy_err_lose",
            "ref_err_win", "ref_err_lose", "nontie_frac")
 
@@ -23,49 +24,17 @@ def rng():
 # ----------------------------------------------------------------------------- references
 
 
-def ref_units(e, labels, valid, beta):
-  """Loss and metrics from per-unit errors e = (ta, ra, tb, rb) `[B, U]`, written as loops."""
-  ta, ra, tb, rb = (np.asarray(x, np.float64) for x in e)
-  pair_losses, zs, wins = [], [], []
-  n_valid = 0
-  for i in range(ta.shape[0]):
-    unit_losses = []
-    for j in range(ta.shape[1]):
-      if not valid[i, j]:
-        continue
-      n_valid += 1
-      s = labels[i, j]
-      if s == 0:
-        continue
-      z = -(beta / 2) * s * ((ta[i, j] - ra[i, j]) - (tb[i, j] - rb[i, j]))
-      unit_losses.append(np.logaddexp(0.0, -z))  # -log sigmoid(z)
-      zs.append(z)
-      wins.append((ta[i, j], tb[i, j], ra[i, j], rb[i, j]) if s == 1
-                  else (tb[i, j], ta[i, j], rb[i, j], ra[i, j]))
-    if unit_losses:
-      pair_losses.append(np.mean(unit_losses))
-  zs, wins = np.array(zs), np.array(wins)
-  return {
-      "loss": np.mean(pair_losses),
-      "implicit_acc": np.mean((zs > 0) + 0.5 * (zs == 0)),
-      "reward_margin": zs.mean(),
-      "policy_err_win": wins[:, 0].mean(), "policy_err_lose": wins[:, 1].mean(),
-      "ref_err_win": wins[:, 2].mean(), "ref_err_lose": wins[:, 3].mean(),
-      "nontie_frac": len(zs) / n_valid,
-  }
-
-
 def ref_dense(e, labels, beta):
-  return ref_units(e, labels, np.ones(labels.shape, bool), beta)
+  return dpo_units_reference(e, labels, np.ones(labels.shape, bool), beta)
 
 
 def ref_flow(e, labels, beta):
-  return ref_units([np.asarray(x)[:, None] for x in e], labels[:, None], np.ones((len(labels), 1),
+  return dpo_units_reference([np.asarray(x)[:, None] for x in e], labels[:, None], np.ones((len(labels), 1),
                                                                                   bool), beta)
 
 
 def ref_segment(e, labels, segment_ids, beta):
-  """Averages each segment's errors, labels it s when all its frames are s, then ref_units."""
+  """Averages each segment's errors, labels it s when all its frames are s, then dpo_units_reference."""
   b, t = labels.shape
   seg_e = [np.zeros((b, t)) for _ in e]
   seg_labels = np.zeros((b, t), int)
@@ -80,7 +49,7 @@ def ref_segment(e, labels, segment_ids, beta):
         out[i, k] = np.mean([np.float64(x[i, j]) for j in frames])
       frame_labels = {labels[i, j] for j in frames}
       seg_labels[i, k] = frame_labels.pop() if len(frame_labels) == 1 else 0
-  return ref_units(seg_e, seg_labels, valid, beta)
+  return dpo_units_reference(seg_e, seg_labels, valid, beta)
 
 
 def random_errors(rng, shape):
@@ -93,9 +62,28 @@ def random_labels(rng, shape, ties=True):
   return labels.astype(np.int32)
 
 
-def assert_metrics(got, want):
+def dpo_atol(e, beta, per_unit=1):
+  """Bound on |float32 - float64| of the DPO loss and of `reward_margin` for errors `e` (four
+  arrays, one entry a unit, or `per_unit` entries averaged into one). A unit's
+  z = beta / 2 * s * ((ta - ra) - (tb - rb)) rounds 3 times (plus the average's per_unit) over
+  terms that add up to sum|e|; -log sigmoid moves by at most |dz|; the means over the U units then
+  round gamma_(U + 4) times a value at most beta / 2 * sum|e| + 1 (softplus(-z) <= |z| + log 2)."""
+  size = float(np.max(sum(np.abs(np.asarray(x, np.float64)) for x in e)))
+  units = np.asarray(e[0]).size
+  return (beta / 2) * gamma(3 + per_unit) * size + gamma(units + 4) * ((beta / 2) * size + 1)
+
+
+def assert_metrics(got, want, e, beta, per_unit=1, sides=1):
+  """The metrics within their float32 rounding: z's as `dpo_atol`, the error means within gamma_U
+  of max|e|, the fractions (means of 0, 1/2 and 1) within gamma_U; `sides=2` when `want` is a
+  float32 computation too."""
+  units = np.asarray(e[0]).size
+  atol = {"loss": dpo_atol(e, beta, per_unit), "reward_margin": dpo_atol(e, beta, per_unit),
+          "implicit_acc": gamma(units), "nontie_frac": gamma(units)}
+  err_atol = gamma(units + per_unit) * float(np.max([np.abs(x).max() for x in e]))
   for name in METRICS:
-    np.testing.assert_allclose(got[name], want[name], rtol=RTOL, atol=ATOL, err_msg=name)
+    np.testing.assert_allclose(got[name], want[name], rtol=0,
+                               atol=sides * atol.get(name, err_atol), err_msg=name)
 
 
 # ----------------------------------------------------------------------------- values
@@ -105,8 +93,8 @@ def test_flow_dpo_matches_reference(rng):
   e, labels, beta = random_errors(rng, (7,)), random_labels(rng, (7,), ties=False), 4.0
   loss, metrics = losses.flow_dpo_loss(*e, labels, beta)
   want = ref_flow(e, labels, beta)
-  np.testing.assert_allclose(loss, want["loss"], rtol=RTOL)
-  assert_metrics(metrics, want)
+  np.testing.assert_allclose(loss, want["loss"], rtol=0, atol=dpo_atol(e, beta))
+  assert_metrics(metrics, want, e, beta)
 
 
 def test_dense_frame_matches_reference(rng):
@@ -114,8 +102,8 @@ def test_dense_frame_matches_reference(rng):
   labels[2] = 0  # a pair with no non-tie frame contributes nothing and does not divide
   loss, metrics = losses.dense_dpo_loss(*e, labels, beta)
   want = ref_dense(e, labels, beta)
-  np.testing.assert_allclose(loss, want["loss"], rtol=RTOL)
-  assert_metrics(metrics, want)
+  np.testing.assert_allclose(loss, want["loss"], rtol=0, atol=dpo_atol(e, beta))
+  assert_metrics(metrics, want, e, beta)
 
 
 def test_dense_segment_matches_reference(rng):
@@ -126,7 +114,7 @@ def test_dense_segment_matches_reference(rng):
   labels[0, segment_ids[0] == 3] = 1  # at least one non-tie segment
   _, metrics = losses.dense_dpo_loss(*e, labels, beta, granularity="segment",
                                      segment_ids=segment_ids)
-  assert_metrics(metrics, ref_segment(e, labels, segment_ids, beta))
+  assert_metrics(metrics, ref_segment(e, labels, segment_ids, beta), e, beta, per_unit=t)
 
 
 @pytest.mark.parametrize("s", [1, -1])
@@ -136,21 +124,24 @@ def test_dense_one_segment_equals_flow_dpo(rng, s):
   dense_loss, dense_metrics = losses.dense_dpo_loss(
       *e, np.full((b, t), s), beta, granularity="segment", segment_ids=np.zeros((b, t), int))
   flow_loss, flow_metrics = losses.flow_dpo_loss(*[x.mean(1) for x in e], np.full((b,), s), beta)
-  np.testing.assert_allclose(dense_loss, flow_loss, rtol=RTOL)
-  assert_metrics(dense_metrics, flow_metrics)
+  # Two float32 computations (each within dpo_atol of the exact value) of one-segment means.
+  np.testing.assert_allclose(dense_loss, flow_loss, rtol=0, atol=2 * dpo_atol(e, beta, t))
+  assert_metrics(dense_metrics, flow_metrics, e, beta, per_unit=t, sides=2)
 
 
 def test_swap_members_and_negate_labels_is_invariant(rng):
-  ta, ra, tb, rb = random_errors(rng, (4, 5))
+  e = random_errors(rng, (4, 5))
+  ta, ra, tb, rb = e
   labels, beta = random_labels(rng, (4, 5)), 6.0
   loss, metrics = losses.dense_dpo_loss(ta, ra, tb, rb, labels, beta)
   loss_swapped, metrics_swapped = losses.dense_dpo_loss(tb, rb, ta, ra, -labels, beta)
-  np.testing.assert_allclose(loss_swapped, loss, rtol=RTOL)
-  assert_metrics(metrics_swapped, metrics)
+  np.testing.assert_allclose(loss_swapped, loss, rtol=0, atol=2 * dpo_atol(e, beta))
+  assert_metrics(metrics_swapped, metrics, e, beta, sides=2)
   s = random_labels(rng, (4,), ties=False)
   flow, _ = losses.flow_dpo_loss(ta[:, 0], ra[:, 0], tb[:, 0], rb[:, 0], s, beta)
   flow_swapped, _ = losses.flow_dpo_loss(tb[:, 0], rb[:, 0], ta[:, 0], ra[:, 0], -s, beta)
-  np.testing.assert_allclose(flow_swapped, flow, rtol=RTOL)
+  np.testing.assert_allclose(flow_swapped, flow, rtol=0,
+                             atol=2 * dpo_atol([x[:, 0] for x in (ta, ra, tb, rb)], beta))
 
 
 def test_ties_contribute_nothing(rng):
@@ -158,7 +149,8 @@ def test_ties_contribute_nothing(rng):
   loss = losses.dense_dpo_loss(*e, labels, beta)[0]
   changed = [np.where(labels == 0, x + rng.uniform(-5, 5, x.shape).astype(np.float32), x)
              for x in e]
-  np.testing.assert_allclose(losses.dense_dpo_loss(*changed, labels, beta)[0], loss, rtol=RTOL)
+  np.testing.assert_allclose(losses.dense_dpo_loss(*changed, labels, beta)[0], loss, rtol=0,
+                             atol=2 * dpo_atol(e, beta))
   grads = jax.grad(lambda *e: losses.dense_dpo_loss(*e, labels, beta)[0], argnums=(0, 1, 2, 3))(
       *e)
   for g in grads:
@@ -263,7 +255,8 @@ def test_all_tie_and_bad_labels_under_jit(rng):
   # Inside jit, values outside {-1, +1} count as ties.
   labels = random_labels(rng, (3, 4))
   bad = np.where(labels == 0, 2, labels)
-  np.testing.assert_allclose(loss_fn(e, bad)[0], ref_dense(e, labels, beta)["loss"], rtol=RTOL)
+  np.testing.assert_allclose(loss_fn(e, bad)[0], ref_dense(e, labels, beta)["loss"], rtol=0,
+                             atol=dpo_atol(e, beta))
 
 
 # ----------------------------------------------------------------------------- flow matching
@@ -272,14 +265,15 @@ def test_all_tie_and_bad_labels_under_jit(rng):
 def test_flow_matching_loss_and_per_frame_error(rng):
   v, target = (rng.normal(size=(3, 4, 2, 3, 2)).astype(np.float32) for _ in range(2))
   se = (v.astype(np.float64) - target) ** 2
-  np.testing.assert_allclose(losses.flow_matching_loss(v, target)[0], se.mean(), rtol=RTOL)
+  rtol = gamma(v.size + 3)  # A mean of n float32 squares of float32 differences.
+  np.testing.assert_allclose(losses.flow_matching_loss(v, target)[0], se.mean(), rtol=rtol)
   mask = rng.uniform(size=(3, 4)) > 0.4
   mask[0, 0] = True
   want = se[mask].mean()
-  np.testing.assert_allclose(losses.flow_matching_loss(v, target, mask)[0], want, rtol=RTOL)
+  np.testing.assert_allclose(losses.flow_matching_loss(v, target, mask)[0], want, rtol=rtol)
   assert float(losses.flow_matching_loss(v, target, np.zeros(3))[0]) == 0.0
   np.testing.assert_allclose(losses.per_frame_error(v, target), se.mean(axis=(2, 3, 4)),
-                             rtol=RTOL)
+                             rtol=rtol)
   with pytest.raises(ValueError, match="mask"):
     losses.flow_matching_loss(v, target, np.ones(4))
   with pytest.raises(ValueError, match="v_target"):

@@ -7,7 +7,8 @@ import pytest
 from densedpo_jax import motion_analysis
 from densedpo_jax.data import arrayrecord_io
 from densedpo_jax.labeling import oracle
-from tests.test_labeling import _corrupt_segment, _pair, _video
+from tests.helpers import (corrupt_segment as _corrupt_segment, world_pair as _pair,
+                           world_video as _video)
 
 
 def test_winner_speed_statistics_of_segment_labels(tmp_path):

@@ -14,7 +14,7 @@ from densedpo_jax import pairs, sampling
 from densedpo_jax.data import arrayrecord_io, tfds_builder
 from densedpo_jax.shapesworld import judge
 from densedpo_jax.model import VideoDiT, get_dit_config
-from tests.test_train import D, L, T, H, W, C, write_videos
+from tests.helpers import D, L, T, H, W, C, write_videos
 
 
 @pytest.fixture(scope="module")

@@ -2,10 +2,14 @@
 import json
 import os
 
+import pytest
+
 from configs import dense
 from densedpo_jax import pipeline
 from densedpo_jax.data import arrayrecord_io
-from tests.conftest import TINY_MODEL
+from tests.helpers import TINY_MODEL
+
+pytestmark = pytest.mark.e2e  # Whole jobs through their stages.
 
 
 def _config(root):

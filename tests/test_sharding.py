@@ -8,6 +8,7 @@ from jax.sharding import PartitionSpec as P
 
 from densedpo_jax import sharding
 from densedpo_jax.model import LoRAConfig, VideoDiT, get_dit_config
+from tests.helpers import forward_gap_bound
 
 
 def test_mesh_shape_resolution():
@@ -132,9 +133,13 @@ def test_context_parallelism_equals_one_device_and_gathers_keys(impl):
   seed = np.random.randint(1 << 30)
   v1, g1, data_only = _lora_grads_on_mesh((2, 1, 1, 1), impl, seed)  # A video a device.
   v4, g4, context = _lora_grads_on_mesh((2, 1, 1, 4), impl, seed)  # A quarter of its tokens.
-  np.testing.assert_allclose(v4, v1, rtol=1e-5, atol=1e-5 * float(jnp.abs(v1).max()))
-  for a, b in zip(jax.tree_util.tree_leaves(g4), jax.tree_util.tree_leaves(g1)):
-    np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-5 * float(jnp.abs(b).max()))
+  # Two float32 forwards that add in other orders (gathered keys, another attention order);
+  # the longest reductions are the MLP's 4 * width = 128 terms and a video's 64 keys.
+  tol = forward_gap_bound(float(jnp.abs(v1).max()), depth=2, reduction=128)
+  np.testing.assert_allclose(v4, v1, rtol=0, atol=tol)
+  for a, b in zip(jax.tree_util.tree_leaves(g4), jax.tree_util.tree_leaves(g1)):  # Backward: 2x.
+    np.testing.assert_allclose(a, b, rtol=0, atol=forward_gap_bound(float(jnp.abs(b).max()), 2,
+                                                                     128, 16))
   hlo = context.as_text()
   assert "all-gather" in hlo and "all-gather" not in data_only.as_text()
   if impl == "xla":  # Self-attention logits [1 video, 2 heads, queries, keys]: 16 x 64, not 64^2.
@@ -144,6 +149,7 @@ def test_context_parallelism_equals_one_device_and_gathers_keys(impl):
     assert temp(context) < 0.5 * temp(data_only)
 
 
+@pytest.mark.e2e
 def test_context_parallelism_in_bfloat16_compiles_and_stays_within_bf16_rounding():
   """bf16 compute: the shard_map's collectives run in float32 (XLA:CPU crashed on bf16 ones)."""
   seed = np.random.randint(1 << 30)

@@ -16,8 +16,8 @@ from densedpo_jax.model import (LoRAConfig, WanConfig, build, forward_flops, get
 from densedpo_jax.model.layers import rope_3d, rope_axis_dims
 from densedpo_jax.model.layout import stack_blocks
 from densedpo_jax.model.wan import apply_rope_interleaved
-from tests.test_model import randomize
-from tests.test_train import D, tiny_config, write_pairs
+from tests.helpers import randomize
+from tests.helpers import D, forward_gap_bound, tiny_config, write_pairs
 
 TINY = dict(width=32, depth=2, num_heads=2, ffn_dim=48, in_channels=3, text_dim=D, text_len=8)
 
@@ -89,7 +89,11 @@ def test_scanned_and_rematerialised_layers_equal_the_loop():
   v = build(cfg).apply(variables, x, t, text, mask)
   scanned = {"params": stack_blocks(variables["params"], cfg.depth)}
   v_scan = build(cfg.replace(scan_layers=True, remat_policy="full")).apply(scanned, x, t, text, mask)
-  np.testing.assert_allclose(v_scan, v, atol=1e-5)
+  # Two float32 forwards that add in other orders; the longest reduction is the timestep
+  # embedding's (time_freq_dim) or the MLP's (ffn_dim).
+  reduction = max(cfg.time_freq_dim, cfg.ffn_dim, cfg.text_dim)
+  tol = forward_gap_bound(float(np.abs(v).max()), cfg.depth, reduction)
+  np.testing.assert_allclose(v_scan, v, rtol=0, atol=tol)
 
 
 def test_lora_off_is_the_base_model_and_on_differs():
@@ -123,6 +127,7 @@ def test_family_switch_in_the_run_config():
     model_config(c)
 
 
+@pytest.mark.e2e
 def test_dense_dpo_on_a_tiny_wan_through_the_trainer(tmp_path):
   data = write_pairs(str(tmp_path / "pairs"))
   cfg = tiny_wan()
@@ -179,7 +184,7 @@ def test_guided_pairs_from_a_tiny_wan_through_task_pairs(tmp_path):
   from configs import pairs as pairs_config
   from densedpo_jax import flow, pairs
   from densedpo_jax.data import arrayrecord_io
-  from tests.test_train import write_videos
+  from tests.helpers import write_videos
   cfg = tiny_wan()
   params = _init(cfg, seed=4)["params"]
   pretrained.save_params(str(tmp_path / "base"), params, cfg)

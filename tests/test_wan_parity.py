@@ -19,7 +19,7 @@ from densedpo_jax.model import LoRAConfig, build, get_model_config, load_pretrai
 from densedpo_jax.model.pretrained import abstract_params  # noqa: E402
 from densedpo_jax.model.layers import rope_3d  # noqa: E402
 from densedpo_jax.model.wan import WanBlock, WanConditionEmbedder  # noqa: E402
-from tests.test_train import tiny_config, write_pairs  # noqa: E402
+from tests.helpers import forward_gap_bound, gamma, tiny_config, write_pairs  # noqa: E402
 
 TEXT_LEN = 8
 # diffusers' own tiny test config (tests/models/transformers/test_models_transformer_wan.py), and
@@ -81,14 +81,24 @@ def _rel(a, b):
   return float(np.abs(np.asarray(a, np.float64) - b).max() / np.abs(b).max())
 
 
+def _parity_bound(depth: int) -> float:
+  """Bound on `_rel` for float32 JAX against float32 PyTorch (other kernels, other orders) over
+  `depth` blocks of reductions: the longest has the 256 timestep frequencies (width, ffn_dim and
+  the tokens are shorter), and the timestep angles t * 1000 * f (|angle| <= 1000) round to
+  1000 eps, which the embedder's reductions then carry like theirs."""
+  return forward_gap_bound(1.0, depth, 256)
+
+
 def test_rope_tables_equal_diffusers(tiny):
   model, folder = tiny
   hidden = torch.zeros(1, 16, 3, 8, 10)
   cos_ref, sin_ref = (r[0, :, 0].numpy() for r in model.rope(hidden))
   cos, sin = rope_3d((3, 4, 5), model.config.attention_head_dim)
-  # diffusers repeats each angle for the two channels of its pair.
-  np.testing.assert_allclose(np.repeat(cos, 2, -1), cos_ref, atol=1e-6)
-  np.testing.assert_allclose(np.repeat(sin, 2, -1), sin_ref, atol=1e-6)
+  # diffusers repeats each angle for the two channels of its pair. An angle p * f (p <= 4 here,
+  # f <= 1) rounds within a few eps of its size in each library, as do cos and sin.
+  tol = 2 * gamma(4) * (4 + 1)
+  np.testing.assert_allclose(np.repeat(cos, 2, -1), cos_ref, rtol=0, atol=tol)
+  np.testing.assert_allclose(np.repeat(sin, 2, -1), sin_ref, rtol=0, atol=tol)
 
 
 def test_condition_embedder_and_one_block_equal_diffusers(tiny):
@@ -101,9 +111,9 @@ def test_condition_embedder_and_one_block_equal_diffusers(tiny):
   with torch.no_grad():
     temb_ref, proj_ref, ctx_ref, _ = model.condition_embedder(torch.from_numpy(t * 1000),
                                                               torch.from_numpy(text))
-  assert _rel(temb, temb_ref.numpy()) < 1e-5
-  assert _rel(proj, proj_ref.unflatten(1, (6, -1)).numpy()) < 1e-5
-  assert _rel(context, ctx_ref.numpy()) < 1e-5
+  assert _rel(temb, temb_ref.numpy()) < _parity_bound(1)
+  assert _rel(proj, proj_ref.unflatten(1, (6, -1)).numpy()) < _parity_bound(1)
+  assert _rel(context, ctx_ref.numpy()) < _parity_bound(1)
 
   rng = np.random.default_rng(2)
   x = rng.normal(size=(2, 60, cfg.width)).astype(np.float32)
@@ -115,7 +125,7 @@ def test_condition_embedder_and_one_block_equal_diffusers(tiny):
     rotary = model.rope(torch.zeros(1, 16, 3, 8, 10))
     ref = model.blocks[0](torch.from_numpy(x), torch.from_numpy(enc), proj_ref.unflatten(1, (6, -1)),
                           rotary).numpy()
-  assert _rel(out, ref) < 1e-5
+  assert _rel(out, ref) < _parity_bound(1)
 
 
 def test_whole_model_equals_diffusers_in_float32(tiny):
@@ -123,7 +133,8 @@ def test_whole_model_equals_diffusers_in_float32(tiny):
   module, variables = load_pretrained(folder, text_len=TEXT_LEN)
   x, t, text, mask = _inputs(_fresh())
   ours = module.apply(variables, *map(jnp.asarray, (x, t, text, mask)))
-  assert _rel(ours, _torch_forward(model, x, t, text, mask)) <= 1e-5
+  assert _rel(ours, _torch_forward(model, x, t, text, mask)) <= _parity_bound(
+      module.cfg.depth)
 
 
 def test_bfloat16_is_as_close_to_float32_as_diffusers_bfloat16(tiny):
@@ -229,7 +240,8 @@ def test_merged_export_loads_in_diffusers(trained, tmp_path):
   module, exported = load_pretrained(str(root / "run"), text_len=TEXT_LEN)
   x, t, text, mask = _inputs(_fresh())
   ours = module.apply(exported, *map(jnp.asarray, (x, t, text, mask)))
-  assert _rel(ours, _torch_forward(merged, x, t, text, mask)) <= 1e-5
+  assert _rel(ours, _torch_forward(merged, x, t, text, mask)) <= _parity_bound(
+      module.cfg.depth)
 
 
 def test_export_of_a_videodit_run_is_refused(tmp_path):

@@ -12,8 +12,8 @@ pytest.importorskip("torch")  # benchmarks/vs_pytorch.py, which both tools build
 
 from benchmarks import profile_step, step_variants  # noqa: E402
 from densedpo_jax.model import VideoDiT  # noqa: E402
-from tests.test_lora import _setup  # noqa: E402
-from tests.test_model import randomize  # noqa: E402
+from tests.helpers import lora_setup as _setup  # noqa: E402
+from tests.helpers import randomize  # noqa: E402
 
 
 @pytest.mark.parametrize("name", ["fused_qkv", "merged_lora", "dots_3d"])
