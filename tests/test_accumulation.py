@@ -77,6 +77,7 @@ def test_micro_batches_keep_their_rows_on_their_devices():
     train_step.split_micro_batches(jnp.zeros(12), 4, shards=4)
 
 
+@pytest.mark.e2e
 def test_a_bf16_base_keeps_a_float32_adapter_through_accumulation():
   """Wan 14B ships its frozen base in bf16: the adapter (and so its gradients, accumulated in a
   scan carry) stays float32, and the accumulated step equals the unsplit one."""

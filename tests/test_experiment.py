@@ -12,8 +12,6 @@ from densedpo_jax import experiment, experiment_report, experiment_stats
 from densedpo_jax.data import arrayrecord_io
 from tests.helpers import TINY_MODEL
 
-pytestmark = pytest.mark.e2e  # Whole jobs through their stages.
-
 
 def _config(root, results):
   c = experiment_config.get_config("mini")
@@ -28,6 +26,7 @@ def _config(root, results):
   return c
 
 
+@pytest.mark.e2e
 def test_every_arm_runs_and_the_report_has_every_column(world, tmp_path):
   workdir, results_md = str(tmp_path / "exp"), str(tmp_path / "results" / "sw.md")
   c = _config(world, results_md)
@@ -185,6 +184,7 @@ def test_claims_hold_only_when_the_interval_excludes_zero_under_every_seed():
   assert "holds" in row and "fails" in row and row.endswith("| no |")
 
 
+@pytest.mark.e2e
 def test_arm_settings_reach_the_pairs_labels_and_training(world, tmp_path):
   c = _config(world, str(tmp_path / "results" / "m.md"))
   c.unlock()

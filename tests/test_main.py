@@ -57,3 +57,26 @@ def test_default_workdir_follows_the_config_name():
 def test_pairs_task_needs_a_model():
   out = _run("--config=configs/pairs.py", "--config.init_from=")
   assert out.returncode != 0 and "config.init_from is empty" in out.stderr
+
+
+@pytest.mark.parametrize("tool,required", [("convert", "family"), ("decode", "--records"),
+                                           ("encode", "--weights"), ("export", "--workdir")])
+def test_each_tool_alias_runs_its_interop_main(tool, required, capsys):
+  """`python -m densedpo_jax.TOOL` is the interop tool's own `main`: without its arguments it
+  stops with argparse's usage naming the missing one."""
+  import importlib
+  pytest.importorskip("torch")
+  alias = importlib.import_module(f"densedpo_jax.{tool}")
+  assert alias.main is importlib.import_module(f"densedpo_jax.interop.{tool}").main
+  with pytest.raises(SystemExit) as stop:
+    alias.main([])
+  assert stop.value.code == 2 and required in capsys.readouterr().err
+
+
+def test_the_model_tool_lists_every_preset(monkeypatch, capsys):
+  from densedpo_jax.model import FAMILIES
+  from densedpo_jax.model import __main__ as model_tool
+  monkeypatch.setattr(sys, "argv", ["densedpo_jax.model", "--lora_rank=4"])
+  model_tool.main()
+  out = capsys.readouterr().out
+  assert all(preset in out for _, presets in FAMILIES.values() for preset in presets)

@@ -15,9 +15,12 @@ REMAT = {"model.remat_policy": "full", "model.scan_layers": True}
 
 @pytest.mark.parametrize("model,mesh", [
     (REMAT, (1, 8, 1, 1)),
-    ({"model.scan_layers": True}, (1, 8, 1, 1)),
-    ({**REMAT, "model.attention_impl": "blockwise"}, (1, 8, 1, 1)),
-    (REMAT, (1, 4, 1, 2))])  # Context parallelism: each video's tokens over 2 devices.
+    # The other layouts compile a step each: whole runs' time, so outside the quick tier.
+    pytest.param({"model.scan_layers": True}, (1, 8, 1, 1), marks=pytest.mark.e2e),
+    pytest.param({**REMAT, "model.attention_impl": "blockwise"}, (1, 8, 1, 1),
+                 marks=pytest.mark.e2e),
+    # Context parallelism: each video's tokens over 2 devices.
+    pytest.param(REMAT, (1, 4, 1, 2), marks=pytest.mark.e2e)])
 def test_plan_agrees_with_the_compiled_step(model, mesh):
   config = with_overrides(dense.get_config(), **{
       "data.batch_size": 8, "mesh.shape": mesh, "model.preset": "small", **model})

@@ -35,6 +35,7 @@ def base_workdir(data, tmp_path_factory):
   return workdir, losses
 
 
+@pytest.mark.e2e
 def test_flow_matching_loss_goes_down(base_workdir):
   _, losses = base_workdir
   assert np.mean(losses[-5:]) < 0.7 * np.mean(losses[:5])
@@ -66,6 +67,7 @@ def test_pretraining_continues_from_exported_weights(data, base_workdir, tmp_pat
                          after, before)
 
 
+@pytest.mark.e2e
 @pytest.mark.parametrize("loss", ["dense_dpo", "flow_dpo"])
 def test_dpo_learns_the_preference_and_moves_only_lora(loss, data, base_workdir, tmp_path):
   workdir = str(tmp_path)
