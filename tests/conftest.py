@@ -1,22 +1,5 @@
-"""Shared test setup: eight fake CPU devices so sharding tests can build a real mesh."""
-import atexit
-import os
-import shutil
-import tempfile
-
-# Must run before JAX initialises its backends.
-os.environ.setdefault("XLA_FLAGS", "--xla_force_host_platform_device_count=8")
-os.environ.setdefault("JAX_PLATFORMS", "cpu")
-# One persistent compilation cache for the session (and the subprocesses it starts): many tests
-# build the same tiny train step, sampler or evaluation again, and the experiment test alone
-# compiles each of them a dozen times. The folder is new per session, so no run reads
-# another's executables.
-_CACHE = tempfile.mkdtemp(prefix="densedpo_jax_xla_cache_")
-atexit.register(shutil.rmtree, _CACHE, ignore_errors=True)
-os.environ.setdefault("JAX_COMPILATION_CACHE_DIR", _CACHE)
-os.environ.setdefault("JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS", "0.3")
-
-import pytest  # noqa: E402  (after the environment is set)
+"""Fixtures shared by the end-to-end tests (the environment is set in the root conftest.py)."""
+import pytest
 
 
 @pytest.fixture(scope="session")

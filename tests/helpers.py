@@ -26,15 +26,16 @@ def gamma(n: int) -> float:
 
 def forward_gap_bound(scale: float, depth: int, reduction: int, reductions_per_block: int = 8
                       ) -> float:
-  """Bound on max|a - b| for two float32 forwards of the same DiT that add in other orders (scan
-  vs loop, blockwise vs XLA attention, context parallel vs one device, JAX vs PyTorch).
+  """A first-order model of max|a - b| for two float32 forwards of the same DiT that add in other
+  orders (scan vs loop, blockwise vs XLA attention, context parallel vs one device, JAX vs
+  PyTorch): worst-case rounding (n u, not the typical sqrt(n) u) under an assumption on scale.
 
   Each block has about `reductions_per_block` reductions (q, k, v, scores, weighted values, out,
   fc_in, fc_out) of at most `reduction` terms; each errs by at most gamma(reduction) times the
   absolute sum of its terms, which LayerNorm'd inputs and the tests' weights keep within the
   activations' scale `scale` (max |output|). Both forwards err, each block adds its error to the
   residual stream, and the output projection carries it out: 2 * depth * reductions_per_block *
-  gamma(reduction) * scale.
+  gamma(reduction) * scale. (u is taken as 2^-23, twice round-to-nearest's 2^-24.)
   """
   return 2 * depth * reductions_per_block * gamma(reduction) * scale
 

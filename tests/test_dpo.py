@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 
 from densedpo_jax import dpo
-from tests.helpers import dense_dpo_reference
+from tests.helpers import dense_dpo_reference, gamma
 
 B, T, H, W, C, L, D = 3, 4, 2, 2, 3, 5, 6
 
@@ -115,10 +115,6 @@ def test_zero_lora_gives_log2(rng, dense):
   g = jax.grad(lambda l: dpo.dpo_loss(toy_apply, params, l, batch, key, beta=100.0,
                                       dense=dense)[0])(lora)
   assert np.any(np.asarray(g["b"]) != 0)
-
-
-EPS32 = float(np.finfo(np.float32).eps)
-gamma = lambda n: n * EPS32 / (1 - n * EPS32)  # Higham's bound on n float32 roundings in a row.
 
 
 def _error_gap_bound(params, lora, batch, noise):

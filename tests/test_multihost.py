@@ -87,7 +87,7 @@ print("RESULT", json.dumps(calls), flush=True)
 """
 
 
-N_PAIRS = 8  # tiny_config's global batch: one pair a device in both runs.
+N_PAIRS = tiny_config("dense_dpo", "unused").data.batch_size  # One pair a device in both runs.
 GAMMA = gamma(N_PAIRS - 1)  # The error bound of a float32 sum of N_PAIRS terms (Higham).
 
 
@@ -104,8 +104,9 @@ def multihost_tolerances(one: dict, lr: float, n_trainable: int
     2 * gamma_7 * loss (the division by 8 is exact).
   - grad_norm: each coordinate g_i is a sum of 8 per-pair terms, so |dg_i| <= 2 gamma_7 S_i with
     S = mean_b |g_b| (elementwise), and |d||g||| <= ||dg|| <= 2 gamma_7 ||S|| <= 2 gamma_7 K ||g||,
-    where K bounds the pairs' gradient cancellation, mean_b ||g_b|| <= K ||mean_b g_b||. We take
-    K = 8 (the per-pair gradients' mean keeps at least 1/8 of their average length).
+    where K bounds the pairs' gradient cancellation, mean_b ||g_b|| <= K ||mean_b g_b||. This
+    is an assumption, not a derivation: K = 8 (the per-pair gradients' mean keeps at least 1/8
+    of their average length).
   Step 3 runs after the first real AdamW step (lr from step 2). Its update u = lr m/sqrt(v) is
   homogeneous of degree 0 in (g1_i, g2_i) with sup(|g1 du/dg1| + |g2 du/dg2|) = c_A = 1.0003 at
   b1 = 0.9, b2 = 0.999 (evaluated on the unit circle); global-norm clipping rescales each g by a
@@ -113,12 +114,13 @@ def multihost_tolerances(one: dict, lr: float, n_trainable: int
   error is r_i moves by at most lr c_A (r_i1 + r_i2), and the loss moves to first order by
   sum_i |g3_i| |du_i| <= lr c_A 2 (2 gamma_7) sum_i S_i <= lr c_A 4 gamma_7 sqrt(N) K G, with
   N trainable parameters and G the largest grad_norm of steps 1-3 (|g3_i| r_i <= 2 gamma_7 S_i
-  when g3 is about g2, which one lr-1e-2 step keeps). Plus step 3's own reduction term.
+  when g3 is about g2, which one lr-1e-2 step keeps); the clipping norms' errors add as much
+  again. Plus step 3's own reduction term.
   """
   c_adam, k_cancel = 1.0003, float(N_PAIRS)
   big_g = max(one[s]["grad_norm"] for s in (1, 2, 3))
   tol = {s: 2 * GAMMA * one[s]["loss"] for s in (1, 2, 3)}
-  tol[3] += lr * c_adam * 4 * GAMMA * np.sqrt(n_trainable) * k_cancel * big_g
+  tol[3] += 2 * lr * c_adam * 4 * GAMMA * np.sqrt(n_trainable) * k_cancel * big_g
   return tol, 2 * GAMMA * k_cancel
 
 
@@ -230,7 +232,10 @@ def test_two_processes_match_one_and_stop_together_on_sigterm(tmp_path):
     for h in histories[:2]:
       np.testing.assert_allclose(h[s]["grad_norm"], one[s]["grad_norm"], rtol=grad_rtol)
   # The bounds still see a relative 1e-4 change of a loss where the parameters are equal.
-  assert all(1e-4 * one[s]["loss"] > loss_tol[s] for s in (1, 2)), loss_tol
+  for s in (1, 2):
+    with pytest.raises(AssertionError):
+      np.testing.assert_allclose(histories[0][s]["loss"] * (1 + 1e-4), one[s]["loss"], rtol=0,
+                                 atol=loss_tol[s])
   losses = [one[s]["loss"] for s in range(1, 5)]
   assert one[1]["grad_norm"] > 0 and max(losses) - min(losses) > 1e-3, losses
   png = [np.asarray(Image.open(os.path.join(d, "samples", "step_0000003.png")), np.int16)
@@ -295,11 +300,11 @@ def test_two_processes_split_evaluation_samples_and_join_them(tmp_path):
   mask = np.repeat(np.stack([np.asarray(r.text_mask, bool) for r in records]), 2, axis=0)
   want = np.asarray(run(params, jax.random.split(jax.random.key(spec.seed), 10), text, mask))
   assert want.shape == (10, 16, 16, 16, 3) and np.abs(want).max() > 0
-  # Batches of 3 and 1 against one of 10 compile other programs: two Euler steps (Lipschitz of
-  # v = the DiT's output taken as 1 per unit time at this weight scale), each through a depth-2
-  # forward whose longest reduction is the MLP's 4 * width = 128.
+  # Batches of 3 and 1 against one of 10 compile other programs: two Euler steps (the DiT's
+  # Lipschitz constant in x taken as 1 at this weight scale, and max|v| as max|x|), each through
+  # a depth-2 forward whose longest reduction is the timestep embedding's time_freq_dim.
   scale = float(np.abs(want).max())
-  tol = spec.num_steps * forward_gap_bound(scale, cfg.depth, 4 * cfg.width) + euler_gap_bound(
+  tol = spec.num_steps * forward_gap_bound(scale, cfg.depth, cfg.time_freq_dim) + euler_gap_bound(
       spec.num_steps, scale)
   for pid in (0, 1):
     np.testing.assert_allclose(np.load(tmp_path / f"videos{pid}.npy"), want, rtol=0, atol=tol)

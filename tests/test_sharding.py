@@ -134,12 +134,12 @@ def test_context_parallelism_equals_one_device_and_gathers_keys(impl):
   v1, g1, data_only = _lora_grads_on_mesh((2, 1, 1, 1), impl, seed)  # A video a device.
   v4, g4, context = _lora_grads_on_mesh((2, 1, 1, 4), impl, seed)  # A quarter of its tokens.
   # Two float32 forwards that add in other orders (gathered keys, another attention order);
-  # the longest reductions are the MLP's 4 * width = 128 terms and a video's 64 keys.
-  tol = forward_gap_bound(float(jnp.abs(v1).max()), depth=2, reduction=128)
+  # the longest reduction is the timestep embedding's 256 frequencies (the MLP's has 128).
+  tol = forward_gap_bound(float(jnp.abs(v1).max()), depth=2, reduction=256)
   np.testing.assert_allclose(v4, v1, rtol=0, atol=tol)
   for a, b in zip(jax.tree_util.tree_leaves(g4), jax.tree_util.tree_leaves(g1)):  # Backward: 2x.
     np.testing.assert_allclose(a, b, rtol=0, atol=forward_gap_bound(float(jnp.abs(b).max()), 2,
-                                                                     128, 16))
+                                                                     256, 16))
   hlo = context.as_text()
   assert "all-gather" in hlo and "all-gather" not in data_only.as_text()
   if impl == "xla":  # Self-attention logits [1 video, 2 heads, queries, keys]: 16 x 64, not 64^2.
