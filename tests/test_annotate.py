@@ -155,7 +155,7 @@ def test_a_token_is_required_off_loopback_and_no_path_escapes(pairs, tmp_path):
     server.server_close()
 
 
-def test_gold_pairs_and_the_report(pairs, tmp_path):
+def test_gold_pairs_and_the_report(pairs, tmp_path, capsys):
   items = items_from_dataset(pairs, "pairs")
   gold = gold_items(items, 2)
   assert gold[0].gold == [0, 0] and np.array_equal(gold[0].frames[0], gold[0].frames[1])
@@ -174,6 +174,13 @@ def test_gold_pairs_and_the_report(pairs, tmp_path):
   # first (-1: 1/4, 0: 1/4, 1: 1/2), second (-1: 1/2, 0: 0, 1: 1/2): expected 1/8 + 0 + 1/4.
   assert r["kappa"] == pytest.approx((0.75 - 0.375) / (1 - 0.375))
   assert r["double_labeled_pairs"] == 2 and len(r["kappa_by_segment"]) == 2
+  # `python -m densedpo_jax.annotate report FILE` prints that report as a table.
+  from densedpo_jax.annotate import __main__ as annotate_tool
+  path = tmp_path / "labels.jsonl"
+  path.write_text("".join(json.dumps(line) + "\n" for line in lines))
+  annotate_tool.main(["report", str(path)])
+  out = capsys.readouterr().out
+  assert "| a | 3 |" in out and "| b | 3 |" in out and "50.0%" in out
 
 
 @pytest.mark.e2e
