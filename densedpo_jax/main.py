@@ -24,7 +24,10 @@ _COORDINATOR = flags.DEFINE_string("coordinator_address", None, "host:port of pr
 _NUM_PROCESSES = flags.DEFINE_integer("num_processes", None, "Processes in the job (with "
                                       "--coordinator_address); None: detected.")
 _PROCESS_ID = flags.DEFINE_integer("process_id", None, "This process's index; None: detected.")
-TASKS = ("train", "pairs", "label", "evaluate", "pipeline", "experiment")
+TASKS = ("train", "pairs", "label", "evaluate", "pipeline")
+# Tasks of the research projects beside the library, which has no import of them.
+MOVED = {"experiment": "python -m projects.shapesworld_paper.main "
+                       "--config=projects/shapesworld_paper/configs/experiment.py[:ARG]"}
 
 
 def default_workdir(config_path: str) -> str:
@@ -33,7 +36,9 @@ def default_workdir(config_path: str) -> str:
   return os.path.join("workdirs", f"{name}_{arg}" if arg else name)
 
 
-def main(argv):
+def setup(argv) -> tuple:
+  """(config, workdir) of the parsed flags, with the console, the log file in the workdir and,
+  when asked, jax.distributed set up: what every entry point does before its task."""
   if len(argv) > 1:
     raise app.UsageError(f"Unexpected arguments: {argv[1:]}")
   verbosity = flags.FLAGS.verbosity  # Read once: absl's set_verbosity (in setup) rewrites it.
@@ -52,6 +57,14 @@ def main(argv):
                jax.devices()[0].platform, workdir, os.path.join(workdir, "logs", name))
   logging.info("Config:\n%s", config, extra={console.FILE_ONLY: True})
   logging.info(host_memory.describe(), extra={console.FILE_ONLY: True})
+  return config, workdir
+
+
+def main(argv):
+  task = _CONFIG.value.get("task")
+  if task in MOVED:
+    raise SystemExit(f"error: task={task} is not a task of densedpo_jax.main; run {MOVED[task]}")
+  config, workdir = setup(argv)
   if config.task not in TASKS:
     raise ValueError(f"config.task={config.task!r}; expected one of {TASKS}")
   if config.task == "train":
@@ -69,9 +82,6 @@ def main(argv):
   elif config.task == "pipeline":
     from densedpo_jax import pipeline
     pipeline.main(config, workdir)
-  elif config.task == "experiment":
-    from densedpo_jax import experiment
-    experiment.main(config, workdir)
   elif config.task == "label":
     from densedpo_jax.labeling import task
     task.main(config)
@@ -113,10 +123,16 @@ def check_config_overrides(argv: list[str]) -> str | None:
   return None
 
 
-if __name__ == "__main__":
-  _error = check_config_overrides(sys.argv[1:])
-  if _error:
-    print(_error, file=sys.stderr)
+def run(main_fn) -> None:
+  """Parses the flags and runs `main_fn(argv)`; an unknown `--config.x` key stops first, with
+  one line naming it."""
+  error = check_config_overrides(sys.argv[1:])
+  if error:
+    print(error, file=sys.stderr)
     sys.exit(2)
   flags.mark_flags_as_required(["config"])
-  app.run(main)
+  app.run(main_fn)
+
+
+if __name__ == "__main__":
+  run(main)

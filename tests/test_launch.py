@@ -1,12 +1,14 @@
-"""launch/*.sh --dry-run: each script prints the commands it would run (one a line, quoted for the
-shell) and runs none of them; without --dry-run it runs exactly those commands."""
+"""launch/*.sh and the ShapesWorld project's scripts, --dry-run: each script prints the commands
+it would run (one a line, quoted for the shell) and runs none of them; without --dry-run it runs
+exactly those commands."""
 import os
 import shlex
 import subprocess
 
 import pytest
 
-LAUNCH = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "launch")
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+LAUNCH = os.path.join(ROOT, "launch")
 CONFIG = "--config=configs/dense.py:paper"
 
 
@@ -77,24 +79,26 @@ def test_gpu_slurm_prints_one_srun_of_every_node(fake_bin):
 
 def test_shapesworld_scripts_print_their_jobs_and_write_nothing(fake_bin, tmp_path):
   workdir = tmp_path / "experiment"
-  lines, ran = _launch("reproduce_shapesworld.sh", "--dry-run", "--config.seed=1",
+  project = "projects/shapesworld_paper"
+  lines, ran = _launch(os.path.join(ROOT, project, "reproduce.sh"), "--dry-run", "--config.seed=1",
                        fake_bin=fake_bin, WORKDIR=str(workdir))
   assert ran == [] and not workdir.exists()
-  assert lines == [["python", "-m", "densedpo_jax.main", "--config=configs/experiment.py",
-                    f"--workdir={workdir}", "--config.seed=1"]]
+  assert lines == [["python", "-m", "projects.shapesworld_paper.main",
+                    f"--config={project}/configs/experiment.py", f"--workdir={workdir}",
+                    "--config.seed=1"]]
 
-  lines, ran = _launch("regenerate_results.sh", "--dry-run", fake_bin=fake_bin,
-                       WORKDIR=str(workdir), STAGES="1 4 6")
+  lines, ran = _launch(os.path.join(ROOT, project, "regenerate_results.sh"), "--dry-run",
+                       fake_bin=fake_bin, WORKDIR=str(workdir), STAGES="1 4 6")
   assert ran == [] and not workdir.exists()
   assert lines == [
-      ["mkdir", "-p", str(workdir), "results/logs"],
-      ["python", "-m", "densedpo_jax.main", "--config=configs/experiment.py:shapesworld",
-       f"--workdir={workdir}"],
-      ["python", "-m", "densedpo_jax.main", "--config=configs/experiment.py:motion",
-       f"--workdir={workdir}"],
-      ["python", "-m", "densedpo_jax.motion_analysis", f"--workdir={workdir}",
-       "--out=results/motion_analysis"],
-      ["python", "-m", "densedpo_jax.results_tables", "--readme=README.md"]]
+      ["mkdir", "-p", str(workdir), f"{project}/results/logs", "results/logs"],
+      ["python", "-m", "projects.shapesworld_paper.main",
+       f"--config={project}/configs/experiment.py:shapesworld", f"--workdir={workdir}"],
+      ["python", "-m", "projects.shapesworld_paper.main",
+       f"--config={project}/configs/experiment.py:motion", f"--workdir={workdir}"],
+      ["python", "-m", "projects.shapesworld_paper.motion_analysis", f"--workdir={workdir}",
+       f"--out={project}/results/motion_analysis"],
+      ["python", "-m", "projects.shapesworld_paper.tables", "--readme=README.md"]]
 
   run = tmp_path / "run"
   (run / "checkpoints" / "7" / "params").mkdir(parents=True)
@@ -109,9 +113,10 @@ def test_shapesworld_scripts_print_their_jobs_and_write_nothing(fake_bin, tmp_pa
 
 def test_every_launch_script_takes_dry_run():
   scripts = sorted(f for f in os.listdir(LAUNCH) if f.endswith(".sh") and not f.startswith("_"))
-  assert scripts == ["gpu_slurm.sh", "local_multiprocess.sh", "regenerate_results.sh",
-                     "reproduce_shapesworld.sh", "ship_base.sh", "tpu_pod.sh"]
-  for name in scripts:
-    with open(os.path.join(LAUNCH, name)) as f:
+  assert scripts == ["gpu_slurm.sh", "local_multiprocess.sh", "ship_base.sh", "tpu_pod.sh"]
+  project = os.path.join(ROOT, "projects", "shapesworld_paper")
+  for name in [os.path.join(LAUNCH, s) for s in scripts] + [
+      os.path.join(project, "reproduce.sh"), os.path.join(project, "regenerate_results.sh")]:
+    with open(name) as f:
       text = f.read()
     assert "parse_dry_run" in text and "--dry-run" in text.split("set -euo")[0], name

@@ -54,6 +54,26 @@ def test_default_workdir_follows_the_config_name():
   assert main.default_workdir("configs/pretrain.py:quick") == os.path.join("workdirs", "pretrain_quick")
 
 
+def test_the_experiment_task_names_the_project_entry_point(tmp_path):
+  out = _run("--config=projects/shapesworld_paper/configs/experiment.py:mini",
+             f"--workdir={tmp_path / 'w'}")
+  assert out.returncode != 0
+  last = out.stderr.strip().splitlines()[-1]
+  assert last == ("error: task=experiment is not a task of densedpo_jax.main; run python -m "
+                  "projects.shapesworld_paper.main "
+                  "--config=projects/shapesworld_paper/configs/experiment.py[:ARG]")
+  assert not (tmp_path / "w").exists()  # Stopped before the job made its workdir.
+
+
+def test_the_project_entry_point_refuses_a_product_config(tmp_path):
+  env = dict(os.environ, JAX_PLATFORMS="cpu")
+  out = subprocess.run([sys.executable, "-m", "projects.shapesworld_paper.main",
+                        "--config=configs/dense.py", f"--workdir={tmp_path}"], cwd=ROOT, env=env,
+                       capture_output=True, text=True, timeout=300)
+  assert out.returncode != 0
+  assert "config.task='pipeline'" in out.stderr and "densedpo_jax.main" in out.stderr
+
+
 def test_pairs_task_needs_a_model():
   out = _run("--config=configs/pairs.py", "--config.init_from=")
   assert out.returncode != 0 and "config.init_from is empty" in out.stderr
@@ -73,10 +93,31 @@ def test_each_tool_alias_runs_its_interop_main(tool, required, capsys):
   assert stop.value.code == 2 and required in capsys.readouterr().err
 
 
-def test_the_model_tool_lists_every_preset(monkeypatch, capsys):
-  from densedpo_jax.model import FAMILIES
+def _model_tool_output(monkeypatch, capsys, families=None):
   from densedpo_jax.model import __main__ as model_tool
+  if families is not None:
+    monkeypatch.setattr(model_tool, "FAMILIES", families)
   monkeypatch.setattr(sys, "argv", ["densedpo_jax.model", "--lora_rank=4"])
   model_tool.main()
-  out = capsys.readouterr().out
+  return capsys.readouterr().out
+
+
+def test_the_model_tool_prints_a_row_a_preset(monkeypatch, capsys):
+  from densedpo_jax.model import FAMILIES
+  # The smallest preset of each family (the 14B ones take a minute to trace).
+  small = {family: (module, {"tiny" if "tiny" in presets else "wan2.1-t2v-1.3b":
+                             presets["tiny" if "tiny" in presets else "wan2.1-t2v-1.3b"]})
+           for family, (module, presets) in FAMILIES.items()}
+  out = _model_tool_output(monkeypatch, capsys, small)
+  rows = out.splitlines()[1:]
+  assert len(rows) == len(small)
+  for row, (family, (_, presets)) in zip(rows, small.items()):
+    [(name, cfg)] = presets.items()
+    assert row.split()[:4] == [family, name, str(cfg.width), str(cfg.depth)]
+
+
+@pytest.mark.e2e
+def test_the_model_tool_lists_every_preset(monkeypatch, capsys):
+  from densedpo_jax.model import FAMILIES
+  out = _model_tool_output(monkeypatch, capsys)
   assert all(preset in out for _, presets in FAMILIES.values() for preset in presets)

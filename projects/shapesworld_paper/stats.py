@@ -70,22 +70,49 @@ def fmt_ci(mean: float, lo: float, hi: float, fmt: str = "+.3f") -> str:
   return f"{mean:{fmt}} [{lo:{fmt}}, {hi:{fmt}}]"
 
 
+def claim_results(by_arm: dict[str, list[dict]], eval_seeds: Sequence[str]) -> list[tuple]:
+  """(claim, [(mean, lo, hi, met)] per evaluation seed, reproduced) for every claim whose arms
+  ran; reproduced: met under every seed."""
+  out = []
+  for c in CLAIMS:
+    if c.arm not in by_arm or c.other not in by_arm:
+      continue
+    per_seed = []
+    for s in eval_seeds:
+      mean, lo, hi = bootstrap_diff(prompt_means(by_arm[c.arm], c.metric, s),
+                                    prompt_means(by_arm[c.other], c.metric, s))
+      per_seed.append((mean, lo, hi, c.holds(lo, hi)))
+    out.append((c, per_seed, all(p[3] for p in per_seed)))
+  return out
+
+
 def claims_table(by_arm: dict[str, list[dict]], eval_seeds: Sequence[str]) -> str:
   """One row per claim whose arms ran: the difference and its interval under each evaluation
   seed, and whether it is reproduced (holds under all of them)."""
   head = ["claim", "difference"] + [f"eval seed {s}: mean [95% CI]" for s in eval_seeds] + ["reproduced"]
   lines = ["| " + " | ".join(head) + " |", "|---" * len(head) + "|"]
-  for c in CLAIMS:
-    if c.arm not in by_arm or c.other not in by_arm:
-      continue
-    cells, verdicts = [], []
-    for s in eval_seeds:
-      mean, lo, hi = bootstrap_diff(prompt_means(by_arm[c.arm], c.metric, s),
-                                    prompt_means(by_arm[c.other], c.metric, s))
-      verdicts.append(c.holds(lo, hi))
-      cells.append(fmt_ci(mean, lo, hi) + (" holds" if verdicts[-1] else " fails"))
+  for c, per_seed, reproduced in claim_results(by_arm, eval_seeds):
+    cells = [fmt_ci(mean, lo, hi) + (" holds" if met else " fails")
+             for mean, lo, hi, met in per_seed]
     lines.append(f"| {c.text} | {c.metric}: {c.arm} {c.relation} {c.other} | " + " | ".join(cells)
-                 + f" | {'yes' if all(verdicts) else 'no'} |")
+                 + f" | {'yes' if reproduced else 'no'} |")
+  return "\n".join(lines)
+
+
+def claim_verdicts(by_arm: dict[str, list[dict]], eval_seeds: Sequence[str]) -> str:
+  """The claims table as sentences, one a claim: what a README says about each claim."""
+  lines = []
+  for i, (c, per_seed, reproduced) in enumerate(claim_results(by_arm, eval_seeds), 1):
+    if reproduced:
+      verdict = "reproduced"
+    elif any(p[3] for p in per_seed):
+      verdict = "not reproduced (" + ", ".join(
+          f"{'holds' if p[3] else 'fails'} under eval seed {s}"
+          for s, p in zip(eval_seeds, per_seed)) + ")"
+    else:
+      verdict = "not reproduced (fails under every eval seed)"
+    means = " / ".join(f"{p[0]:+.3f}" for p in per_seed)
+    lines.append(f"{i}. **{c.text}: {verdict}.** {c.metric}, {c.arm} minus {c.other}: {means}.")
   return "\n".join(lines)
 
 

@@ -1,11 +1,13 @@
-"""The README's result tables, rendered from `results/*.json` (never typed by hand).
+"""The READMEs' result tables, rendered from the results' JSON files (never typed by hand).
 
-    python -m densedpo_jax.results_tables --readme=README.md          # rewrite every table block
-    python -m densedpo_jax.results_tables --main_job=workdirs/main_job --out=results/main_job.json
+    python -m projects.shapesworld_paper.tables --readme=README.md    # rewrite every table block
+    python -m projects.shapesworld_paper.tables --main_job=workdirs/main_job \
+        --out=results/main_job.json                                    # record the main job
 
-A block in the README is `<!-- table:NAME -->`, the table, `<!-- /table -->`; `TABLES[NAME]`
-renders it from the JSON files under `results/`. tests/test_results_readme.py checks that the
-README's tables are what these files give.
+A block in a README is `<!-- table:NAME -->`, the table, `<!-- /table -->`; `TABLES[NAME]`
+renders it from this project's `results/*.json`, except `main_job`, which renders the
+repository's `results/main_job.json` (the main job's record, read by the repository README).
+tests/shapesworld_paper/test_tables.py checks that the READMEs' tables are what the files give.
 """
 from __future__ import annotations
 
@@ -16,9 +18,11 @@ from typing import Callable, Sequence
 
 from absl import app, flags
 
-from densedpo_jax import experiment_report as report
-from densedpo_jax import experiment_stats
+from projects.shapesworld_paper import report, stats
 
+ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+RESULTS = os.path.join(os.path.dirname(os.path.abspath(__file__)), "results")  # This project's.
+MAIN_JOB_RESULTS = os.path.join(ROOT, "results")  # The repository's: results/main_job.json.
 BLOCK = re.compile(r"(<!-- table:(\w+) -->\n)(.*?)(<!-- /table -->)", re.S)
 MAIN_JOB_COLUMNS = ("visual_quality", "temporal_consistency", "dynamic_degree", "fast_share",
                     "mean_speed", "text_alignment", "artifact_share")
@@ -27,7 +31,8 @@ MAIN_JOB_COLUMNS = ("visual_quality", "temporal_consistency", "dynamic_degree", 
 def load(results_dir: str, name: str) -> dict:
   path = os.path.join(results_dir, name)
   if not os.path.exists(path):
-    raise FileNotFoundError(f"{path} is missing: run launch/regenerate_results.sh")
+    raise FileNotFoundError(
+        f"{path} is missing: run projects/shapesworld_paper/regenerate_results.sh")
   with open(path) as f:
     return json.load(f)
 
@@ -93,12 +98,17 @@ def tune_table(d: str) -> str:
 
 def claims_table(d: str) -> str:
   r = load(d, "shapesworld.json")
-  return experiment_stats.claims_table(held_out(d), _seeds(r))
+  return stats.claims_table(held_out(d), _seeds(r))
+
+
+def verdicts_table(d: str) -> str:
+  r = load(d, "shapesworld.json")
+  return stats.claim_verdicts(held_out(d), _seeds(r))
 
 
 def motion_table(d: str) -> str:
   r = load(d, "shapesworld_motion.json")
-  return experiment_stats.difference_table(r["arms"], report.runs_by_arm(r["runs"]), "pretrained",
+  return stats.difference_table(r["arms"], report.runs_by_arm(r["runs"]), "pretrained",
                                            ("fast_share", "mean_speed", "visual_quality",
                                             "artifact_share"), _seeds(r))
 
@@ -135,17 +145,18 @@ def main_job_table(d: str) -> str:
 
 
 TABLES: dict[str, Callable[[str], str]] = {
-    "main": main_table, "claims": claims_table, "early": early_table, "tune": tune_table,
+    "main": main_table, "claims": claims_table, "verdicts": verdicts_table, "early": early_table, "tune": tune_table,
     "tuned": tuned_table, "motion": motion_table, "motion_segments": motion_segments_table,
     "bias": bias_table, "appendix_b": appendix_b_table, "main_job": main_job_table}
 
 
-def fill(text: str, results_dir: str = "results") -> str:
+def fill(text: str, results_dir: str = RESULTS, main_job_dir: str = MAIN_JOB_RESULTS) -> str:
   """`text` with every table block re-rendered; an unknown block name is an error."""
   def one(m):
     if m.group(2) not in TABLES:
       raise ValueError(f"unknown table block {m.group(2)!r}; expected one of {sorted(TABLES)}")
-    return m.group(1) + TABLES[m.group(2)](results_dir) + "\n" + m.group(4)
+    d = main_job_dir if m.group(2) == "main_job" else results_dir
+    return m.group(1) + TABLES[m.group(2)](d) + "\n" + m.group(4)
   return BLOCK.sub(one, text)
 
 
@@ -154,8 +165,8 @@ def main_job_record(workdir: str) -> dict:
   with open(os.path.join(workdir, "eval", "metrics.json")) as f:
     ev = json.load(f)
   stats_path = os.path.join(workdir, "pairs", "pairs_segment.label_stats.json")
-  stats = json.load(open(stats_path)) if os.path.exists(stats_path) else None
-  return {"workdir": workdir, "eval": ev, "label_stats": stats}
+  label_stats = json.load(open(stats_path)) if os.path.exists(stats_path) else None
+  return {"workdir": workdir, "eval": ev, "label_stats": label_stats}
 
 
 def main(argv: Sequence[str]) -> None:
@@ -164,20 +175,21 @@ def main(argv: Sequence[str]) -> None:
     with open(_OUT.value, "w") as f:
       json.dump(main_job_record(_MAIN_JOB.value), f, indent=1)
     print(f"wrote {_OUT.value}")
-  if _README.value:
-    with open(_README.value) as f:
+  for readme in _README.value or ():
+    with open(readme) as f:
       text = f.read()
-    with open(_README.value, "w") as f:
+    with open(readme, "w") as f:
       f.write(fill(text, _RESULTS.value))
-    print(f"rewrote the table blocks of {_README.value}")
+    print(f"rewrote the table blocks of {readme}")
 
 
 def define_flags() -> None:
   """Flags of the script (defined only when it runs, so that other entry points can share
   names such as --out in one process)."""
   global _README, _RESULTS, _MAIN_JOB, _OUT
-  _README = flags.DEFINE_string("readme", "", "rewrite the table blocks of this Markdown file")
-  _RESULTS = flags.DEFINE_string("results", "results", "folder of the results JSON files")
+  _README = flags.DEFINE_multi_string("readme", [], "rewrite the table blocks of this Markdown "
+                                      "file (repeatable)")
+  _RESULTS = flags.DEFINE_string("results", RESULTS, "folder of this project's results JSON files")
   _MAIN_JOB = flags.DEFINE_string("main_job", "", "main-job workdir to record into --out")
   _OUT = flags.DEFINE_string("out", "results/main_job.json", "where --main_job writes")
 

@@ -7,8 +7,8 @@ import os
 import numpy as np
 import pytest
 
-from configs import experiment as experiment_config
-from densedpo_jax import experiment, experiment_report, experiment_stats
+from projects.shapesworld_paper import experiment, report, stats
+from projects.shapesworld_paper.configs import experiment as experiment_config
 from densedpo_jax.data import arrayrecord_io
 from tests.helpers import TINY_MODEL
 
@@ -85,7 +85,7 @@ def test_every_arm_runs_and_the_report_has_every_column(world, tmp_path):
   for s in eval_seeds:
     table = text.split(f"## Metrics, evaluation seed {s}")[1].split("##")[0]
     header = next(line for line in table.splitlines() if line.startswith("| method"))
-    for _, title in experiment_report.COLUMNS:
+    for _, title in report.COLUMNS:
       assert f"| {title} " in header
     rows = [line for line in table.splitlines() if line.startswith("| ") and line != header]
     assert [row.split(" | ")[0][2:] for row in rows] == [a.title for a in experiment.ARMS.values()]
@@ -132,9 +132,9 @@ def _run_files(workdir):
 
 
 def test_mean_std_is_the_sample_std():
-  assert experiment_report.mean_std([1.0, 2.0, 3.0]) == "2.000 ± 1.000"
-  assert experiment_report.mean_std([0.5]) == "0.500"
-  assert experiment_report.mean_std([float("nan"), None]) == "–"
+  assert report.mean_std([1.0, 2.0, 3.0]) == "2.000 ± 1.000"
+  assert report.mean_std([0.5]) == "0.500"
+  assert report.mean_std([float("nan"), None]) == "–"
 
 
 def test_unknown_arm_is_an_error():
@@ -159,14 +159,14 @@ def test_arm_settings_parse_into_config_overrides_and_titles():
 def test_paired_bootstrap_matches_a_direct_resampling():
   rng = np.random.default_rng()
   a, b = rng.normal(0.5, 0.1, 30), rng.normal(0.45, 0.1, 30)
-  mean, lo, hi = experiment_stats.bootstrap_diff(a, b, num=4000, seed=3)
+  mean, lo, hi = stats.bootstrap_diff(a, b, num=4000, seed=3)
   # Reference: the same resampling written out with a loop, in float64.
   idx = np.random.default_rng(3).integers(0, 30, size=(4000, 30))
   boot = np.array([np.mean(a[i] - b[i]) for i in idx])
   assert mean == pytest.approx(np.mean(a - b), abs=1e-12)
   assert (lo, hi) == pytest.approx((np.percentile(boot, 2.5), np.percentile(boot, 97.5)), abs=1e-12)
   # A shift common to every prompt moves the interval by exactly that shift (pairing).
-  lo2, hi2 = experiment_stats.bootstrap_diff(a + 0.3, b, num=4000, seed=3)[1:]
+  lo2, hi2 = stats.bootstrap_diff(a + 0.3, b, num=4000, seed=3)[1:]
   assert (lo2 - lo, hi2 - hi) == pytest.approx((0.3, 0.3), abs=1e-12)
 
 
@@ -176,12 +176,19 @@ def test_claims_hold_only_when_the_interval_excludes_zero_under_every_seed():
   base = runs({"1": [0.5] * 8, "2": [0.5] * 8})
   slower = runs({"1": [0.3] * 8, "2": [0.5, 0.4] * 4})      # lower under both seeds
   mixed = runs({"1": [0.3] * 8, "2": [0.2, 0.8] * 4})       # lower under seed 1 only
-  text = experiment_stats.claims_table({"vanilla": slower, "pretrained": base}, ["1", "2"])
+  text = stats.claims_table({"vanilla": slower, "pretrained": base}, ["1", "2"])
   [row] = [line for line in text.splitlines() if line.startswith("| VanillaDPO slows")]
   assert row.count("holds") == 2 and row.endswith("| yes |")
-  text = experiment_stats.claims_table({"vanilla": mixed, "pretrained": base}, ["1", "2"])
+  text = stats.claims_table({"vanilla": mixed, "pretrained": base}, ["1", "2"])
   [row] = [line for line in text.splitlines() if line.startswith("| VanillaDPO slows")]
   assert "holds" in row and "fails" in row and row.endswith("| no |")
+  # The sentences say what the rows say: hand-computed means -0.2 / -0.05, then -0.2 / 0.0.
+  assert stats.claim_verdicts({"vanilla": slower, "pretrained": base}, ["1", "2"]) == (
+      "1. **VanillaDPO slows clips down: reproduced.** fast_share, vanilla minus pretrained: "
+      "-0.200 / -0.050.")
+  assert stats.claim_verdicts({"vanilla": mixed, "pretrained": base}, ["1", "2"]) == (
+      "1. **VanillaDPO slows clips down: not reproduced (holds under eval seed 1, fails under "
+      "eval seed 2).** fast_share, vanilla minus pretrained: -0.200 / +0.000.")
 
 
 @pytest.mark.e2e

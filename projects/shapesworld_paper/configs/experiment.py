@@ -1,9 +1,10 @@
-"""The ShapesWorld reproduction of the paper's findings (task=experiment, experiment.py).
+"""The ShapesWorld reproduction of the paper's findings (experiment.py beside this folder).
 
 Every call below shares one workdir (default workdirs/experiment): a run is named by its
 settings, so the calls reuse each other's pairs, labels and trained runs.
 
-    python -m densedpo_jax.main --config=configs/experiment.py:ARG --workdir=workdirs/experiment
+    python -m projects.shapesworld_paper.main \
+        --config=projects/shapesworld_paper/configs/experiment.py:ARG --workdir=workdirs/experiment
 
   shapesworld (default)  8 arms x 3 training seeds from the shipped base model, every arm at
                          beta 500 (the untuned setting); results/shapesworld.md and
@@ -19,12 +20,13 @@ settings, so the calls reuse each other's pairs, labels and trained runs.
   mini                   2 seeds, a few pairs and steps: checks that every arm runs
 Every model is scored under two independent sets of evaluation noise (`eval_seeds`). Every DPO
 setting comes from configs/dpo_common.py (the main job's), so the DenseDPO arm is the main job
-at the experiment's pair budget. `bash launch/regenerate_results.sh` runs them all.
+at the experiment's pair budget. `bash projects/shapesworld_paper/regenerate_results.sh` runs
+them all. results/ above is projects/shapesworld_paper/results/.
 """
 import ml_collections
 
 from configs import dpo_common
-from densedpo_jax.experiment import ARMS
+from projects.shapesworld_paper.experiment import ARMS
 
 
 ARGS = ("shapesworld", "tuned", "tune", "motion", "mini")
@@ -38,7 +40,8 @@ MOTION_ARMS = ("pretrained,dense,dense:wins=faster,dense:wins=slower,dense:eta=0
 def get_config(arg=None):
   arg = arg or "shapesworld"
   if arg not in ARGS:
-    raise ValueError(f"configs/experiment.py: unknown arg {arg!r}; expected one of {ARGS}")
+    raise ValueError(f"projects/shapesworld_paper/configs/experiment.py: unknown arg {arg!r}; "
+                     f"expected one of {ARGS}")
   c = dpo_common.dpo_config("dense_dpo", "guided", "segment", "shapesworld")
   c.task = "experiment"
   c.pairs.pairs_per_part = 128
@@ -50,7 +53,7 @@ def get_config(arg=None):
   e.early_step = 50  # Also evaluate this checkpoint of every run (drift); 0: never.
   # Two independent sets of evaluation noise: a claim holds only if it holds under both.
   e.eval_seeds = (1234, 5678)
-  e.results = "results/shapesworld.md"
+  e.results = "projects/shapesworld_paper/results/shapesworld.md"
   e.appendix_b = ml_collections.ConfigDict({
       "pool": 64,          # training videos to choose from (those whose shape covers the patch)
       "num_videos": 8, "draws": 8, "seed": 0,
@@ -62,18 +65,18 @@ def get_config(arg=None):
     # StructuralDPO's choice is step 50: a 50-step run (the learning rate is constant after
     # warm-up, so it is the 100-step run's step-50 checkpoint that the sweep scored).
     e.arms = "pretrained,vanilla:beta=2500,structural:beta=2500:steps=50,dense"
-    e.results = "results/shapesworld_tuned.md"
+    e.results = "projects/shapesworld_paper/results/shapesworld_tuned.md"
   if arg == "tune":  # Training prompts only: the held-out ones stay unseen by the choice.
     e.arms = ("pretrained,vanilla,vanilla:beta=2500,structural,structural:beta=2500,dense,"
               "dense:beta=2500")
     e.seeds, e.eval_seeds = (0,), (1234,)
     c.videos.split_eval = "train"
     c.evaluate.max_prompts = 18  # As many as the held-out split has.
-    e.results = "results/shapesworld_tune.md"
+    e.results = "projects/shapesworld_paper/results/shapesworld_tune.md"
   if arg == "motion":
     e.arms = MOTION_ARMS
     e.seeds = (0,)  # One training seed an arm (2 CPU cores); both evaluation noise sets.
-    e.results = "results/shapesworld_motion.md"
+    e.results = "projects/shapesworld_paper/results/shapesworld_motion.md"
   if arg in ("tuned", "tune", "motion"):
     e.appendix_b.num_videos = 0  # The main call has it.
   if arg == "mini":

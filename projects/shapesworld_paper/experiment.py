@@ -1,4 +1,4 @@
-"""task=experiment: the paper's comparisons on ShapesWorld, every arm from one base model.
+"""The paper's comparisons on ShapesWorld, every arm from one base model (main.py runs it).
 
 Every trained arm starts from `config.init_from` and runs the same steps at the same batch
 size (`config.total_steps`, `config.data.batch_size`); every model is sampled on the same
@@ -29,7 +29,7 @@ Workdir (each stage is skipped when its output exists, so a rerun resumes):
                                    evaluation seed, per prompt too (one folder a seed)
   appendix_b/                      the loss-difference maps (appendix_b.py)
   results.json                     everything the report shows
-The Markdown report goes to `config.experiment.results` (experiment_report.py), with
+The Markdown report goes to `config.experiment.results` (report.py), with
 `results.json` and the Appendix B figure beside it. On several processes every stage runs on
 all of them (training and pair generation split their work) and process 0 writes the records.
 """
@@ -46,7 +46,8 @@ from typing import Optional
 import ml_collections
 from absl import logging
 
-from densedpo_jax import appendix_b, distributed, evaluate, experiment_report, pairs, train
+from densedpo_jax import distributed, evaluate, pairs, train
+from projects.shapesworld_paper import appendix_b, report
 from densedpo_jax.data import arrayrecord_io, summary
 from densedpo_jax.labeling import task as label_task
 from densedpo_jax.pipeline import video_data, with_overrides
@@ -430,6 +431,6 @@ def write_report(results: dict, workdir: str, report: str, appendix_figure: str 
   figure = distributed.path(f"{stem}_appendix_b.png")
   if appendix_figure:
     figure.write_bytes(distributed.path(appendix_figure).read_bytes())
-  text = experiment_report.render(results, figure=figure.name)
+  text = report.render(results, figure=figure.name)
   distributed.write_text(report, text)
   print(text)

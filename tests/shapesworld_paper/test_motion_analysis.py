@@ -4,7 +4,7 @@ import dataclasses
 import numpy as np
 import pytest
 
-from densedpo_jax import motion_analysis
+from projects.shapesworld_paper import motion_analysis
 from densedpo_jax.data import arrayrecord_io
 from densedpo_jax.labeling import oracle
 from tests.helpers import (corrupt_segment as _corrupt_segment, world_pair as _pair,

@@ -1,7 +1,8 @@
 """Where DenseDPO's slowdown comes from: the motion inside guided pairs and their segment labels.
 
-    python -m densedpo_jax.motion_analysis --workdir=workdirs/experiment \
-        --out=results/motion_analysis [--motion=results/shapesworld_motion.json]
+    python -m projects.shapesworld_paper.motion_analysis --workdir=workdirs/experiment \
+        --out=projects/shapesworld_paper/results/motion_analysis \
+        [--motion=projects/shapesworld_paper/results/shapesworld_motion.json]
 
 For every guided pair set of an experiment workdir (one per eta range or segment length) and
 each of its segment-labeled subsets, the judge scores both members of every pair again and
@@ -26,7 +27,7 @@ from typing import Sequence
 import numpy as np
 from absl import app, flags
 
-from densedpo_jax import experiment_report, experiment_stats
+from projects.shapesworld_paper import report, stats
 from densedpo_jax.data import arrayrecord_io
 from densedpo_jax.labeling import oracle
 from densedpo_jax.shapesworld import judge
@@ -89,18 +90,18 @@ def ground_truth_motion(data_dir: str, split: str, max_videos: int = 512) -> dic
 def artifact_split(motion: dict) -> list[dict]:
   """Per trained arm and evaluation seed: the mean-speed change against the base model on
   prompts whose base samples have artifacts and on those without, with 95% bootstrap intervals."""
-  by_arm = experiment_report.runs_by_arm(motion["runs"])
+  by_arm = report.runs_by_arm(motion["runs"])
   if "pretrained" not in by_arm:
     return []
   out = []
   for arm, seed in ((a, str(s)) for a in by_arm if a != "pretrained"
                     for s in motion["config"]["eval_seeds"]):
-    base_art = experiment_stats.prompt_means(by_arm["pretrained"], "artifact_share", seed)
-    delta = (experiment_stats.prompt_means(by_arm[arm], "mean_speed", seed)
-             - experiment_stats.prompt_means(by_arm["pretrained"], "mean_speed", seed))
+    base_art = stats.prompt_means(by_arm["pretrained"], "artifact_share", seed)
+    delta = (stats.prompt_means(by_arm[arm], "mean_speed", seed)
+             - stats.prompt_means(by_arm["pretrained"], "mean_speed", seed))
     row = {"eval_seed": seed, "arm": arm}
     for key, sel in (("with_artifacts", base_art > 0), ("without", base_art == 0)):
-      row[key] = ({"prompts": int(sel.sum()), "speed_change": experiment_stats.bootstrap_diff(delta[sel])}
+      row[key] = ({"prompts": int(sel.sum()), "speed_change": stats.bootstrap_diff(delta[sel])}
                   if sel.sum() >= 2 else {"prompts": int(sel.sum()), "speed_change": None})
     out.append(row)
   return out
@@ -108,7 +109,7 @@ def artifact_split(motion: dict) -> list[dict]:
 
 def render(result: dict) -> str:
   lines = ["# Motion inside guided pairs and their segment labels", "",
-           "Written by `python -m densedpo_jax.motion_analysis`. Speeds are the judge's, px/frame.",
+           "Written by `python -m projects.shapesworld_paper.motion_analysis`. Speeds are the judge's, px/frame.",
            "", "## Members of a pair: speed difference by eta", "",
            "| pair set | labels | eta | pairs | members' mean speed | mean abs speed difference | "
            "share over 0.1 |", "|---|---|---|---|---|---|---|"]
@@ -140,7 +141,7 @@ def render(result: dict) -> str:
       cells = []
       for key in ("with_artifacts", "without"):
         c = r[key]["speed_change"]
-        cells += [str(r[key]["prompts"]), experiment_stats.fmt_ci(*c) if c else "–"]
+        cells += [str(r[key]["prompts"]), stats.fmt_ci(*c) if c else "–"]
       lines.append(f"| {r['arm']} | {r['eval_seed']} | " + " | ".join(cells) + " |")
   return "\n".join(lines) + "\n"
 
@@ -161,12 +162,12 @@ def run(workdir: str, out: str, motion_results: str = "", min_nontie_frac: float
         params = json.load(f).get("labeler_params", {})
       if params.get("flip_prob"):
         continue  # Flipped labels say nothing about the labeler's motion preference.
-      stats = analyse_labels(pair_dir, name, min_nontie_frac)
-      stats.update(pairs=os.path.basename(pair_dir), tie_margin=params.get("tie_margin"),
+      set_stats = analyse_labels(pair_dir, name, min_nontie_frac)
+      set_stats.update(pairs=os.path.basename(pair_dir), tie_margin=params.get("tie_margin"),
                    keep_wins=params.get("keep_wins", "all"),
                    eta_range=(side.get("metadata") or {}).get("eta_range"))
-      sets.append(stats)
-      print(f"motion_analysis: {pair_dir}/{name}: {stats['segments']}")
+      sets.append(set_stats)
+      print(f"motion_analysis: {pair_dir}/{name}: {set_stats['segments']}")
   result = {"label_sets": sets, "artifact_split": None,
             "ground_truth": ([ground_truth_motion(videos, split) for split in ("train", "heldout")]
                              if videos else [])}
@@ -192,10 +193,10 @@ def define_flags() -> None:
   names such as --out in one process)."""
   global _WORKDIR, _OUT, _VIDEOS, _MOTION
   _WORKDIR = flags.DEFINE_string("workdir", "workdirs/experiment", "the experiment workdir")
-  _OUT = flags.DEFINE_string("out", "results/motion_analysis", "output stem (.json and .md)")
+  _OUT = flags.DEFINE_string("out", "projects/shapesworld_paper/results/motion_analysis", "output stem (.json and .md)")
   _VIDEOS = flags.DEFINE_string("videos", "workdirs/tfds", "ShapesWorld TFDS folder ('' skips the "
                                 "ground-truth statistics)")
-  _MOTION = flags.DEFINE_string("motion", "results/shapesworld_motion.json",
+  _MOTION = flags.DEFINE_string("motion", "projects/shapesworld_paper/results/shapesworld_motion.json",
                                 "the motion experiment's results (per-prompt scores); '' skips")
 
 

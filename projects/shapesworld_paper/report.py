@@ -11,7 +11,7 @@ from typing import Sequence
 
 import numpy as np
 
-from densedpo_jax import experiment_stats
+from projects.shapesworld_paper import stats
 
 COLUMNS = (("visual_quality", "visual quality"), ("temporal_consistency", "temporal consistency"),
            ("dynamic_degree", "dynamic degree"), ("fast_share", "fast share"),
@@ -120,7 +120,8 @@ def render(results: dict, figure: str) -> str:
   codes = sorted({r.get("code", "unknown") for r in runs})
   parts = [
       "# DenseDPO on ShapesWorld: every arm from one base model",
-      f"Written by `python -m densedpo_jax.main --config=configs/experiment.py` (code "
+      "Written by `python -m projects.shapesworld_paper.main "
+      f"--config=projects/shapesworld_paper/configs/experiment.py` (code "
       f"{results.get('code', 'unknown')}; the runs were trained by {', '.join(codes)}; this call "
       f"{results['seconds'] / 60:.1f} min, the runs' own times add up to "
       f"{results.get('run_seconds', math.nan) / 60:.1f} min). N = {c['labeled_pairs']} labeled "
@@ -143,8 +144,8 @@ def render(results: dict, figure: str) -> str:
       "DenseDPO, more than 20% non-tie segments).")
   if "pretrained" in by_arm and len(by_arm) > 1:
     parts.append("## Against the pretrained model (paired, per prompt)\n\n" +
-                 experiment_stats.difference_table(arms, by_arm, "pretrained", DIFF_METRICS, seeds))
-  claims = experiment_stats.claims_table(by_arm, seeds)
+                 stats.difference_table(arms, by_arm, "pretrained", DIFF_METRICS, seeds))
+  claims = stats.claims_table(by_arm, seeds)
   if claims.count("\n") > 1:
     parts.append("## The paper's claims\n\n" + claims + "\n\nA claim holds under one noise "
                  "set when its interval excludes 0 on the claimed side ('>=': the interval "
@@ -175,7 +176,7 @@ def appendix_section(a, figure: str) -> str:
 
 
 def main(argv: Sequence[str]) -> None:
-  """`python -m densedpo_jax.experiment_report results/X.json`: rewrites results/X.md from it."""
+  """`python -m projects.shapesworld_paper.report results/X.json`: rewrites results/X.md from it."""
   import json
   import os
   for path in argv[1:]:

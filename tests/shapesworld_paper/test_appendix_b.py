@@ -4,7 +4,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from densedpo_jax import appendix_b
+from projects.shapesworld_paper import appendix_b
 
 
 def test_central_patch_and_blur_keep_outside_pixels():

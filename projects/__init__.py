@@ -1,0 +1,1 @@
+"""Research projects built on densedpo_jax; the library never imports them."""

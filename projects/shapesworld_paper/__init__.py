@@ -1,0 +1,1 @@
+"""The ShapesWorld reproduction of the DenseDPO paper's findings (see README.md here)."""
