@@ -29,9 +29,10 @@ Workdir (each stage is skipped when its output exists, so a rerun resumes):
                                    evaluation seed, per prompt too (one folder a seed)
   appendix_b/                      the loss-difference maps (appendix_b.py)
   results.json                     everything the report shows
-The Markdown report goes to `config.experiment.results` (report.py), with
-`results.json` and the Appendix B figure beside it. On several processes every stage runs on
-all of them (training and pair generation split their work) and process 0 writes the records.
+The Markdown report goes to `config.experiment.results` (report.py; empty: report.md in the
+workdir), with `results.json` and the Appendix B figure beside it. On several processes every
+stage runs on all of them (training and pair generation split their work) and process 0 writes
+the records.
 """
 from __future__ import annotations
 
@@ -423,14 +424,17 @@ def main(config: ml_collections.ConfigDict, workdir: str) -> dict:
   return results
 
 
-def write_report(results: dict, workdir: str, report: str, appendix_figure: str | None) -> None:
-  """`results.json` in `workdir` and beside the Markdown `report`, with the Appendix B figure."""
-  stem = os.path.splitext(report)[0]
+def write_report(results: dict, workdir: str, report_path: str,
+                 appendix_figure: str | None) -> None:
+  """`results.json` in `workdir` and beside the Markdown `report_path` (default: report.md in
+  `workdir`), with the Appendix B figure."""
+  report_path = report_path or os.path.join(workdir, "report.md")
+  stem = os.path.splitext(report_path)[0]
   for path in (distributed.path(workdir) / "results.json", f"{stem}.json"):
     distributed.write_json(path, results)
   figure = distributed.path(f"{stem}_appendix_b.png")
   if appendix_figure:
     figure.write_bytes(distributed.path(appendix_figure).read_bytes())
   text = report.render(results, figure=figure.name)
-  distributed.write_text(report, text)
+  distributed.write_text(report_path, text)
   print(text)

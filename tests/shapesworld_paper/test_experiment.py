@@ -156,6 +156,14 @@ def test_arm_settings_parse_into_config_overrides_and_titles():
     experiment.parse_arms("dense:steps=many")
 
 
+def test_only_the_published_calls_write_into_the_published_results():
+  results = os.path.join("projects", "shapesworld_paper", "results")
+  for arg in ("shapesworld", "tuned", "tune", "motion"):
+    path = experiment_config.get_config(arg).experiment.results
+    assert os.path.dirname(path) == results and path.endswith(".md"), (arg, path)
+  assert experiment_config.get_config("mini").experiment.results == ""  # Its workdir's report.md.
+
+
 def test_paired_bootstrap_matches_a_direct_resampling():
   rng = np.random.default_rng()
   a, b = rng.normal(0.5, 0.1, 30), rng.normal(0.45, 0.1, 30)

@@ -17,7 +17,8 @@ settings, so the calls reuse each other's pairs, labels and trained runs.
   motion                 why DenseDPO slows clips: DenseDPO on only the segments won by the
                          faster (slower) member, with other eta ranges, tie margins, a
                          per-frame granularity and beta; results/shapesworld_motion.md
-  mini                   2 seeds, a few pairs and steps: checks that every arm runs
+  mini                   2 seeds, a few pairs and steps: checks that every arm runs; its
+                         report goes to the workdir (report.md)
 Every model is scored under two independent sets of evaluation noise (`eval_seeds`). Every DPO
 setting comes from configs/dpo_common.py (the main job's), so the DenseDPO arm is the main job
 at the experiment's pair budget. `bash projects/shapesworld_paper/regenerate_results.sh` runs
@@ -80,6 +81,7 @@ def get_config(arg=None):
   if arg in ("tuned", "tune", "motion"):
     e.appendix_b.num_videos = 0  # The main call has it.
   if arg == "mini":
+    e.results = ""  # report.md in the workdir: a check never overwrites the published results.
     e.seeds = (0, 1)
     e.labeled_pairs = 4
     e.early_step = 1
