@@ -5,7 +5,7 @@
 
 The steps are `vs_pytorch.py`'s (Flow-DPO, same config and weights), with the host-memory fix
 on. With `--one_process`, `vs_pytorch.py` runs both frameworks in one process, where at mid
-their steps share one retained glibc heap and page faults come back (README, Performance); this
+their steps share one retained glibc heap and page faults come back (docs/performance.md); this
 script shows each alone with its faults. Run the two one after the other: they are not
 interleaved, so machine drift applies (`vs_pytorch.py`'s workers interleave them).
 

@@ -16,7 +16,7 @@ device). A variant swaps one building block while the step is traced, and leaves
 
 Each row prints the median step time and its ratio to today's model; on a shared machine only
 these ratios, taken in one run, are comparable. The first two are not in the model: at the tiny
-shape neither was faster than the drift between runs (README, Performance).
+shape neither was faster than the drift between runs (docs/performance.md).
 """
 from __future__ import annotations
 

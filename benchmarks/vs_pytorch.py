@@ -15,8 +15,8 @@ flow-matching step trains every parameter (no LoRA), with text dropout as ours.
 Each step is warmed up once (compile excluded), then the four steps are timed in turn, `--steps`
 rounds, and each row is the median. On the CPU each framework runs in a worker process of its
 own, the rounds still alternating one step at a time: in one process the two share glibc's
-retained heap, and at mid our step's temporaries then fault back in page by page (README,
-Performance). `--one_process` runs both in this process, as before session 9.
+retained heap, and at mid our step's temporaries then fault back in page by page
+(docs/performance.md). `--one_process` runs both in this process.
 
 When JAX runs on a GPU, PyTorch runs there too, in this process; with `--dtype bfloat16` ours
 uses cuDNN attention and PyTorch `torch.autocast` (float32 parameters and AdamW in both);
@@ -187,7 +187,7 @@ def _serve(framework: str, preset: str, dtype: str, device: str, threads: int, c
 
 class StepWorker:
   """One framework's steps in a spawned process of its own, so that its heap and page faults
-  are its own (README, Performance: at mid, one process shared by both brings the faults back).
+  are its own (docs/performance.md: at mid, one process shared by both brings the faults back).
   `self.step(short)` is a `() -> loss` that runs the step there and waits for it."""
 
   def __init__(self, framework: str, *args):

@@ -110,7 +110,7 @@ def paper_scale(c: ml_collections.ConfigDict, model: str = "paper") -> ml_collec
   c.model.scan_layers = True
   c.model.remat_policy = "full"
   c.model.attention_impl = "cudnn"  # GPU flash attention; 'splash' on TPU, 'blockwise' anywhere.
-  # Planned for 8 x 80 GB (python -m densedpo_jax.plan; the README's table): pairs per device
+  # Planned for 8 x 80 GB (python -m densedpo_jax.plan; docs/scaling.md): pairs per device
   # and micro-step so that activations fit.
   c.optim.accum_steps = {"paper": 16, "wan1.3b": 16, "wan14b": 64}[model]
   if c.model.family == "wan":

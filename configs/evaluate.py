@@ -1,7 +1,7 @@
 """Evaluation (task=evaluate) on held-out ShapesWorld prompts, scored by the judge.
 
     python -m densedpo_jax.main --config=configs/evaluate.py \
-        --config.evaluate.models=base=workdirs/pretrain,dense=workdirs/dense
+        --config.evaluate.models=base=assets/shapesworld_base,dense=workdirs/dense/train
 """
 import ml_collections
 

@@ -1,6 +1,6 @@
 """Flow-matching pretraining of the base VideoDiT.
 
-  shapesworld (default)  tiny DiT on ShapesWorld videos, on CPU (DESIGN.md section 4 recipe:
+  shapesworld (default)  tiny DiT on ShapesWorld videos, on CPU (docs/shapesworld.md recipe:
                          lr 1e-3, batch 16, warmed-up EMA); an hour or more, resumable
   quick                  the same for 100 steps (a few minutes): a smoke run
 """

@@ -61,7 +61,7 @@ def plan(config, cfg, latent: tuple[int, int, int], text_len: int, mesh_shape: d
   # The backward holds one block's activations and their gradients on top of what is saved.
   if cfg.remat_policy == "none":  # Measured: XLA keeps about twice the tensors listed above.
     activations = v * ((2 * cfg.depth + 2) * (tokens + probs) + cfg.depth * gathered)
-  else:  # Block inputs kept, one block recomputed at a time (needs scan_layers; see the README):
+  else:  # Block inputs kept, one block recomputed at a time (needs scan_layers; docs/scaling.md):
     # its tensors twice and their gradients, the attention weights and their gradient.
     activations = v * (cfg.depth * n_local * d * act + 3 * tokens + 2 * probs + gathered)
   out = {"params": base, "trained": trained_bytes, "optimizer": moments * trained_bytes,

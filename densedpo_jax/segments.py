@@ -1,4 +1,4 @@
-"""Segment labels (pixel time) <-> latent-frame labels (DESIGN.md section 2).
+"""Segment labels (pixel time) <-> latent-frame labels (docs/training.md, Data).
 
 Videos are labeled per segment of `frames_per_segment` pixel frames. A video autoencoder with
 temporal factor r maps `num_frames` pixel frames to T' latent frames:

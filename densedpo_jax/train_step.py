@@ -61,7 +61,8 @@ def make_optimizer(optim) -> optax.GradientTransformation:
 
 
 def ema_decay(step: jax.Array, max_decay: float) -> jax.Array:
-  """Warmed-up EMA decay `min(max_decay, (1 + n) / (10 + n))` (DESIGN.md section 4 pitfall)."""
+  """Warmed-up EMA decay `min(max_decay, (1 + n) / (10 + n))` (docs/shapesworld.md: the
+  shipped base model's recipe)."""
   n = step.astype(jnp.float32)
   return jnp.minimum(max_decay, (1.0 + n) / (10.0 + n))
 

@@ -1,6 +1,8 @@
 #!/usr/bin/env bash
 # Multi-node GPU under SLURM: one process per node, each driving all of its node's GPUs.
 # jax.distributed.initialize() reads the SLURM environment (coordinator, process count and id).
+# The config sets the compute dtype and attention (:paper and :wan* are bf16 + cuDNN); overrides
+# go after --config (absl refuses a --config.x before --config).
 # --dry-run prints the srun command instead of running it.
 #
 #   sbatch --nodes=8 --gpus-per-node=8 launch/gpu_slurm.sh [--dry-run] --config=configs/dense.py:paper --workdir=/shared/run
@@ -13,5 +15,4 @@ source "${common}"
 parse_dry_run "$@"
 set -- "${ARGS[@]}"
 run env XLA_PYTHON_CLIENT_MEM_FRACTION="${XLA_PYTHON_CLIENT_MEM_FRACTION:-0.9}" \
-  srun --ntasks-per-node=1 python -m densedpo_jax.main --distributed \
-  --config.model.dtype=bfloat16 --config.model.attention_impl=cudnn "$@"
+  srun --ntasks-per-node=1 python -m densedpo_jax.main --distributed "$@"

@@ -72,9 +72,9 @@ def test_gpu_slurm_prints_one_srun_of_every_node(fake_bin):
   assert ran == [] and len(lines) == 1
   cmd = lines[0]
   assert cmd[:4] == ["env", "XLA_PYTHON_CLIENT_MEM_FRACTION=0.9", "srun", "--ntasks-per-node=1"]
-  assert cmd[4:] == ["python", "-m", "densedpo_jax.main", "--distributed",
-                     "--config.model.dtype=bfloat16", "--config.model.attention_impl=cudnn",
-                     CONFIG, "--workdir=/shared/run"]
+  # The user's --config comes before any --config.x override (absl refuses the other order).
+  assert cmd[4:] == ["python", "-m", "densedpo_jax.main", "--distributed", CONFIG,
+                     "--workdir=/shared/run"]
 
 
 def test_shapesworld_scripts_print_their_jobs_and_write_nothing(fake_bin, tmp_path):
@@ -98,7 +98,8 @@ def test_shapesworld_scripts_print_their_jobs_and_write_nothing(fake_bin, tmp_pa
        f"--config={project}/configs/experiment.py:motion", f"--workdir={workdir}"],
       ["python", "-m", "projects.shapesworld_paper.motion_analysis", f"--workdir={workdir}",
        f"--out={project}/results/motion_analysis"],
-      ["python", "-m", "projects.shapesworld_paper.tables", "--readme=README.md"]]
+      ["python", "-m", "projects.shapesworld_paper.tables", "--readme=README.md",
+       f"--readme={project}/README.md"]]
 
   run = tmp_path / "run"
   (run / "checkpoints" / "7" / "params").mkdir(parents=True)

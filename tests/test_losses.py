@@ -1,4 +1,4 @@
-"""Losses against float64 NumPy references written from the formulas (DESIGN.md section 1;
+"""Losses against float64 NumPy references written from the formulas (docs/training.md;
 the unit loop is `tests/helpers.dpo_units_reference`)."""
 import os
 

@@ -1,5 +1,5 @@
 """The memory planner: the analytic plan agrees with XLA's compiled memory analysis of the real
-train step (8 fake devices, FSDP) within the margin the README states (35%)."""
+train step (8 fake devices, FSDP) within the margin docs/scaling.md states (35%)."""
 import pytest
 
 from configs import dense

@@ -1,4 +1,5 @@
-"""Segment <-> latent-frame mapping: hand-made cases and a loop reference of DESIGN.md section 2."""
+"""Segment <-> latent-frame mapping: hand-made cases and a loop reference of the mapping in
+docs/training.md."""
 import os
 
 import jax

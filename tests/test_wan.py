@@ -218,8 +218,8 @@ def test_shipped_wan_configs(arg, preset):
       dtype="bfloat16", scan_layers=True, remat_policy="full", attention_impl="cudnn",
       lora=cfg.lora, param_dtype="bfloat16" if arg == "wan14b" else "float32")
   assert (cfg.lora.rank, cfg.lora.alpha, c.data.batch_size, c.total_steps) == (128, 128.0, 256, 1000)
-  # The shipped mesh and accumulation fit 8 x 80 GB at 81 frames by the memory plan (README,
-  # Scale), one pair a micro-step at least.
+  # The shipped mesh and accumulation fit 8 x 80 GB at 81 frames by the memory plan
+  # (docs/scaling.md), one pair a micro-step at least.
   from densedpo_jax import plan
   from densedpo_jax.sharding import MESH_AXES, resolve_mesh_shape
   mesh = dict(zip(MESH_AXES, resolve_mesh_shape(c.mesh.shape, 8)))

@@ -20,7 +20,7 @@ Notes on the order:
     positions sparse), so batching happens after `to_iter_dataset`; the read
     threads decode, filter and convert elements in parallel ahead of it.
 
-Pair filter modes (DESIGN.md section 1-2):
+Pair filter modes (docs/training.md, Data):
   'dense':  keep labeled pairs whose share of non-tie segments is more than
             `min_nontie_frac` (paper: 0.2); `labels` are latent-frame labels.
   'global': keep pairs with a global label of +1 or -1 (Vanilla / Structural

@@ -5,7 +5,7 @@ ground truth of guided pairs). A `PairRecord` is two latents generated for the
 same prompt, with optional preference labels. Both hold NumPy arrays; the byte
 format lives in `codec.py`.
 
-Shapes (names as in DESIGN.md):
+Shapes:
   text_emb   [L, D]  floating (T5-like token embeddings)
   text_mask  [L]     bool (True on real tokens)
   latent     [T', H, W, C] floating, T' latent frames of a `num_frames`-frame clip

@@ -1,4 +1,4 @@
-"""Preference labelers (DESIGN.md section 4): the ShapesWorld judge as dense and global oracle.
+"""Preference labelers (docs/labeling.md): the ShapesWorld judge as dense and global oracle.
 
   oracle   Labeler interface, SegmentOracle, GlobalOracle, majority_vote, flip_labels,
            label_dataset (labels a pair dataset into a new one, with motion-bias statistics)

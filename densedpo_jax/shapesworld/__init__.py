@@ -1,4 +1,4 @@
-"""ShapesWorld: the procedural text-to-video world (DESIGN.md section 4).
+"""ShapesWorld: the procedural text-to-video world (docs/shapesworld.md).
 
 `world` draws and renders scenes; `text_encoder` is the T5 stand-in; `artifacts` corrupts
 segments of a video; `judge` scores videos from pixels (no learned weights).

@@ -1,4 +1,4 @@
-"""Synthetic artifacts: corrupt a range of frames of a ShapesWorld video (DESIGN.md section 4).
+"""Synthetic artifacts: corrupt a range of frames of a ShapesWorld video (docs/shapesworld.md).
 
 Every function takes a video float `[T, H, W, 3]` in [-1, 1] (black background), the frames to
 corrupt (a sequence of indices, a slice or a bool mask `[T]`), a severity in [0, 1] (0 leaves the

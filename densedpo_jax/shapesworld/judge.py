@@ -1,4 +1,4 @@
-"""The ShapesWorld judge: scores videos from pixels with no learned weights (DESIGN.md section 4).
+"""The ShapesWorld judge: scores videos from pixels with no learned weights (docs/shapesworld.md).
 
 Per frame (video `[T, H, W, 3]` in [-1, 1], mapped to [0, 1]):
   - coverage `a = max over channels` (every vocabulary colour has a channel at 1, so a clean

@@ -6,7 +6,7 @@ fully determined by an integer seed: colour, shape and initial direction come
 from the prompt combination, while the start position and the speed (pixels a
 frame, NOT named in the prompt) are drawn from the seed. So the same prompt
 covers slow and fast clips, which is what lets a base model's artifacts grow with
-speed (DESIGN.md section 4).
+speed (docs/shapesworld.md).
 
 Conventions:
   - A video is float32 `[T, H, W, 3]` (channels last), values in [-1, 1]:

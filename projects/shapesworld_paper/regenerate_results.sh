@@ -51,7 +51,8 @@ for stage in $STAGES; do
          --workdir=workdirs/main_job
        run python -m projects.shapesworld_paper.tables --main_job=workdirs/main_job \
          --out=results/main_job.json ;;
-    6) run python -m projects.shapesworld_paper.tables --readme=README.md ;;
+    6) run python -m projects.shapesworld_paper.tables --readme=README.md \
+         --readme="$PROJECT/README.md" ;;
     7) logged results/logs multihost python -m pytest -q -s -p no:cacheprovider \
          tests/test_multihost.py -k two_processes_match ;;
     *) echo "regenerate_results: unknown stage $stage (1-7)" >&2; exit 2 ;;
