@@ -2,11 +2,13 @@
 # The project's GPU checks on one GPU, each one's output in <out>/<name>.log:
 #
 #   bash benchmarks/gpu_checks.sh <out_dir> [check ...]        # default: all, in this order
+#   bash benchmarks/gpu_checks.sh --dry-run <out_dir> [check ...]   # print the commands only
 #
 #   tests            tests/test_gpu.py: cuDNN attention with text masks, VideoDiT in bf16
 #   vs_pytorch_bf16  our DPO and flow-matching steps against eager PyTorch on the GPU, tiny and
-#                    mid, bf16 compute (cuDNN attention; torch autocast + SDPA), pair sampler
-#   train_step_bf16  flow matching / Flow-DPO / DenseDPO at tiny in bf16: the issue's ratios
+#                    mid, bf16 compute (cuDNN attention; torch autocast + SDPA), then the pair
+#                    sampler against PyTorch's
+#   objectives_bf16  flow matching / Flow-DPO / DenseDPO at tiny in bf16: step ratios, MFU
 #   scaled_step      the Wan 2.1 1.3B DenseDPO step at 81 x 480 x 832: time, MFU, peak memory
 #                    against the memory planner
 #   attention_32k    cuDNN and blockwise attention at Wan 2.1's heads, 32,760 tokens
@@ -18,15 +20,17 @@
 # Each check has its own time limit (seconds on an H100, where compiling our tiny DPO step takes
 # about 17 s), so one that hangs or runs out of memory costs only itself.
 set -u
-out=${1:?usage: gpu_checks.sh <out_dir> [check ...]}
+dry=0
+if [ "${1:-}" = --dry-run ]; then dry=1; shift; fi
+out=${1:?usage: gpu_checks.sh [--dry-run] <out_dir> [check ...]}
 shift
-checks=${*:-tests vs_pytorch_bf16 train_step_bf16 scaled_step attention_32k vs_pytorch_f32}
-mkdir -p "$out"
+checks=${*:-tests vs_pytorch_bf16 objectives_bf16 scaled_step attention_32k vs_pytorch_f32}
 cd "$(dirname "$0")/.."
 export PYTHONUNBUFFERED=1
 
 run() {  # run <name> <seconds> <command...>
   local name=$1 limit=$2; shift 2
+  if [ $dry = 1 ]; then echo "$name (limit $limit s): $*"; return; fi
   echo "== $name: $*"
   local start=$SECONDS
   timeout "$limit" "$@" >"$out/$name.log" 2>&1
@@ -35,21 +39,26 @@ run() {  # run <name> <seconds> <command...>
     "$out/$name.log" | tail -40
 }
 
-nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv,noheader
-python3 -c "import jax, torch; print('jax', jax.__version__, jax.devices(), 'torch', torch.__version__)"
+if [ $dry = 0 ]; then
+  mkdir -p "$out"
+  nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv,noheader
+  python3 -c "import jax, torch; print('jax', jax.__version__, jax.devices(), 'torch', torch.__version__)"
+fi
 for check in $checks; do
   case $check in
     # tests/conftest.py pins JAX to the CPU unless told otherwise.
     tests) JAX_PLATFORMS=cuda run tests 90 python3 -m pytest -q -s -rA tests/test_gpu.py ;;
     # Both frameworks share the GPU in the comparisons: JAX must not take 75% of it up front.
-    vs_pytorch_bf16) XLA_PYTHON_CLIENT_PREALLOCATE=false run "$check" 240 \
-      python3 benchmarks/vs_pytorch.py --dtype bfloat16 --steps 10 ;;
+    vs_pytorch_bf16) XLA_PYTHON_CLIENT_PREALLOCATE=false run "$check" 200 \
+      python3 -m benchmarks.vs_pytorch --dtype bfloat16 --presets tiny mid --steps 10
+      XLA_PYTHON_CLIENT_PREALLOCATE=false run sampler 60 python3 -m benchmarks.vs_pytorch_sampler ;;
     vs_pytorch_f32) XLA_PYTHON_CLIENT_PREALLOCATE=false run "$check" 240 \
-      python3 benchmarks/vs_pytorch.py --dtype float32 --steps 10 --no_pairs ;;
-    train_step_bf16) run "$check" 120 python3 benchmarks/train_step.py --presets tiny \
+      python3 -m benchmarks.vs_pytorch --dtype float32 --presets tiny mid \
+      --steps 10 ;;
+    objectives_bf16) run "$check" 120 python3 -m benchmarks.step_objectives --presets tiny \
       --dtype bfloat16 --steps 20 ;;
-    scaled_step) run "$check" 180 python3 benchmarks/scaled_step.py --attention cudnn --steps 3 ;;
-    attention_32k) run "$check" 150 python3 benchmarks/attention.py --tokens 32760 \
+    scaled_step) run "$check" 180 python3 -m benchmarks.scaled_step --attention cudnn --steps 3 ;;
+    attention_32k) run "$check" 150 python3 -m benchmarks.attention_impls --tokens 32760 \
       --impls cudnn blockwise ;;
     *) echo "unknown check $check" >&2; exit 2 ;;
   esac

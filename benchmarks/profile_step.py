@@ -1,9 +1,9 @@
 """Where the DPO step's time goes: a `jax.profiler` trace joined to the optimised HLO, by layer part.
 
-    python benchmarks/profile_step.py                  # tiny preset, 2 traced steps
-    python benchmarks/profile_step.py --preset mid --top 30
+    python -m benchmarks.profile_step                  # tiny preset, 2 traced steps
+    python -m benchmarks.profile_step --preset mid --top 30
 
-The step is `benchmarks/vs_pytorch.py`'s (Flow-DPO, LoRA rank 16 on every projection, one
+The step is `benchmarks/timing.py`'s (Flow-DPO, LoRA rank 16 on every projection, one
 device, host memory retained as in `main.py`). After a warm-up step, `--steps` steps run under
 `jax.profiler.trace`. Every kernel the trace records (one XLA fusion, dot or copy) is matched by
 name to the compiled module's instruction, whose `op_name` metadata says which model layer and
@@ -26,15 +26,12 @@ import gzip
 import json
 import os
 import re
-import sys
 import tempfile
 
 import jax
 
-sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))  # For configs/.
-from benchmarks.train_step import OursStep  # noqa: E402
-from benchmarks.vs_pytorch import PRESETS, make_config  # noqa: E402
-from densedpo_jax import host_memory  # noqa: E402
+from benchmarks.timing import PRESETS, OursStep, make_config
+from densedpo_jax import host_memory
 
 _OP_NAME = re.compile(r"^\s*%?([\w.\-]+) = [^\n]*?op_name=\"([^\"]+)\"", re.M)
 _PROJECTIONS = ("q", "k", "v", "out", "q_norm", "k_norm")
@@ -83,7 +80,7 @@ def main():
   args = parser.parse_args()
   host_memory.retain_freed_memory()
   print(host_memory.describe(), flush=True)
-  _, latent, text, batch = PRESETS[args.preset]
+  _, _, latent, text, batch = PRESETS[args.preset]
   step = OursStep(make_config(args.preset, "flow_dpo"), latent, text, batch)
   # Compiled once, ahead of time: the step runs the executable whose text names the kernels.
   step.step = step.step.lower(step.state, step.frozen, step.data, step.key).compile()

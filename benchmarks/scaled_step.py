@@ -1,8 +1,8 @@
 """Step time, peak memory and MFU of a scaled DenseDPO train step on one accelerator.
 
-    python benchmarks/scaled_step.py                          # Wan 2.1 1.3B, 81 x 480 x 832
-    python benchmarks/scaled_step.py --attention cudnn blockwise --steps 3
-    python benchmarks/scaled_step.py --model wan1.3b --latent 3,8,8 --text_len 16 \
+    python -m benchmarks.scaled_step                          # Wan 2.1 1.3B, 81 x 480 x 832
+    python -m benchmarks.scaled_step --attention cudnn blockwise --steps 3
+    python -m benchmarks.scaled_step --model wan1.3b --latent 3,8,8 --text_len 16 \
         --attention xla                                       # a CPU check
 
 Builds `configs/dense.py:<model>` (bf16 compute, float32 base and LoRA rank 128, scanned layers,
@@ -20,22 +20,19 @@ measured bf16 matmul ceiling (8192^3, median of 10). The planner's prediction is
 from __future__ import annotations
 
 import argparse
-import os
 import statistics
-import sys
 import time
 
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
-sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))  # For configs/.
-from benchmarks.train_step import matmul_ceiling  # noqa: E402
-from configs import common  # noqa: E402
-from densedpo_jax import plan, train_step  # noqa: E402
-from densedpo_jax.builders import model_config  # noqa: E402
-from densedpo_jax.model import build, forward_flops  # noqa: E402
-from densedpo_jax.model.registry import abstract_variables  # noqa: E402
+from benchmarks.timing import matmul_ceiling, median_seconds
+from configs import common
+from densedpo_jax import plan, train_step
+from densedpo_jax.builders import model_config
+from densedpo_jax.model import build, forward_flops
+from densedpo_jax.model.registry import abstract_variables
 
 GIB = 2 ** 30
 
@@ -89,12 +86,14 @@ def bench(args, impl: str, key) -> dict:
   compiled = step.lower(state, frozen, batch, key).compile()
   compile_s = time.perf_counter() - start
   temp = compiled.memory_analysis().temp_size_in_bytes
-  state, metrics = jax.block_until_ready(compiled(state, frozen, batch, key))  # Warm-up.
-  times = []
-  for _ in range(args.steps):
-    start = time.perf_counter()
-    state, metrics = jax.block_until_ready(compiled(state, frozen, batch, key))
-    times.append(time.perf_counter() - start)
+  metrics = None
+
+  def one_step():  # The state is donated: each step takes the last one's.
+    nonlocal state, metrics
+    state, metrics = compiled(state, frozen, batch, key)
+    return state, metrics
+
+  step_s = median_seconds(one_step, args.steps)
   loss = float(metrics.compute()["loss"])
   stats = jax.devices()[0].memory_stats() or {}
   fwd = lambda lora: forward_flops(cfg, 2 * args.pairs, *args.latent, args.text_len,
@@ -103,7 +102,7 @@ def bench(args, impl: str, key) -> dict:
   planned = plan.plan(c, cfg, tuple(args.latent), args.text_len,
                       {"data": 1, "fsdp": 1, "tensor": 1})["total"]
   del state, frozen
-  return {"impl": impl, "compile_s": compile_s, "step_s": statistics.median(times),
+  return {"impl": impl, "compile_s": compile_s, "step_s": step_s,
           "peak": stats.get("peak_bytes_in_use", float("nan")), "temp": temp, "flops": flops,
           "planned": planned, "loss": loss}
 

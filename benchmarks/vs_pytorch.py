@@ -1,10 +1,10 @@
 """Our jitted DPO and flow-matching train steps against the same steps written in PyTorch.
 
-    python benchmarks/vs_pytorch.py                        # tiny and mid, 10 steps, pair sampler
-    python benchmarks/vs_pytorch.py --presets tiny --quick
-    python benchmarks/vs_pytorch.py --dtype bfloat16       # on a GPU: both there, bf16 compute
+    python -m benchmarks.vs_pytorch                        # tiny, 10 steps
+    python -m benchmarks.vs_pytorch --presets tiny mid     # on a CPU: about 25 GB of memory
+    python -m benchmarks.vs_pytorch --dtype bfloat16       # on a GPU: both there, bf16 compute
 
-Ours: `benchmarks/train_step.build_step` (`train_step.make_train_step`, jit, state donated).
+Ours: `benchmarks/timing.build_step` (`train_step.make_train_step`, jit, state donated).
 PyTorch: `torch_videodit.VideoDiT` holding the same weights (a forward parity check runs first
 and is printed), and steps written as flow_grpo / Diffusion-DPO write theirs: winners and losers
 concatenated on the batch, one `t` and one noise per pair, the policy forward with autograd, the
@@ -25,12 +25,10 @@ float32 matmuls take TF32 in both, as JAX's default does. PyTorch runs eagerly o
 with other jobs, PyTorch's OpenMP threads suffer most from oversubscription (on 2 busy cores, 2
 threads ran 3x slower than 1).
 
-Sizes (LoRA rank 16 on every projection, text 16 x 64, logit-normal t, beta 500):
-
-  tiny  ShapesWorld's preset: width 128, depth 4, 4 heads, latent 16x16x16x3 (256 tokens), 16 pairs
-  mid   width 384, depth 12, 6 heads, latent 16x32x32x3 (1,024 tokens), 4 pairs
-
-Then `vs_pytorch_sampler.py`'s guided pair generation at the tiny preset (skip: `--no_pairs`).
+Sizes: `benchmarks/timing.PRESETS` (LoRA rank 16 on every projection, logit-normal t, beta
+500), tiny (ShapesWorld's preset, 256 tokens, 16 pairs) and mid (width 384, depth 12, 1,024
+tokens, 4 pairs; its two CPU workers hold about 12 and 11 GB, more than a 24 GiB machine has
+beside the parent process). The pair sampler has its own comparison: `vs_pytorch_sampler.py`.
 """
 from __future__ import annotations
 
@@ -38,39 +36,19 @@ import argparse
 import dataclasses
 import multiprocessing
 import os
-import sys
 
 import jax
 import numpy as np
 import torch
 import torch.nn.functional as F
 
-sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))  # For configs/.
-from densedpo_jax import host_memory  # noqa: E402
-from benchmarks import torch_videodit as tv  # noqa: E402
-from benchmarks import vs_pytorch_sampler  # noqa: E402
-from benchmarks.train_step import (OursStep, build_step, matmul_ceiling, step_flops,  # noqa: E402
-                                    time_steps)
-from configs.common import base  # noqa: E402
-from densedpo_jax.builders import model_config  # noqa: E402
+from benchmarks import torch_videodit as tv
+from benchmarks.timing import (PRESETS, OursStep, build_step, make_config, matmul_ceiling,
+                               step_flops, time_steps)
+from densedpo_jax import host_memory
+from densedpo_jax.builders import model_config
 
-# name: (model overrides of the tiny preset, latent [T, H, W, C], text [L, D], pairs)
-PRESETS = {"tiny": ({}, (16, 16, 16, 3), (16, 64), 16),
-           "mid": (dict(width=384, depth=12, num_heads=6), (16, 32, 32, 3), (16, 64), 4)}
 LOSSES = {"dpo": "flow_dpo", "fm": "flow_matching"}
-
-
-def make_config(preset: str, loss: str, dtype: str = "float32"):
-  overrides, _, _, batch = PRESETS[preset]
-  c = base()
-  c.model.preset, c.loss, c.data.batch_size = "tiny", loss, batch
-  c.model.update(overrides)
-  c.model.dtype = dtype
-  if dtype == "bfloat16" and jax.default_backend() == "gpu":
-    c.model.attention_impl = "cudnn"  # As configs/common.py's accelerator settings.
-  if loss == "flow_matching":
-    c.lora.rank = 0
-  return c
 
 
 # PyTorch.
@@ -161,7 +139,7 @@ def framework_step(framework: str, preset: str, loss: str, dtype: str, device: s
   PyTorch's step holds the weights and batch of ours (`build_step`, fixed seeds), built here
   without compiling ours.
   """
-  _, latent, text, batch = PRESETS[preset]
+  _, _, latent, text, batch = PRESETS[preset]
   c = make_config(preset, loss, dtype)
   if framework == "ours":
     return OursStep(c, latent, text, batch)
@@ -244,7 +222,7 @@ def time_preset(preset: str, dtype: str, device: str, rounds: int, threads: int,
 def parity(preset: str) -> float:
   """Forward parity of the two ports on random LoRA weights, in float32 at full matmul precision
   (no TF32 on a GPU), torch on the CPU."""
-  _, latent, text, _ = PRESETS[preset]
+  _, _, latent, text, _ = PRESETS[preset]
   cfg32 = dataclasses.replace(model_config(make_config(preset, "flow_dpo")), attention_impl="xla")
   with jax.default_matmul_precision("highest"):
     return tv.parity_error(cfg32, latent, text[0], batch=2)
@@ -252,10 +230,10 @@ def parity(preset: str) -> float:
 
 def main():
   parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-  parser.add_argument("--presets", nargs="+", default=list(PRESETS), choices=list(PRESETS))
+  parser.add_argument("--presets", nargs="+", default=["tiny"], choices=list(PRESETS),
+                      help="mid needs about 25 GB of host memory on a CPU (two workers)")
   parser.add_argument("--steps", type=int, default=10, help="timed steps a row (median)")
-  parser.add_argument("--quick", action="store_true", help="3 timed steps, 2 sampler runs")
-  parser.add_argument("--no_pairs", action="store_true", help="skip the pair-sampler comparison")
+  parser.add_argument("--quick", action="store_true", help="3 timed steps")
   parser.add_argument("--torch_threads", type=int, default=os.cpu_count())
   parser.add_argument("--dtype", default="float32", choices=("float32", "bfloat16"),
                       help="compute dtype of both (torch: autocast); parameters stay float32")
@@ -281,7 +259,7 @@ def main():
     print(f"  forward parity (float32, LoRA on and off): max |torch - ours| / max |ours| = "
           f"{error:.1e}", flush=True)
     cfg = model_config(make_config(preset, "flow_dpo", args.dtype))
-    _, latent, text, batch = PRESETS[preset]
+    _, _, latent, text, batch = PRESETS[preset]
     rows.append((preset, error, time_preset(preset, args.dtype, device, steps, args.torch_threads,
                                             one_process),
                  step_flops(cfg, "flow_dpo", latent, text, batch)))
@@ -296,14 +274,14 @@ def main():
   print("|" + "---|" * len(head))
   for preset, error, t, _ in rows:
     ms = {k: f"{v * 1e3:,.{1 if v < 0.1 else 0}f}" for k, v in t.items()}
-    print(f"| {preset} | {PRESETS[preset][3]} | {ms['ours dpo']} | {ms['torch dpo']} | "
+    print(f"| {preset} | {PRESETS[preset][4]} | {ms['ours dpo']} | {ms['torch dpo']} | "
           f"{t['ours dpo'] / t['torch dpo']:.2f} | {ms['ours fm']} | {ms['torch fm']} | "
           f"{t['ours fm'] / t['torch fm']:.2f} | {t['ours dpo'] / t['ours fm']:.2f} | "
           f"{t['torch dpo'] / t['torch fm']:.2f} | {error:.1e} |")
   print("\nDPO: B pairs (2B videos, policy fwd+bwd with LoRA, reference fwd); FM: B videos, all "
         "parameters trained.")
   peak, dtype = matmul_ceiling(2048, 5)
-  print(f"\nDPO step matmul work (`train_step.step_flops`) against a jitted 2048^3 {dtype} "
+  print(f"\nDPO step matmul work (`timing.step_flops`) against a jitted 2048^3 {dtype} "
         f"matmul ({peak / 1e9:.0f} GFLOP/s, best of 5):\n")
   print("| preset | GFLOP a step | ours GFLOP/s | torch GFLOP/s | ours/torch 0.8 needs | "
         "share of the matmul ceiling |")
@@ -312,9 +290,6 @@ def main():
     need = flops / (0.8 * t["torch dpo"])
     print(f"| {preset} | {flops / 1e9:.0f} | {flops / t['ours dpo'] / 1e9:.0f} | "
           f"{flops / t['torch dpo'] / 1e9:.0f} | {need / 1e9:.0f} GFLOP/s | {need / peak:.0%} |")
-  if not args.no_pairs:
-    print()
-    vs_pytorch_sampler.report(runs=2 if args.quick else 5, device=device)
 
 
 if __name__ == "__main__":

@@ -1,6 +1,6 @@
 """Guided pair generation (Algo. 2): our jitted sampler against the same loop in PyTorch.
 
-    python benchmarks/vs_pytorch_sampler.py [--runs 5] [--torch_threads 1]
+    python -m benchmarks.vs_pytorch_sampler [--runs 5] [--torch_threads 1]
 
 Ours: `pairs.make_pair_sampler` (the task=pairs sampler: jit, `flow.guided_pairs`, one
 `lax.fori_loop`) on the plain tiny model. PyTorch: `torch_videodit.VideoDiT` holding the same
@@ -15,9 +15,6 @@ from __future__ import annotations
 
 import argparse
 import os
-import statistics
-import sys
-import time
 
 import jax
 import jax.numpy as jnp
@@ -25,12 +22,11 @@ import ml_collections
 import numpy as np
 import torch
 
-sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))  # For configs/.
-from benchmarks import torch_videodit as tv  # noqa: E402
-from configs import dense  # noqa: E402
-from densedpo_jax import host_memory  # noqa: E402
-from densedpo_jax import flow, pairs  # noqa: E402
-from densedpo_jax.model import LoRAConfig, get_dit_config  # noqa: E402
+from benchmarks import torch_videodit as tv
+from benchmarks.timing import median_seconds
+from configs import dense
+from densedpo_jax import flow, host_memory, pairs
+from densedpo_jax.model import LoRAConfig, get_dit_config
 
 ETA, LATENT, TEXT = 0.55, (16, 16, 16, 3), (16, 64)
 
@@ -61,16 +57,6 @@ def torch_guided_pairs(model, x_gt, eps_a, eps_b, eta: float, text, text_mask, *
       v = model(x, torch.full((2 * b,), t_cur, device=x.device), text, text_mask)
     x = x + (t_next - t_cur) * v
   return x[:b], x[b:]
-
-
-def _median_seconds(fn, runs: int) -> float:
-  """Median seconds of `fn()`, which returns once its work is done."""
-  times = []
-  for _ in range(runs):
-    start = time.perf_counter()
-    fn()
-    times.append(time.perf_counter() - start)
-  return statistics.median(times)
 
 
 def report(runs: int = 5, device: str = "cpu") -> dict:
@@ -106,7 +92,8 @@ def report(runs: int = 5, device: str = "cpu") -> dict:
   ref = np.concatenate([np.asarray(x) for x in run_ours()])
   out = np.concatenate([x.cpu().numpy() for x in run_torch()])
   error = float(np.abs(out - ref).max() / np.abs(ref).max())
-  sec = {"ours": _median_seconds(run_ours, runs), "torch": _median_seconds(run_torch, runs)}
+  sec = {"ours": median_seconds(run_ours, runs, warmup=0),
+         "torch": median_seconds(run_torch, runs, warmup=0)}
   calls = len(flow.guided_times(ETA, s.num_steps, kw["shift"])) - 1
   print(f"guided pairs, tiny preset: {b} pairs a batch ({2 * b} videos), eta {ETA}, "
         f"{s.num_steps} steps ({calls} model calls), cfg_scale {s.cfg_scale}; median of {runs} "
@@ -127,7 +114,9 @@ def main():
   host_memory.retain_freed_memory()
   print(host_memory.describe(), flush=True)
   torch.set_num_threads(args.torch_threads)
-  report(args.runs)
+  # Torch on the GPU when JAX runs on one.
+  device = "cuda" if jax.default_backend() == "gpu" and torch.cuda.is_available() else "cpu"
+  report(args.runs, device)
 
 
 if __name__ == "__main__":

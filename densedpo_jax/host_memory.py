@@ -5,9 +5,9 @@ XLA:CPU allocates an executable's temporaries (about 1 GB for the tiny preset's 
 call, and glibc serves an allocation that large with a fresh `mmap` and returns it to the kernel
 with `munmap` when the call ends: every call then faults in and zeroes a gigabyte of 4 KiB pages
 (0.7 s of system time per tiny DPO step on 2 cores, a fifth to a quarter of the step;
-`DENSEDPO_MALLOC=default python benchmarks/vs_pytorch.py` shows it). `retain_freed_memory` tells glibc to serve
-every allocation from one heap that is never trimmed (`mallopt`: one arena, no `mmap`, no trim),
-so the second call reuses the pages of the first. The process's resident memory then stays at its
+`DENSEDPO_MALLOC=default python -m benchmarks.vs_pytorch` shows it). `retain_freed_memory` tells
+glibc to serve every allocation from one heap that is never trimmed (`mallopt`: one arena, no
+`mmap`, no trim), so the second call reuses the pages of the first. The process's resident memory then stays at its
 peak instead of falling between steps. Accelerator memory is not host memory: on GPU and TPU this
 changes only the host-side buffers.
 

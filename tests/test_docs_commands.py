@@ -24,7 +24,7 @@ ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 DOCS = (["README.md"]
         + sorted(os.path.join("docs", f) for f in os.listdir(os.path.join(ROOT, "docs"))
                  if f.endswith(".md"))
-        + ["projects/shapesworld_paper/README.md"])
+        + ["benchmarks/README.md", "projects/shapesworld_paper/README.md"])
 SHELL_PROGRAMS = ("python", "bash", "pip", "vllm", "export", "sbatch")
 # Commands the checks below cannot reach, and why (matched on the command's start).
 SKIP = {

@@ -96,7 +96,7 @@ def xla_attention(q, k, v, mask=None):
   Heads-major einsums (batch dimensions leading, so XLA:CPU needs no transposing copies of the
   logits) and the softmax's division applied to the `[.., Nq, D]` output rather than to the
   `[.., Nq, Nk]` probabilities: forward about 3x and forward+backward 1.2x faster on CPU than
-  `jax.nn.dot_product_attention`'s XLA path at [32, 256, 4, 32] (benchmarks/attention.py).
+  `jax.nn.dot_product_attention`'s XLA path at [32, 256, 4, 32] (benchmarks/attention_impls.py).
   """
   heads_major = lambda x: x.transpose(0, 2, 1, 3)  # [B, heads, N, D]
   q = heads_major(q * jnp.asarray(1 / math.sqrt(q.shape[-1]), q.dtype))

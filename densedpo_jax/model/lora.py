@@ -47,7 +47,7 @@ class LoRADense(nn.Module):
                         (x.shape[-1], self.features), self.param_dtype)
     # Tokens flattened to one axis: the backward's weight-gradient dots then contract one axis,
     # which XLA:CPU runs without transposing copies of the activations (with 3D inputs the tiny
-    # DPO step took 1.41x as long: `benchmarks/step_variants.py --variants dots_3d`).
+    # DPO step took 1.41x as long on a 2-core CPU).
     lead = x.shape[:-1]
     x = x.reshape(-1, x.shape[-1]).astype(self.dtype)
     y = jnp.dot(x, kernel.astype(self.dtype))

@@ -1,41 +1,27 @@
 """Attention implementations on this backend: error against a float32 reference and time.
 
-    python benchmarks/attention.py                        # Wan 1.3B heads (12 x 128), bf16
-    python benchmarks/attention.py --tokens 256 --batch 32 --heads 4 --head_dim 32 --dtype float32 \
-        --impls jax.nn xla blockwise                    # CPU, the tiny preset's attention
+    python -m benchmarks.attention_impls               # Wan 1.3B heads (12 x 128), bf16
+    python -m benchmarks.attention_impls --tokens 256 --batch 32 --heads 4 --head_dim 32 \
+        --dtype float32 --impls jax.nn xla blockwise   # CPU, the tiny preset's attention
 
 `jax.nn` is `jax.nn.dot_product_attention`'s XLA path, which `xla` replaced. For each length:
 forward and forward+backward (gradients of sum(out * cotangent) with respect to q, k and v
 together) of `model.attention.attention` per implementation, the median of `--repeats` timed
 calls after a warm-up, and the relative error ||out - ref|| / ||ref|| of the output and of
-dq against `jax.nn.dot_product_attention` run in float32 on the same (rounded) inputs. FLOPs are the two
-attention matmuls: 4 N^2 D per head forward; forward+backward 3.5x that (the flash backward
+dq against `jax.nn.dot_product_attention` run in float32 on the same (rounded) inputs. FLOPs
+are the two attention matmuls: 4 N^2 D per head forward; forward+backward 3.5x that (the flash backward
 recomputes the logits).
 """
 from __future__ import annotations
 
 import argparse
-import os
-import statistics
-import sys
-import time
 
 import jax
 import jax.numpy as jnp
 
-sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-from densedpo_jax import host_memory  # noqa: E402
-from densedpo_jax.model.attention import attention  # noqa: E402
-
-
-def _median_time(fn, args, repeats: int) -> float:
-  jax.block_until_ready(fn(*args))
-  times = []
-  for _ in range(repeats):
-    start = time.perf_counter()
-    jax.block_until_ready(fn(*args))
-    times.append(time.perf_counter() - start)
-  return statistics.median(times)
+from benchmarks.timing import median_seconds
+from densedpo_jax import host_memory
+from densedpo_jax.model.attention import attention
 
 
 def _call(impl: str):
@@ -83,8 +69,8 @@ def main():
       try:
         fwd = jax.jit(_call(impl))
         bwd = jax.jit(jax.grad(loss(impl), argnums=(0, 1, 2)))
-        t_fwd = _median_time(fwd, (q, k, v), args.repeats)
-        t_bwd = _median_time(bwd, (q, k, v), args.repeats)
+        t_fwd = median_seconds(lambda: fwd(q, k, v), args.repeats)
+        t_bwd = median_seconds(lambda: bwd(q, k, v), args.repeats)
         err_out = _rel(fwd(q, k, v), ref_out) if ref_out is not None else float("nan")
         err_dq = _rel(bwd(q, k, v)[0], ref_dq) if ref_dq is not None else float("nan")
       except Exception as e:  # noqa: BLE001  (an implementation this backend lacks: say so)
@@ -100,8 +86,8 @@ def main():
   print("| " + " | ".join(head) + " |")
   print("|" + "---|" * len(head))
   for n, impl, t_fwd, t_bwd, flops, err_out, err_dq in rows:
-    print(f"| {n} | {impl} | {t_fwd * 1e3:.2f} | {flops / t_fwd / 1e12:.1f} | {t_bwd * 1e3:.2f} | "
-          f"{3.5 * flops / t_bwd / 1e12:.1f} | {err_out:.1e} | {err_dq:.1e} |")
+    print(f"| {n} | {impl} | {t_fwd * 1e3:.2f} | {flops / t_fwd / 1e12:.3g} | {t_bwd * 1e3:.2f} | "
+          f"{3.5 * flops / t_bwd / 1e12:.3g} | {err_out:.1e} | {err_dq:.1e} |")
 
 
 if __name__ == "__main__":

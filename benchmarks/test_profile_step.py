@@ -1,37 +1,11 @@
-"""The speed tools: the model variants of `benchmarks/step_variants.py` compute today's model's
-function (else their timings compare different work), and `benchmarks/profile_step.py` joins a
-real trace to the compiled module's layer names."""
+"""`benchmarks/profile_step.py` sorts op names into layer parts and joins a real trace to the
+compiled module's layer names."""
 import tempfile
 
 import jax
 import jax.numpy as jnp
-import numpy as np
-import pytest
 
-pytest.importorskip("torch")  # benchmarks/vs_pytorch.py, which both tools build on, imports it.
-
-from benchmarks import profile_step, step_variants  # noqa: E402
-from densedpo_jax.model import VideoDiT  # noqa: E402
-from tests.helpers import lora_setup as _setup  # noqa: E402
-from tests.helpers import randomize  # noqa: E402
-
-
-@pytest.mark.parametrize("name", ["fused_qkv", "merged_lora", "dots_3d"])
-def test_variants_compute_todays_model(name):
-  seed = np.random.randint(1 << 20)
-  cfg, model, params, lora, inputs = _setup(seed)
-  variables = {"params": params, "lora": randomize(lora, seed + 2, scale=0.2)}
-  # Modules are built when applied: today's outputs must be computed outside the context.
-  want = {on: model.apply(variables, *inputs, lora_enabled=on) for on in (True, False)}
-  assert float(jnp.abs(want[True] - want[False]).max()) > 1e-2  # The adapter does something.
-  with step_variants.variant(name):
-    got = {on: VideoDiT(cfg).apply(variables, *inputs, lora_enabled=on) for on in (True, False)}
-  for on in (True, False):
-    np.testing.assert_allclose(np.asarray(got[on]), np.asarray(want[on]), rtol=1e-4, atol=1e-5)
-  # Outside the context the blocks are today's again.
-  from densedpo_jax.model import dit, layers
-  assert layers.LoRADense not in (step_variants.MergedLoRADense, step_variants.Dots3dLoRADense)
-  assert dit.Attention is layers.Attention
+from benchmarks import profile_step
 
 
 def test_op_names_are_sorted_into_layer_parts():
