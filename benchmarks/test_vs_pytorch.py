@@ -12,7 +12,7 @@ torch = pytest.importorskip("torch")
 
 from benchmarks import torch_videodit as tv  # noqa: E402
 from benchmarks import vs_pytorch  # noqa: E402
-from densedpo_jax import losses  # noqa: E402
+from densedpo_jax.objectives import losses  # noqa: E402
 from densedpo_jax.model import LoRAConfig, get_dit_config  # noqa: E402
 from tests.helpers import TINY_MODEL, forward_gap_bound, gamma  # noqa: E402
 

@@ -22,7 +22,8 @@ import ml_collections
 import numpy as np
 from absl import logging
 
-from densedpo_jax import distributed, previews, sampling
+from densedpo_jax import distributed, previews
+from densedpo_jax.objectives import sampling
 from densedpo_jax.builders import make_source, model_config
 from densedpo_jax.data import arrayrecord_io
 

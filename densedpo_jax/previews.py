@@ -83,7 +83,7 @@ def segment_of_frames(num_frames: int, frames_per_segment: int, num_segments: in
   """Segment index of each pixel frame, int `[num_frames]`: min(f // frames_per_segment, S - 1).
 
   S = num_segments must be ceil (a short last segment) or floor (the last segment takes the
-  remainder) of num_frames / frames_per_segment, as in `segments.py`.
+  remainder) of num_frames / frames_per_segment, as in `data/segments.py`.
   """
   fps, s = frames_per_segment, num_segments
   if fps < 1 or s < 1 or not (s - 1) * fps < num_frames < (s + 1) * fps:

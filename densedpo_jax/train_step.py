@@ -18,7 +18,7 @@ import jax.numpy as jnp
 import optax
 from clu import metrics as clu_metrics
 
-from densedpo_jax import dpo, flow, losses
+from densedpo_jax.objectives import dpo, flow, losses
 
 LOSSES = ("flow_matching", "flow_dpo", "dense_dpo")
 DPO_METRICS = ("loss", "implicit_acc", "reward_margin", "policy_err_win", "policy_err_lose",

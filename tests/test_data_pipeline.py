@@ -7,7 +7,7 @@ import ml_dtypes
 import numpy as np
 import pytest
 
-from densedpo_jax import segments
+from densedpo_jax.data import segments
 from densedpo_jax.data import arrayrecord_io
 from densedpo_jax.data import pipeline
 from densedpo_jax.data import synthetic

@@ -7,7 +7,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from densedpo_jax import dpo
+from densedpo_jax.objectives import dpo
 from tests.helpers import dense_dpo_reference, gamma
 
 B, T, H, W, C, L, D = 3, 4, 2, 2, 3, 5, 6

@@ -7,7 +7,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from densedpo_jax import flow
+from densedpo_jax.objectives import flow
 from tests.helpers import euler_gap_bound, gamma
 
 SHAPE = (2, 3, 3, 2)  # per-video (T, H, W, C)

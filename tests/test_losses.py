@@ -7,7 +7,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from densedpo_jax import losses
+from densedpo_jax.objectives import losses
 from tests.helpers import dpo_units_reference, gamma
 
 METRICS = ("loss", "implicit_acc", "reward_margin", "policy_err_win", "policy_err_lose",

@@ -293,7 +293,7 @@ def test_two_processes_split_evaluation_samples_and_join_them(tmp_path):
   # Batches 0 and 2 (3 samples each) on process 0; 1 (3) and 3 (the last sample) on process 1.
   assert [_result(o) for o in outs] == [[3, 3], [3, 1]]
   # The reference: the sampler called once on all 10 samples' keys and prompts.
-  from densedpo_jax import sampling
+  from densedpo_jax.objectives import sampling
   params, records, spec, cfg = evaluation_setup(data)
   run = sampling.make_video_sampler(cfg, (16, 16, 16, 3), spec.num_steps, spec.cfg_scale)
   text = np.repeat(np.stack([r.text_emb for r in records]).astype(np.float32), 2, axis=0)

@@ -7,7 +7,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from densedpo_jax import segments
+from densedpo_jax.data import segments
 
 
 @pytest.fixture

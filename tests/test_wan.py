@@ -182,7 +182,8 @@ def test_guided_pairs_from_a_tiny_wan_through_task_pairs(tmp_path):
   """task=pairs with `model.family='wan'`: each member is Algo. 2 run with the Wan model."""
   import functools
   from configs import pairs as pairs_config
-  from densedpo_jax import flow, pairs
+  from densedpo_jax import pairs
+  from densedpo_jax.objectives import flow
   from densedpo_jax.data import arrayrecord_io
   from tests.helpers import write_videos
   cfg = tiny_wan()

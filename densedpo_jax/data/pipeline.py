@@ -52,7 +52,7 @@ import grain
 import jax
 import numpy as np
 
-from densedpo_jax import segments
+from densedpo_jax.data import segments
 from densedpo_jax.data import arrayrecord_io
 from densedpo_jax.data import schema
 

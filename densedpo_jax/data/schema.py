@@ -30,7 +30,7 @@ from typing import Any, Mapping, Optional, Union
 import ml_dtypes
 import numpy as np
 
-from densedpo_jax import segments
+from densedpo_jax.data import segments
 
 SCHEMA_VERSION = 1
 LATENT_DTYPES: dict[str, np.dtype] = {

@@ -27,7 +27,7 @@ from typing import Any, Optional, Sequence
 
 import numpy as np
 
-from densedpo_jax import segments
+from densedpo_jax.data import segments
 from densedpo_jax.data import arrayrecord_io
 from densedpo_jax.data import codec
 from densedpo_jax.data import schema

@@ -9,7 +9,7 @@ from typing import Optional, Sequence
 
 import numpy as np
 
-from densedpo_jax import segments
+from densedpo_jax.data import segments
 from densedpo_jax.data import schema
 
 

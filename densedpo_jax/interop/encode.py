@@ -34,7 +34,7 @@ from typing import Any
 import ml_dtypes
 import numpy as np
 
-from densedpo_jax import segments
+from densedpo_jax.data import segments
 from densedpo_jax.data import arrayrecord_io, schema
 from densedpo_jax.interop import video_io
 

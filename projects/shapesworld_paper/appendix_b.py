@@ -24,7 +24,8 @@ import jax.numpy as jnp
 import numpy as np
 from PIL import Image, ImageDraw
 
-from densedpo_jax import distributed, flow, previews, sampling
+from densedpo_jax import distributed, previews
+from densedpo_jax.objectives import flow, sampling
 from densedpo_jax.builders import make_source, model_config
 from densedpo_jax.data import arrayrecord_io
 from densedpo_jax.model import LoRAConfig, build

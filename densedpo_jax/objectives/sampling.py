@@ -5,7 +5,7 @@ import functools
 
 import jax
 
-from densedpo_jax import flow
+from densedpo_jax.objectives import flow
 from densedpo_jax.model import LoRAConfig, ModelConfig, build, pretrained
 
 

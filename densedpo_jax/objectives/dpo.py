@@ -15,7 +15,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from densedpo_jax import flow, losses
+from densedpo_jax.objectives import flow, losses
 
 _BATCH_KEYS = ("latent_a", "latent_b", "text_emb", "text_mask")
 
