@@ -20,7 +20,7 @@ import jax
 import jax.numpy as jnp
 
 from benchmarks.timing import median_seconds
-from densedpo_jax import host_memory
+from densedpo_jax.training import host_memory
 from densedpo_jax.model.attention import attention
 
 

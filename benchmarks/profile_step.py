@@ -31,7 +31,7 @@ import tempfile
 import jax
 
 from benchmarks.timing import PRESETS, OursStep, make_config
-from densedpo_jax import host_memory
+from densedpo_jax.training import host_memory
 
 _OP_NAME = re.compile(r"^\s*%?([\w.\-]+) = [^\n]*?op_name=\"([^\"]+)\"", re.M)
 _PROJECTIONS = ("q", "k", "v", "out", "q_norm", "k_norm")

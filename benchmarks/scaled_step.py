@@ -29,8 +29,9 @@ import jax.numpy as jnp
 
 from benchmarks.timing import matmul_ceiling, median_seconds
 from configs import common
-from densedpo_jax import plan, train_step
-from densedpo_jax.builders import model_config
+from densedpo_jax import plan
+from densedpo_jax.training import train_step
+from densedpo_jax.training.builders import model_config
 from densedpo_jax.model import build, forward_flops
 from densedpo_jax.model.registry import abstract_variables
 
@@ -101,7 +102,7 @@ def bench(args, impl: str, key) -> dict:
   flops = 3 * fwd(True) + fwd(False)  # Policy forward + backward (about 2 forwards), reference.
   planned = plan.plan(c, cfg, tuple(args.latent), args.text_len,
                       {"data": 1, "fsdp": 1, "tensor": 1})["total"]
-  del state, frozen
+  del state
   return {"impl": impl, "compile_s": compile_s, "step_s": step_s,
           "peak": stats.get("peak_bytes_in_use", float("nan")), "temp": temp, "flops": flops,
           "planned": planned, "loss": loss}

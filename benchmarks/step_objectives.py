@@ -31,7 +31,7 @@ import os
 import jax
 
 from benchmarks.timing import PRESETS, OursStep, make_config, matmul_ceiling, step_flops, time_steps
-from densedpo_jax import host_memory
+from densedpo_jax.training import host_memory
 
 LOSSES = ("flow_matching", "flow_dpo", "dense_dpo")
 

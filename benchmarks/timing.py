@@ -20,8 +20,8 @@ import jax.numpy as jnp
 import numpy as np
 
 from configs.common import base
-from densedpo_jax import train_step
-from densedpo_jax.builders import model_config
+from densedpo_jax.training import train_step
+from densedpo_jax.training.builders import model_config
 from densedpo_jax.model import build, forward_flops
 
 # name: (model preset, model overrides, latent [T, H, W, C], text [L, D], batch)

@@ -45,8 +45,8 @@ import torch.nn.functional as F
 from benchmarks import torch_videodit as tv
 from benchmarks.timing import (PRESETS, OursStep, build_step, make_config, matmul_ceiling,
                                step_flops, time_steps)
-from densedpo_jax import host_memory
-from densedpo_jax.builders import model_config
+from densedpo_jax.training import host_memory
+from densedpo_jax.training.builders import model_config
 
 LOSSES = {"dpo": "flow_dpo", "fm": "flow_matching"}
 

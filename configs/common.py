@@ -5,7 +5,7 @@ import ml_collections
 from ml_collections import config_dict
 
 from densedpo_jax.model import FAMILIES
-from densedpo_jax.sharding import DEFAULT_RULES
+from densedpo_jax.training.sharding import DEFAULT_RULES
 
 
 def model_fields() -> ml_collections.ConfigDict:

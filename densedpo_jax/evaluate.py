@@ -24,7 +24,7 @@ from absl import logging
 
 from densedpo_jax import distributed, previews
 from densedpo_jax.objectives import sampling
-from densedpo_jax.builders import make_source, model_config
+from densedpo_jax.training.builders import make_source, model_config
 from densedpo_jax.data import arrayrecord_io
 
 METRICS = ("visual_quality", "temporal_consistency", "dynamic_degree", "fast_share", "mean_speed",

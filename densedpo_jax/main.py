@@ -11,7 +11,8 @@ import sys
 from absl import app, flags, logging
 from ml_collections import config_flags
 
-from densedpo_jax import console, host_memory
+from densedpo_jax import console
+from densedpo_jax.training import host_memory
 
 _CONFIG = config_flags.DEFINE_config_file("config", None, "Job config file (with optional :arg).",
                                           lock_config=True)
@@ -68,7 +69,7 @@ def main(argv):
   if config.task not in TASKS:
     raise ValueError(f"config.task={config.task!r}; expected one of {TASKS}")
   if config.task == "train":
-    from densedpo_jax import train
+    from densedpo_jax.training import train
     history = train.train_and_evaluate(config, workdir)
     if history:
       step = max(history)

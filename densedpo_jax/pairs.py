@@ -30,7 +30,7 @@ from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
 from densedpo_jax import distributed
 from densedpo_jax.objectives import flow, sampling
 from densedpo_jax.data import arrayrecord_io, schema
-from densedpo_jax.builders import make_source, model_config
+from densedpo_jax.training.builders import make_source, model_config
 from densedpo_jax.model import LoRAConfig, build
 
 MODES = ("vanilla", "guided")

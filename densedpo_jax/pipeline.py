@@ -15,7 +15,8 @@ import os
 import ml_collections
 from absl import logging
 
-from densedpo_jax import evaluate, pairs, train
+from densedpo_jax import evaluate, pairs
+from densedpo_jax.training import train
 from densedpo_jax.labeling import task as label_task
 
 

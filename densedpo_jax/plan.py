@@ -76,8 +76,8 @@ def compiled(config, latent: tuple[int, int, int], text_len: int, num_devices: i
   import jax
   import jax.numpy as jnp
   from jax.sharding import NamedSharding, PartitionSpec as P
-  from densedpo_jax import checkpointing, sharding, train_step
-  from densedpo_jax.builders import model_config
+  from densedpo_jax.training import checkpointing, sharding, train_step
+  from densedpo_jax.training.builders import model_config
   from densedpo_jax.model import build
   cfg = model_config(config)
   model, tx = build(cfg), train_step.make_optimizer(config.optim)
@@ -138,11 +138,11 @@ def main(argv=None) -> None:
   if args.compiled and "--xla_force_host_platform_device_count" not in os.environ.get("XLA_FLAGS", ""):
     os.environ["XLA_FLAGS"] = (os.environ.get("XLA_FLAGS", "") +
                                f" --xla_force_host_platform_device_count={args.devices}")
-  from densedpo_jax.builders import model_config
+  from densedpo_jax.training.builders import model_config
   from densedpo_jax.main import _load_config
   from densedpo_jax.model.__main__ import TYPICAL_INPUT
   from densedpo_jax.pipeline import with_overrides
-  from densedpo_jax.sharding import resolve_mesh_shape, MESH_AXES
+  from densedpo_jax.training.sharding import resolve_mesh_shape, MESH_AXES
   config = _load_config(args.config)
   config = with_overrides(config, **{o.split("=", 1)[0][len("--config."):]: _literal(o.split("=", 1)[1])
                                      for o in overrides if o.startswith("--config.")})

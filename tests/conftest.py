@@ -7,7 +7,7 @@ def world(tmp_path_factory):
   """ShapesWorld train/held-out videos as record datasets (`<root>/videos`, names 'train' and
   'heldout') and a base model trained for 3 steps (`<root>/base`), shared by the end-to-end tests."""
   from configs import pretrain
-  from densedpo_jax import train
+  from densedpo_jax.training import train
   from densedpo_jax.data import arrayrecord_io, tfds_builder
   from tests.helpers import TINY_MODEL
   root = tmp_path_factory.mktemp("world")

@@ -7,8 +7,8 @@ import pytest
 from flax import linen as nn
 from jax.sharding import NamedSharding, PartitionSpec as P
 
-from densedpo_jax import sharding, train_step
-from densedpo_jax.builders import model_config
+from densedpo_jax.training import sharding, train_step
+from densedpo_jax.training.builders import model_config
 from densedpo_jax.model import build
 from tests.helpers import randomize
 from tests.helpers import tiny_config

@@ -12,7 +12,7 @@ def _record(pathname: str, level: int = logging.INFO, msg: str = "m") -> logging
 
 
 def test_console_filter_keeps_ours_and_warnings_unless_verbose():
-  ours = os.path.join(console.PACKAGE_DIR, "train.py")
+  ours = os.path.join(console.PACKAGE_DIR, "training", "train.py")
   library = "/usr/lib/python3/site-packages/orbax/checkpoint/checkpointer.py"
   quiet, loud = console.ConsoleFilter(0), console.ConsoleFilter(1)
   assert quiet.filter(_record(ours))
@@ -34,7 +34,8 @@ def test_setup_sends_library_chatter_to_the_file_only(tmp_path, capfd):
     console.setup(log_file, verbosity=0)
     handler = absl_logging.get_absl_handler()
     library = _record("/site-packages/orbax/checkpoint/x.py", msg="orbax chatter")
-    ours = _record(os.path.join(console.PACKAGE_DIR, "train.py"), msg="step 10: loss 0.5")
+    ours = _record(os.path.join(console.PACKAGE_DIR, "training", "train.py"),
+                   msg="step 10: loss 0.5")
     for record in (library, ours):
       logging.getLogger().handle(record)
     err = capfd.readouterr().err

@@ -201,7 +201,8 @@ def test_the_whole_real_model_path(wan, tmp_path):
   """encode -> task=pairs (Wan, straight from the diffusers folder) with decoding -> labels from a
   JSONL file (task=label) -> task=train DenseDPO -> task=evaluate with decoding."""
   from configs import evaluate as evaluate_config, label as label_config, pairs as pairs_config
-  from densedpo_jax import evaluate, pairs, train
+  from densedpo_jax import evaluate, pairs
+  from densedpo_jax.training import train
   from densedpo_jax.labeling import task as label_task
   from tests.helpers import tiny_config
   folder, encoders = wan

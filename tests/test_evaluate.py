@@ -7,7 +7,8 @@ import numpy as np
 import pytest
 
 from configs import evaluate as evaluate_config
-from densedpo_jax import evaluate, train
+from densedpo_jax import evaluate
+from densedpo_jax.training import train
 from densedpo_jax.data import arrayrecord_io
 from tests.helpers import C, H, T, W, tiny_config, write_videos
 

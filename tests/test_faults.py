@@ -14,8 +14,9 @@ import numpy as np
 import pytest
 from orbax.checkpoint._src.path import atomicity
 
-from densedpo_jax import checkpointing, train
+from densedpo_jax.training import train
 from densedpo_jax.data import arrayrecord_io, schema, summary
+from densedpo_jax.model import pretrained
 from tests.helpers import tiny_config, write_pairs, write_videos
 
 
@@ -46,7 +47,7 @@ def test_a_nan_with_a_save_in_flight_keeps_that_checkpoint(slow_saves, tmp_path)
     train.train_and_evaluate(config, workdir)
   # Step 2 passed the finite check and was being saved when step 3 failed: it is complete.
   assert _checkpoint_dirs(workdir) == ["1", "2"]
-  _, params = checkpointing.read_item(workdir, "params")
+  _, params = pretrained.read_item(workdir, "params")
   leaves = [np.asarray(x) for x in jax.tree_util.tree_leaves(params)]
   assert leaves and all(np.isfinite(x).all() for x in leaves)
 
@@ -141,7 +142,7 @@ def test_sigterm_then_resume_logs_every_step_exactly_once(tmp_path):
   script = (
       "import sys, json; sys.path.insert(0, %r)\n"
       "from tests.helpers import tiny_config\n"
-      "from densedpo_jax import train\n"
+      "from densedpo_jax.training import train\n"
       "c = tiny_config('flow_matching', %r, total_steps=%d, log_every=5, checkpoint_every=10)\n"
       "h = train.train_and_evaluate(c, %r)\n"
       "print('HISTORY', json.dumps(h))\n" % (os.getcwd(), data, total, workdir))

@@ -19,8 +19,9 @@ from flax import linen as nn
 from orbax.checkpoint._src.path import gcs_utils
 from PIL import Image
 
-from densedpo_jax import checkpointing, distributed, previews, train
-from densedpo_jax.builders import model_config
+from densedpo_jax import distributed, previews
+from densedpo_jax.training import checkpointing, train
+from densedpo_jax.training.builders import model_config
 from densedpo_jax.model import LoRAConfig, build, pretrained
 from densedpo_jax.data import arrayrecord_io, tfds_builder
 from tests.helpers import (C, D, H, L, T, W, euler_gap_bound, evaluation_setup, forward_gap_bound,
@@ -37,7 +38,7 @@ if pid is not None:
   distributed.initialize("127.0.0.1:{port}", 2, pid)
 """
 TRAIN = """
-from densedpo_jax import train
+from densedpo_jax.training import train
 from tests.helpers import tiny_config
 config = tiny_config("dense_dpo", {data!r}, total_steps={steps}, init_from={base!r}, **{settings!r})
 print("RESULT", json.dumps(train.train_and_evaluate(config, {workdir!r})), flush=True)
@@ -71,7 +72,8 @@ print("RESULT", json.dumps([side, stats, error], default=float), flush=True)
 
 EVALUATE = """
 import numpy as np
-from densedpo_jax import evaluate, sampling
+from densedpo_jax import evaluate
+from densedpo_jax.objectives import sampling
 from tests.helpers import evaluation_setup
 params, records, spec, cfg = evaluation_setup({data!r})
 calls, make = [], sampling.make_video_sampler
@@ -218,7 +220,7 @@ def test_two_processes_match_one_and_stop_together_on_sigterm(tmp_path):
   # results/logs/multihost.txt.
   one = histories[2]
   gaps = {s: max(abs(h[s]["loss"] - one[s]["loss"]) for h in histories[:2]) for s in (1, 2, 3)}
-  _, state = checkpointing.read_item(one_dir, "state")
+  _, state = pretrained.read_item(one_dir, "state")
   n_trainable = sum(np.size(x) for x in jax.tree_util.tree_leaves(state["trainable"]))
   loss_tol, grad_rtol = multihost_tolerances(one, tiny_config("dense_dpo", data).optim.lr,
                                              n_trainable)

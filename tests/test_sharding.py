@@ -6,7 +6,7 @@ import pytest
 from flax import linen as nn
 from jax.sharding import PartitionSpec as P
 
-from densedpo_jax import sharding
+from densedpo_jax.training import sharding
 from densedpo_jax.model import LoRAConfig, VideoDiT, get_dit_config
 from tests.helpers import forward_gap_bound
 

@@ -14,11 +14,11 @@ from flax import linen as nn
 from jax.sharding import SingleDeviceSharding
 from PIL import Image
 
-from densedpo_jax import checkpointing, train
-from densedpo_jax.builders import model_config
+from densedpo_jax.training import checkpointing, train
+from densedpo_jax.training.builders import model_config
 from densedpo_jax.model import pretrained
 from densedpo_jax.model import VideoDiT
-from densedpo_jax.train_step import _accumulated_grads
+from densedpo_jax.training.train_step import _accumulated_grads
 from tests.helpers import C, D, H, L, T, W, gamma, tiny_config, write_pairs, write_videos
 
 @pytest.fixture(scope="module")
@@ -165,7 +165,7 @@ def test_sigterm_saves_a_checkpoint_and_exits_cleanly(data, tmp_path):
   script = (
       "import sys; sys.path.insert(0, %r)\n"
       "from tests.helpers import tiny_config\n"
-      "from densedpo_jax import train\n"
+      "from densedpo_jax.training import train\n"
       "c = tiny_config('flow_matching', %r, total_steps=100000, checkpoint_every=100000)\n"
       "train.train_and_evaluate(c, %r)\n" % (os.getcwd(), data[0], workdir))
   env = dict(os.environ, JAX_PLATFORMS="cpu", XLA_FLAGS="")

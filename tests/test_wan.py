@@ -9,8 +9,8 @@ import numpy as np
 import pytest
 from flax import linen as nn
 
-from densedpo_jax import train
-from densedpo_jax.builders import model_config
+from densedpo_jax.training import train
+from densedpo_jax.training.builders import model_config
 from densedpo_jax.model import (LoRAConfig, WanConfig, build, forward_flops, get_model_config,
                                 load_pretrained, param_count, pretrained)
 from densedpo_jax.model.layers import rope_3d, rope_axis_dims
@@ -158,7 +158,7 @@ def test_dense_dpo_on_a_tiny_wan_through_the_trainer(tmp_path):
 
 
 def test_the_trainer_never_imports_torch_or_interop():
-  code = ("import sys, densedpo_jax.train, densedpo_jax.pairs, densedpo_jax.evaluate; "
+  code = ("import sys, densedpo_jax.training.train, densedpo_jax.pairs, densedpo_jax.evaluate; "
           "bad = [m for m in sys.modules if m.split('.')[0] in ('torch', 'diffusers', "
           "'transformers') or m.startswith('densedpo_jax.interop')]; print(bad); "
           "sys.exit(1 if bad else 0)")
@@ -222,7 +222,7 @@ def test_shipped_wan_configs(arg, preset):
   # The shipped mesh and accumulation fit 8 x 80 GB at 81 frames by the memory plan
   # (docs/scaling.md), one pair a micro-step at least.
   from densedpo_jax import plan
-  from densedpo_jax.sharding import MESH_AXES, resolve_mesh_shape
+  from densedpo_jax.training.sharding import MESH_AXES, resolve_mesh_shape
   mesh = dict(zip(MESH_AXES, resolve_mesh_shape(c.mesh.shape, 8)))
   assert plan.videos_per_device(c, mesh) >= 2
   assert plan.plan(c, cfg, (21, 60, 104), 512, mesh)["total"] < 0.9 * 80 * 2 ** 30

@@ -13,9 +13,10 @@ from flax import linen as nn, traverse_util
 torch = pytest.importorskip("torch")
 diffusers = pytest.importorskip("diffusers")
 
-from densedpo_jax import checkpointing, train  # noqa: E402
+from densedpo_jax.training import train  # noqa: E402
 from densedpo_jax.interop import convert, export, wan_weights  # noqa: E402
 from densedpo_jax.model import LoRAConfig, build, get_model_config, load_pretrained  # noqa: E402
+from densedpo_jax.model import pretrained  # noqa: E402
 from densedpo_jax.model.pretrained import abstract_params  # noqa: E402
 from densedpo_jax.model.layers import rope_3d  # noqa: E402
 from densedpo_jax.model.wan import WanBlock, WanConditionEmbedder  # noqa: E402
@@ -210,7 +211,7 @@ def test_converted_folder_equals_the_diffusers_folder(trained, tmp_path):
 def test_lora_adapter_off_is_the_base_and_exported_adapter_loads_in_diffusers(trained, tmp_path):
   model, root = trained
   module, base = load_pretrained(str(root / "converted"), text_len=TEXT_LEN)
-  _, state = checkpointing.read_item(str(root / "run"), "state")
+  _, state = pretrained.read_item(str(root / "run"), "state")
   lora_cfg = module.cfg.replace(lora=LoRAConfig(rank=4, alpha=8.0))
   variables = {"params": base["params"], "lora": state["trainable"]}
   x, t, text, mask = _inputs(_fresh())

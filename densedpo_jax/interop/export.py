@@ -15,7 +15,6 @@ import os
 
 import numpy as np
 
-from densedpo_jax import checkpointing
 from densedpo_jax.interop import wan_weights
 from densedpo_jax.model import WanConfig, family_of, pretrained
 
@@ -43,7 +42,7 @@ def export_lora(workdir: str, out: str, step: int | None = None) -> dict:
   cfg = _wan_config(workdir)
   if cfg.lora.rank == 0:
     raise ValueError(f"{workdir}: the run has no LoRA adapter (lora.rank = 0)")
-  step, state = checkpointing.read_item(workdir, "state", step)
+  step, state = pretrained.read_item(workdir, "state", step)
   lora = state.get("ema") or state["trainable"]
   tensors, metadata = wan_weights.lora_to_peft(lora, cfg)
   _save_safetensors(tensors, out, {"format": "pt",
@@ -56,7 +55,7 @@ def export_merged(workdir: str, out: str, step: int | None = None, dtype: str = 
                   max_shard_bytes: int = 5 * 2**30) -> dict:
   """Writes the run's exported params (adapter folded in) as a diffusers transformer folder."""
   cfg = _wan_config(workdir)
-  step, params = checkpointing.read_item(workdir, "params", step)
+  step, params = pretrained.read_item(workdir, "params", step)
   state_dict = {k: v.astype(np.dtype(dtype)) for k, v in wan_weights.to_diffusers(params, cfg).items()}
   os.makedirs(out, exist_ok=True)
   for old in os.listdir(out):  # An earlier export's shards or index would shadow these weights.

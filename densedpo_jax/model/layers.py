@@ -15,7 +15,7 @@ from densedpo_jax.model.lora import LoRADense
 
 Array = jax.Array
 # Logical names of activations, apart from the weights' (`embed`, `mlp`, `heads`): with FSDP the
-# weights' embed axis is sharded while tokens are not (sharding.py maps both).
+# weights' embed axis is sharded while tokens are not (training/sharding.py maps both).
 TOKENS = ("act_batch", "act_length", "act_embed")
 HEADS = ("act_batch", "act_length", "act_heads", "act_kv")
 HIDDEN = ("act_batch", "act_length", "act_mlp")

@@ -1,10 +1,10 @@
 """Pretrained weights on disk: the project's params directories, and diffusers folders.
 
 A params directory holds `checkpoints/<step>/params`, the Orbax item that every run's checkpoint
-has (`checkpointing.py`), and a `model.json` naming the model config (written by runs and by
-`python -m densedpo_jax.convert`). `config.init_from` and `load_pretrained` accept a run's workdir,
-its `checkpoints` folder, one step folder, or a diffusers `transformer/` folder; the last is
-converted on the fly by `interop/wan_weights.py`, which reads safetensors and needs no torch.
+has (`training/checkpointing.py`), and a `model.json` naming the model config (written by runs
+and by `python -m densedpo_jax.convert`). `config.init_from` and `load_pretrained` accept a
+run's workdir, its `checkpoints` folder, one step folder, or a diffusers `transformer/` folder;
+the last is converted on the fly by `interop/wan_weights.py`, which reads safetensors and needs no torch.
 """
 from __future__ import annotations
 
@@ -175,3 +175,29 @@ def read_params_on_device(path: str, cfg: ModelConfig) -> Any:
   target = jax.tree_util.tree_map(lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=device),
                                   nn.unbox(abstract_params(cfg)))
   return read_params(path, target, cfg)
+
+
+def read_item(workdir: str, item: str, step: int | None = None) -> tuple[int, Any]:
+  """`(step, tree)` of one item (`'state'` or `'params'`) of a run's checkpoint, restored onto the
+  first local device whatever mesh saved it (for tools: export, inspection). Default: latest
+  step."""
+  directory = _path(workdir) / "checkpoints"
+  if not directory.is_dir():
+    raise FileNotFoundError(f"{workdir}: no checkpoints folder (expected {directory})")
+  manager = ocp.CheckpointManager(directory, options=ocp.CheckpointManagerOptions(
+      read_only=True, create=False, save_interval_steps=0),
+                                  item_names=(item,))
+  try:
+    step = manager.latest_step() if step is None else step
+    if step is None or step not in manager.all_steps():
+      raise FileNotFoundError(f"{directory}: no checkpoint step {step} (found "
+                              f"{list(manager.all_steps())})")
+    device = jax.sharding.SingleDeviceSharding(jax.local_devices()[0])
+    target = jax.tree_util.tree_map(
+        lambda m: jax.ShapeDtypeStruct(m.shape, m.dtype, sharding=device),
+        manager.item_metadata(step)[item])
+    restored = manager.restore(step, args=ocp.args.Composite(
+        **{item: ocp.args.StandardRestore(target)}))
+  finally:
+    manager.close()
+  return step, restored[item]

@@ -26,7 +26,7 @@ from PIL import Image, ImageDraw
 
 from densedpo_jax import distributed, previews
 from densedpo_jax.objectives import flow, sampling
-from densedpo_jax.builders import make_source, model_config
+from densedpo_jax.training.builders import make_source, model_config
 from densedpo_jax.data import arrayrecord_io
 from densedpo_jax.model import LoRAConfig, build
 from densedpo_jax.pipeline import video_data, with_overrides

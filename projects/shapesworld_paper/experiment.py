@@ -47,7 +47,8 @@ from typing import Optional
 import ml_collections
 from absl import logging
 
-from densedpo_jax import distributed, evaluate, pairs, train
+from densedpo_jax import distributed, evaluate, pairs
+from densedpo_jax.training import train
 from projects.shapesworld_paper import appendix_b, report
 from densedpo_jax.data import arrayrecord_io, summary
 from densedpo_jax.labeling import task as label_task

@@ -110,28 +110,3 @@ def check_resumable(workdir: str) -> None:
       _check_process_count(manager, directory, step)
   finally:
     manager.close()
-
-
-def read_item(workdir: str, item: str, step: int | None = None) -> tuple[int, Any]:
-  """`(step, tree)` of one item (`'state'` or `'params'`) of a run's checkpoint, restored onto the
-  first local device whatever mesh saved it (for tools: export, inspection). Default: latest step."""
-  directory = distributed.path(workdir) / "checkpoints"
-  if not directory.is_dir():
-    raise FileNotFoundError(f"{workdir}: no checkpoints folder (expected {directory})")
-  manager = ocp.CheckpointManager(directory, options=ocp.CheckpointManagerOptions(
-      read_only=True, create=False, save_interval_steps=0),
-                                  item_names=(item,))
-  try:
-    step = manager.latest_step() if step is None else step
-    if step is None or step not in manager.all_steps():
-      raise FileNotFoundError(f"{directory}: no checkpoint step {step} (found "
-                              f"{list(manager.all_steps())})")
-    device = jax.sharding.SingleDeviceSharding(jax.local_devices()[0])
-    target = jax.tree_util.tree_map(
-        lambda m: jax.ShapeDtypeStruct(m.shape, m.dtype, sharding=device),
-        manager.item_metadata(step)[item])
-    restored = manager.restore(step, args=ocp.args.Composite(
-        **{item: ocp.args.StandardRestore(target)}))
-  finally:
-    manager.close()
-  return step, restored[item]

@@ -21,9 +21,10 @@ from clu import metric_writers, periodic_actions
 from jax.experimental import multihost_utils
 from jax.sharding import NamedSharding, PartitionSpec as P
 
-from densedpo_jax import checkpointing, distributed, previews, sharding, train_step
+from densedpo_jax import distributed, previews
+from densedpo_jax.training import checkpointing, sharding, train_step
 from densedpo_jax.objectives import sampling
-from densedpo_jax.builders import make_source, model_config
+from densedpo_jax.training.builders import make_source, model_config
 from densedpo_jax.data import arrayrecord_io, pipeline
 from densedpo_jax.model import build, merge_lora, pretrained
 
