@@ -25,7 +25,7 @@ import torch
 from benchmarks import torch_videodit as tv
 from benchmarks.timing import median_seconds
 from configs import dense
-from densedpo_jax import pairs
+from densedpo_jax.tasks import pairs
 from densedpo_jax.training import host_memory
 from densedpo_jax.objectives import flow
 from densedpo_jax.model import LoRAConfig, get_dit_config

@@ -75,8 +75,9 @@ def base() -> ml_collections.ConfigDict:
   c.sample = ml_collections.ConfigDict({"every": 0, "num_videos": 4, "num_steps": 32,
                                         "cfg_scale": 1.0, "seed": 0, "fps": 8.0})
 
-  # Latents -> video files in task=pairs and task=evaluate (interop/decode.py): 'none', 'pixels'
-  # (identity autoencoder: ShapesWorld), 'wan' (the Wan 2.1 VAE in `weights`, a diffusers folder).
+  # Latents -> video files in task=pairs and task=evaluate (interop/decode_records.py): 'none',
+  # 'pixels' (identity autoencoder: ShapesWorld), 'wan' (the Wan 2.1 VAE in `weights`, a diffusers
+  # folder).
   c.decoder = ml_collections.ConfigDict({"kind": "none", "weights": "", "format": "mp4", "scale": 1})
 
   c.t_sampler = ml_collections.ConfigDict({"kind": "logit_normal", "mean": 0.0, "std": 1.0})

@@ -1,5 +1,5 @@
-"""`python -m densedpo_jax.decode`: see `densedpo_jax/interop/decode.py`."""
-from densedpo_jax.interop.decode import main
+"""`python -m densedpo_jax.decode`: see `densedpo_jax/interop/decode_records.py`."""
+from densedpo_jax.interop.decode_records import main
 
 if __name__ == "__main__":
   main()

@@ -1,5 +1,5 @@
-"""`python -m densedpo_jax.encode`: see `densedpo_jax/interop/encode.py`."""
-from densedpo_jax.interop.encode import main
+"""`python -m densedpo_jax.encode`: see `densedpo_jax/interop/encode_videos.py`."""
+from densedpo_jax.interop.encode_videos import main
 
 if __name__ == "__main__":
   main()

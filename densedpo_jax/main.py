@@ -75,14 +75,14 @@ def main(argv):
       step = max(history)
       print(f"step {step}: " + ", ".join(f"{k}={v:.4g}" for k, v in sorted(history[step].items())))
   elif config.task == "pairs":
-    from densedpo_jax import pairs
+    from densedpo_jax.tasks import pairs
     pairs.main(config)
   elif config.task == "evaluate":
-    from densedpo_jax import evaluate
+    from densedpo_jax.tasks import evaluate
     evaluate.main(config, workdir)
   elif config.task == "pipeline":
-    from densedpo_jax import pipeline
-    pipeline.main(config, workdir)
+    from densedpo_jax.tasks import arm
+    arm.main(config, workdir)
   elif config.task == "label":
     from densedpo_jax.labeling import task
     task.main(config)

@@ -138,10 +138,9 @@ def main(argv=None) -> None:
   if args.compiled and "--xla_force_host_platform_device_count" not in os.environ.get("XLA_FLAGS", ""):
     os.environ["XLA_FLAGS"] = (os.environ.get("XLA_FLAGS", "") +
                                f" --xla_force_host_platform_device_count={args.devices}")
-  from densedpo_jax.training.builders import model_config
+  from densedpo_jax.training.builders import model_config, with_overrides
   from densedpo_jax.main import _load_config
   from densedpo_jax.model.__main__ import TYPICAL_INPUT
-  from densedpo_jax.pipeline import with_overrides
   from densedpo_jax.training.sharding import resolve_mesh_shape, MESH_AXES
   config = _load_config(args.config)
   config = with_overrides(config, **{o.split("=", 1)[0][len("--config."):]: _literal(o.split("=", 1)[1])

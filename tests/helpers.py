@@ -12,7 +12,7 @@ from flax import linen as nn
 from configs import common
 from densedpo_jax.data import arrayrecord_io, schema
 from densedpo_jax.model import LoRAConfig, VideoDiT, get_dit_config
-from densedpo_jax.pipeline import with_overrides
+from densedpo_jax.training.builders import with_overrides
 from densedpo_jax.shapesworld import artifacts, world
 
 EPS32 = float(np.finfo(np.float32).eps)  # 2**-23: float32's relative rounding step.
@@ -237,7 +237,7 @@ def evaluation_setup(data: str):
   """`evaluate.sample_model`'s inputs: a tiny random model, the prompts of the ShapesWorld
   clips in `data`, 2 seeds each, batches of 3 (10 samples: 4 batches, the last of 1)."""
   import ml_collections
-  from densedpo_jax import evaluate
+  from densedpo_jax.tasks import evaluate
   cfg = get_dit_config("tiny", width=32, depth=2, num_heads=2, text_dim=64)
   zeros = lambda shape: np.zeros(shape, np.float32)
   variables = VideoDiT(cfg).init(jax.random.key(0), zeros((1, 16, 16, 16, 3)), zeros((1,)),

@@ -13,7 +13,7 @@ pytest.importorskip("diffusers")
 pytest.importorskip("av")
 
 from densedpo_jax.data import arrayrecord_io, pipeline  # noqa: E402
-from densedpo_jax.interop import decode, encode, video_io  # noqa: E402
+from densedpo_jax.interop import decode_records, encode_videos, video_io  # noqa: E402
 from densedpo_jax.interop.wan_encoders import WanEncoders  # noqa: E402
 from tests.tiny_wan import build_wan_folder  # noqa: E402
 
@@ -79,14 +79,14 @@ def _videos(tmp_path, n=3, seconds=1.2):
   return _manifest(tmp_path / "videos.jsonl", lines)
 
 
-SETTINGS = encode.Settings(num_frames=9, height=H, width=W, fps=16.0, records_per_part=2)
+SETTINGS = encode_videos.Settings(num_frames=9, height=H, width=W, fps=16.0, records_per_part=2)
 
 
 def test_encoded_latents_are_the_normalised_vae_mode_and_decode_back(wan, tmp_path):
   folder, encoders = wan
   counting = Counting(encoders)
   manifest = _videos(tmp_path)
-  side = encode.encode_dataset(counting, manifest, str(tmp_path / "out"), "videos", SETTINGS,
+  side = encode_videos.encode_dataset(counting, manifest, str(tmp_path / "out"), "videos", SETTINGS,
                                log=lambda s: None)
   assert side["num_records"] == 3 and side["signature"]["latent_shape"] == [3, H // 8, W // 8, 16]
   assert sorted(counting.prompts) == sorted(PROMPTS)  # Each distinct prompt embedded once.
@@ -117,7 +117,7 @@ def test_encoded_latents_are_the_normalised_vae_mode_and_decode_back(wan, tmp_pa
                              atol=2e-2)
   assert not np.asarray(rec.text_emb[n:], np.float32).any()
 
-  index = decode.decode_dataset(str(tmp_path / "out"), "videos", str(tmp_path / "decoded"),
+  index = decode_records.decode_dataset(str(tmp_path / "out"), "videos", str(tmp_path / "decoded"),
                                 kind="wan", weights=folder, log=lambda s: None)
   assert [e["id"] for e in index] == ["clip0", "clip1", "clip2"]
   video, fps = video_io.read_video(str(tmp_path / "decoded" / index[1]["files"]["video"]))
@@ -131,8 +131,8 @@ def test_pair_labels_reach_the_training_pipeline_as_latent_frame_labels(wan, tmp
   manifest = _manifest(tmp_path / "pairs.jsonl", [
       {"id": "p0", "prompt": PROMPTS[0], "video_a": "m0.mp4", "video_b": "m1.mp4",
        "segment_labels": [1, -1, 1], "global_label": 1}])
-  settings = encode.Settings(num_frames=33, height=H, width=W, fps=16.0)
-  encode.encode_dataset(encoders, manifest, str(tmp_path / "out"), "pairs", settings,
+  settings = encode_videos.Settings(num_frames=33, height=H, width=W, fps=16.0)
+  encode_videos.encode_dataset(encoders, manifest, str(tmp_path / "out"), "pairs", settings,
                         log=lambda s: None)
   source = arrayrecord_io.ShardedSource(str(tmp_path / "out"), "pairs")
   batch = next(iter(pipeline.pair_dataset(source, batch_size=1, seed=0, mode="dense",
@@ -148,11 +148,11 @@ def test_a_killed_run_resumes_without_duplicates(wan, tmp_path):
   manifest = _videos(tmp_path, n=5)
   out = str(tmp_path / "out")
   with pytest.raises(KeyboardInterrupt):
-    encode.encode_dataset(Counting(encoders, fail_at=3), manifest, out, "videos", SETTINGS,
+    encode_videos.encode_dataset(Counting(encoders, fail_at=3), manifest, out, "videos", SETTINGS,
                           batch_size=1, log=lambda s: None)
   assert not os.path.exists(arrayrecord_io.sidecar_path(out, "videos"))  # Not committed.
   resumed = Counting(encoders)
-  side = encode.encode_dataset(resumed, manifest, out, "videos", SETTINGS, batch_size=1,
+  side = encode_videos.encode_dataset(resumed, manifest, out, "videos", SETTINGS, batch_size=1,
                                log=lambda s: None)
   # Part 0 (clips 0-1) was committed before the kill and is not encoded again.
   assert resumed.encode_calls == 3
@@ -161,7 +161,7 @@ def test_a_killed_run_resumes_without_duplicates(wan, tmp_path):
   with open(manifest, "a") as f:
     f.write(json.dumps({"id": "clip9", "prompt": "a", "video": "clip0.mp4"}) + "\n")
   with pytest.raises(ValueError, match="another manifest"):
-    encode.encode_dataset(encoders, manifest, out, "videos", SETTINGS, log=lambda s: None)
+    encode_videos.encode_dataset(encoders, manifest, out, "videos", SETTINGS, log=lambda s: None)
 
 
 def test_bad_videos_and_labels_name_the_manifest_line_and_field(wan, tmp_path):
@@ -174,9 +174,11 @@ def test_bad_videos_and_labels_name_the_manifest_line_and_field(wan, tmp_path):
            {"id": "s", "prompt": PROMPTS[1], "video": "short.mp4"},
            {"id": "m", "prompt": PROMPTS[1], "video": "missing.mp4"}]
   manifest = _manifest(tmp_path / "m.jsonl", lines)
-  with pytest.raises(encode.ManifestError, match=r"m\.jsonl, line 2, field 'video'.*corrupt\.mp4"):
-    encode.encode_dataset(encoders, manifest, str(tmp_path / "a"), "v", SETTINGS, log=lambda s: None)
-  side = encode.encode_dataset(encoders, manifest, str(tmp_path / "b"), "v", SETTINGS,
+  with pytest.raises(encode_videos.ManifestError,
+                     match=r"m\.jsonl, line 2, field 'video'.*corrupt\.mp4"):
+    encode_videos.encode_dataset(encoders, manifest, str(tmp_path / "a"), "v", SETTINGS,
+                                 log=lambda s: None)
+  side = encode_videos.encode_dataset(encoders, manifest, str(tmp_path / "b"), "v", SETTINGS,
                                skip_bad=True, log=lambda s: None)
   assert side["num_records"] == 1 and side["metadata"]["skipped"] == 3
   with open(tmp_path / "b" / "v.skipped.jsonl") as f:
@@ -187,13 +189,15 @@ def test_bad_videos_and_labels_name_the_manifest_line_and_field(wan, tmp_path):
   bad = _manifest(tmp_path / "bad.jsonl", [
       {"id": "p", "prompt": "x", "video_a": "good.mp4", "video_b": "good.mp4",
        "segment_labels": [1, 2]}])
-  with pytest.raises(encode.ManifestError, match=r"line 1, field 'segment_labels'"):
-    encode.encode_dataset(encoders, bad, str(tmp_path / "c"), "p", SETTINGS, log=lambda s: None)
+  with pytest.raises(encode_videos.ManifestError, match=r"line 1, field 'segment_labels'"):
+    encode_videos.encode_dataset(encoders, bad, str(tmp_path / "c"), "p", SETTINGS,
+                                 log=lambda s: None)
   bad = _manifest(tmp_path / "bad2.jsonl", [
       {"id": "p", "prompt": "x", "video_a": "good.mp4", "video_b": "good.mp4",
        "segment_labels": [1, 0, 1, 1]}])  # 9 frames of 16-frame segments: 1 segment, not 4.
-  with pytest.raises(encode.ManifestError, match=r"line 1, field 'segment_labels'"):
-    encode.encode_dataset(encoders, bad, str(tmp_path / "d"), "p", SETTINGS, log=lambda s: None)
+  with pytest.raises(encode_videos.ManifestError, match=r"line 1, field 'segment_labels'"):
+    encode_videos.encode_dataset(encoders, bad, str(tmp_path / "d"), "p", SETTINGS,
+                                 log=lambda s: None)
 
 
 @pytest.mark.e2e
@@ -201,7 +205,7 @@ def test_the_whole_real_model_path(wan, tmp_path):
   """encode -> task=pairs (Wan, straight from the diffusers folder) with decoding -> labels from a
   JSONL file (task=label) -> task=train DenseDPO -> task=evaluate with decoding."""
   from configs import evaluate as evaluate_config, label as label_config, pairs as pairs_config
-  from densedpo_jax import evaluate, pairs
+  from densedpo_jax.tasks import evaluate, pairs
   from densedpo_jax.training import train
   from densedpo_jax.labeling import task as label_task
   from tests.helpers import tiny_config
@@ -210,9 +214,9 @@ def test_the_whole_real_model_path(wan, tmp_path):
   for i in range(4):
     write_clip(tmp_path / f"v{i}.mp4", seconds=1.2, seed=i)
     lines.append({"id": f"v{i}", "prompt": PROMPTS[i % 2], "video": f"v{i}.mp4"})
-  settings = encode.Settings(num_frames=17, height=H, width=W, fps=16.0)
-  encode.encode_dataset(encoders, _manifest(tmp_path / "v.jsonl", lines), str(tmp_path / "data"),
-                        "videos", settings, log=lambda s: None)
+  settings = encode_videos.Settings(num_frames=17, height=H, width=W, fps=16.0)
+  encode_videos.encode_dataset(encoders, _manifest(tmp_path / "v.jsonl", lines),
+                               str(tmp_path / "data"), "videos", settings, log=lambda s: None)
   model = {"family": "wan", "preset": "wan2.1-t2v-1.3b", "width": 24, "depth": 2, "num_heads": 2,
            "ffn_dim": 32, "text_dim": 32, "text_len": 8}
   decoder = {"kind": "wan", "weights": folder, "format": "mp4", "scale": 1}
@@ -259,6 +263,6 @@ def test_the_whole_real_model_path(wan, tmp_path):
 
 
 def test_file_names_of_ids_are_unique():
-  names = {decode.safe_name(i) for i in ("a/b", "a_b", "a:b", "clip1", "../x")}
-  assert len(names) == 5 and decode.safe_name("clip1") == "clip1"
+  names = {decode_records.safe_name(i) for i in ("a/b", "a_b", "a:b", "clip1", "../x")}
+  assert len(names) == 5 and decode_records.safe_name("clip1") == "clip1"
   assert all("/" not in n and not n.startswith(".") for n in names)

@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 
 from configs import evaluate as evaluate_config
-from densedpo_jax import evaluate
+from densedpo_jax.tasks import evaluate
 from densedpo_jax.training import train
 from densedpo_jax.data import arrayrecord_io
 from tests.helpers import C, H, T, W, tiny_config, write_videos
@@ -64,7 +64,7 @@ def test_export_for_external_evaluators(zero_model, tmp_path):
 
 def test_prompt_means_average_each_prompts_consecutive_samples():
   import types
-  from densedpo_jax.evaluate import prompt_means
+  from densedpo_jax.tasks.evaluate import prompt_means
   from densedpo_jax.shapesworld import judge
   rng = np.random.default_rng()
   keys = ("visual_quality", "temporal_consistency", "mean_speed", "text_alignment", "artifact_share")

@@ -94,3 +94,127 @@ def test_no_benchmark_shares_a_module_name_with_the_library():
   shared = sorted(os.path.basename(f) for f in _benchmark_files()
                   if os.path.basename(f) in library)
   assert not shared, shared
+
+
+# The package's layers, bottom to top: a module imports from its own sub-package or from a lower
+# layer, never from a higher one (data flows one way). Two sub-packages on one layer never import
+# each other, except the commands users type (the top layer), which may call one another.
+LAYERS = (
+    ("console", "distributed"),             # helpers with no package imports
+    ("model", "shapesworld"),               # the networks and their weights; the built-in world
+    ("objectives",),                        # flow, losses, DPO errors, sampling
+    ("data",),                              # records, segments, ArrayRecord/TFDS, pipelines
+    ("interop",),                           # other projects' formats (optional extras)
+    ("previews",),                          # frames, GIFs, grids; MP4 through interop.video_io
+    ("training", "labeling"),               # the train loop and step; labelers
+    ("tasks", "annotate"),                  # pairs, evaluate, the arm pipeline; the label page
+    ("main", "plan", "convert", "encode", "decode", "export", "__init__"),  # commands
+)
+COMMANDS = LAYERS[-1]
+
+
+def _module_name(path):
+  rel = os.path.relpath(path, ROOT)[:-len(".py")].replace(os.sep, ".")
+  return rel[:-len(".__init__")] if rel.endswith(".__init__") else rel
+
+
+def _import_graph():
+  """`{module: {package modules it imports}}` over densedpo_jax/, at any depth: `from p import m`
+  is an import of the module `p.m` where that is a module, else of `p` (its `__init__`)."""
+  files = {_module_name(f): f for f in _library_files()}
+  graph = {}
+  for m, f in files.items():
+    targets = set()
+    for node in ast.walk(ast.parse(open(f, encoding="utf-8").read(), filename=f)):
+      if isinstance(node, ast.Import):
+        targets.update(a.name for a in node.names)
+      elif isinstance(node, ast.ImportFrom) and node.module and not node.level:
+        targets.update(f"{node.module}.{a.name}" if f"{node.module}.{a.name}" in files
+                       else node.module for a in node.names)
+    graph[m] = {t for t in targets if t in files and t != m}
+  return graph
+
+
+def _component(module):
+  """The top-level part of `densedpo_jax.<part>...`: a sub-package or a top-level module."""
+  parts = module.split(".")
+  return parts[1] if len(parts) > 1 else "__init__"
+
+
+def _cycles(graph):
+  """Strongly connected components with more than one node (Tarjan)."""
+  index, low, stack, on, out = {}, {}, [], set(), []
+
+  def visit(v):
+    index[v] = low[v] = len(index)
+    stack.append(v)
+    on.add(v)
+    for w in graph.get(v, ()):
+      if w not in index:
+        visit(w)
+        low[v] = min(low[v], low[w])
+      elif w in on:
+        low[v] = min(low[v], index[w])
+    if low[v] == index[v]:
+      component = []
+      while True:
+        w = stack.pop()
+        on.discard(w)
+        component.append(w)
+        if w == v:
+          break
+      if len(component) > 1:
+        out.append(sorted(component))
+
+  for v in list(graph):
+    if v not in index:
+      visit(v)
+  return out
+
+
+def test_no_import_cycle_between_modules_or_subpackages():
+  graph = _import_graph()
+  assert len(graph) > 50 and sum(map(len, graph.values())) > 100  # The walk found the imports.
+  assert not _cycles(graph), _cycles(graph)
+  packages = {}
+  for m, targets in graph.items():
+    packages.setdefault(_component(m), set()).update(
+        _component(t) for t in targets if _component(t) != _component(m))
+  assert not _cycles(packages), _cycles(packages)
+
+
+def test_the_cycle_check_finds_a_cycle():
+  assert _cycles({"a": {"b"}, "b": {"c"}, "c": {"a"}, "d": {"a"}}) == [["a", "b", "c"]]
+  assert _cycles({"a": {"b"}, "b": set()}) == []
+
+
+def test_imports_go_down_the_layers():
+  rank = {name: i for i, layer in enumerate(LAYERS) for name in layer}
+  graph = _import_graph()
+  assert set(map(_component, graph)) <= set(rank), set(map(_component, graph)) - set(rank)
+  upward = [f"{m} imports {t}" for m, targets in graph.items() for t in targets
+            if _component(m) != _component(t)
+            and (rank[_component(t)] > rank[_component(m)]
+                 or (rank[_component(t)] == rank[_component(m)]
+                     and _component(m) not in COMMANDS))]
+  assert not upward, upward
+
+
+def test_no_string_import_of_a_package_module():
+  found = []
+  for f in _library_files():
+    for node in ast.walk(ast.parse(open(f, encoding="utf-8").read())):
+      if (isinstance(node, ast.Call) and node.args and isinstance(node.args[0], ast.Constant)
+          and str(node.args[0].value).startswith("densedpo_jax")
+          and getattr(node.func, "attr", getattr(node.func, "id", None)) in ("import_module",
+                                                                              "__import__")):
+        found.append(f"{os.path.relpath(f, ROOT)}:{node.lineno}")
+  assert not found, found
+
+
+def test_the_package_top_is_short_and_names_are_unique():
+  top = sorted(f for f in os.listdir(PACKAGE) if f.endswith(".py"))
+  assert len(top) <= 11, top
+  names = [os.path.basename(f) for f in _library_files()]
+  shared = sorted({n for n in names if names.count(n) > 1} - {"__init__.py", "__main__.py"})
+  assert not shared, shared

@@ -79,15 +79,16 @@ def test_pairs_task_needs_a_model():
   assert out.returncode != 0 and "config.init_from is empty" in out.stderr
 
 
-@pytest.mark.parametrize("tool,required", [("convert", "family"), ("decode", "--records"),
-                                           ("encode", "--weights"), ("export", "--workdir")])
-def test_each_tool_alias_runs_its_interop_main(tool, required, capsys):
+@pytest.mark.parametrize("tool,module,required", [
+    ("convert", "convert_wan", "family"), ("decode", "decode_records", "--records"),
+    ("encode", "encode_videos", "--weights"), ("export", "export_diffusers", "--workdir")])
+def test_each_tool_alias_runs_its_interop_main(tool, module, required, capsys):
   """`python -m densedpo_jax.TOOL` is the interop tool's own `main`: without its arguments it
   stops with argparse's usage naming the missing one."""
   import importlib
   pytest.importorskip("torch")
   alias = importlib.import_module(f"densedpo_jax.{tool}")
-  assert alias.main is importlib.import_module(f"densedpo_jax.interop.{tool}").main
+  assert alias.main is importlib.import_module(f"densedpo_jax.interop.{module}").main
   with pytest.raises(SystemExit) as stop:
     alias.main([])
   assert stop.value.code == 2 and required in capsys.readouterr().err

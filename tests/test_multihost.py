@@ -47,7 +47,7 @@ PAIRS_AND_LABELS = """
 import jax
 from flax import linen as nn
 from configs import label as label_config, pairs as pairs_config
-from densedpo_jax import pairs
+from densedpo_jax.tasks import pairs
 from densedpo_jax.data import arrayrecord_io, tfds_builder
 from densedpo_jax.labeling import task
 from densedpo_jax.model import VideoDiT, get_dit_config
@@ -72,7 +72,7 @@ print("RESULT", json.dumps([side, stats, error], default=float), flush=True)
 
 EVALUATE = """
 import numpy as np
-from densedpo_jax import evaluate
+from densedpo_jax.tasks import evaluate
 from densedpo_jax.objectives import sampling
 from tests.helpers import evaluation_setup
 params, records, spec, cfg = evaluation_setup({data!r})

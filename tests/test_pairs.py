@@ -10,7 +10,7 @@ from flax import linen as nn
 
 from configs import dpo_common
 from configs import pairs as pairs_config
-from densedpo_jax import pairs
+from densedpo_jax.tasks import pairs
 from densedpo_jax.objectives import sampling
 from densedpo_jax.data import arrayrecord_io, tfds_builder
 from densedpo_jax.shapesworld import judge

@@ -5,7 +5,7 @@ import os
 import pytest
 
 from configs import dense
-from densedpo_jax import pipeline
+from densedpo_jax.tasks import arm
 from densedpo_jax.data import arrayrecord_io
 from tests.helpers import TINY_MODEL
 
@@ -31,12 +31,12 @@ def test_every_stage_runs_and_reruns_are_cached(world, tmp_path):
   c = _config(world)
   # The eval stage reads the held-out split by name: point videos.name at it for that stage.
   c.videos.split_eval = "heldout"
-  results = pipeline.main(c, workdir)
+  results = arm.main(c, workdir)
   assert set(results) == {"base", "dense_dpo"}
-  assert all(set(r) == set(pipeline.evaluate.METRICS) | {"per_prompt"} for r in results.values())
+  assert all(set(r) == set(arm.evaluate.METRICS) | {"per_prompt"} for r in results.values())
   # Each prompt's scores, in prompt order, average to the model's (equal samples a prompt).
   for r in results.values():
-    for metric in pipeline.evaluate.METRICS:
+    for metric in arm.evaluate.METRICS:
       assert abs(sum(r["per_prompt"][metric]) / len(r["per_prompt"][metric]) - r[metric]) < 1e-9
   pairs_side = arrayrecord_io.read_sidecar(os.path.join(workdir, "pairs"), "pairs")
   labeled = list(arrayrecord_io.iter_records(os.path.join(workdir, "pairs"), "pairs_segment"))
@@ -47,7 +47,7 @@ def test_every_stage_runs_and_reruns_are_cached(world, tmp_path):
   assert json.load(open(os.path.join(workdir, "eval", "metrics.json")))["num_prompts"] == 2
 
   stamp = os.path.getmtime(os.path.join(workdir, "pairs", "pairs_segment.json"))
-  pipeline.main(c, workdir)  # Everything cached: pairs and labels untouched, training done.
+  arm.main(c, workdir)  # Everything cached: pairs and labels untouched, training done.
   assert os.path.getmtime(os.path.join(workdir, "pairs", "pairs_segment.json")) == stamp
   steps = os.listdir(os.path.join(workdir, "train", "checkpoints"))
   assert sorted(s for s in steps if s.isdigit()) == ["2"]

@@ -5,7 +5,7 @@ import pytest
 from configs import dense
 from densedpo_jax import plan
 from densedpo_jax.training.builders import model_config
-from densedpo_jax.pipeline import with_overrides
+from densedpo_jax.training.builders import with_overrides
 
 LATENT, TEXT = (5, 32, 32), 64
 

@@ -158,7 +158,7 @@ def test_dense_dpo_on_a_tiny_wan_through_the_trainer(tmp_path):
 
 
 def test_the_trainer_never_imports_torch_or_interop():
-  code = ("import sys, densedpo_jax.training.train, densedpo_jax.pairs, densedpo_jax.evaluate; "
+  code = ("import sys, densedpo_jax.training.train, densedpo_jax.tasks.pairs, densedpo_jax.tasks.evaluate; "
           "bad = [m for m in sys.modules if m.split('.')[0] in ('torch', 'diffusers', "
           "'transformers') or m.startswith('densedpo_jax.interop')]; print(bad); "
           "sys.exit(1 if bad else 0)")
@@ -182,7 +182,7 @@ def test_guided_pairs_from_a_tiny_wan_through_task_pairs(tmp_path):
   """task=pairs with `model.family='wan'`: each member is Algo. 2 run with the Wan model."""
   import functools
   from configs import pairs as pairs_config
-  from densedpo_jax import pairs
+  from densedpo_jax.tasks import pairs
   from densedpo_jax.objectives import flow
   from densedpo_jax.data import arrayrecord_io
   from tests.helpers import write_videos

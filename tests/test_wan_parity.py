@@ -14,10 +14,11 @@ torch = pytest.importorskip("torch")
 diffusers = pytest.importorskip("diffusers")
 
 from densedpo_jax.training import train  # noqa: E402
-from densedpo_jax.interop import convert, export, wan_weights  # noqa: E402
+from densedpo_jax.interop import convert_wan, export_diffusers  # noqa: E402
+from densedpo_jax.model import wan_weights  # noqa: E402
 from densedpo_jax.model import LoRAConfig, build, get_model_config, load_pretrained  # noqa: E402
 from densedpo_jax.model import pretrained  # noqa: E402
-from densedpo_jax.model.pretrained import abstract_params  # noqa: E402
+from densedpo_jax.model.registry import abstract_params  # noqa: E402
 from densedpo_jax.model.layers import rope_3d  # noqa: E402
 from densedpo_jax.model.wan import WanBlock, WanConditionEmbedder  # noqa: E402
 from tests.helpers import forward_gap_bound, gamma, tiny_config, write_pairs  # noqa: E402
@@ -181,7 +182,7 @@ def trained(tmp_path_factory):
   root = tmp_path_factory.mktemp("trained")
   model = _torch_model("diffusers_tiny", seed=1)
   model.save_pretrained(str(root / "transformer"))
-  convert.main(["wan", str(root / "transformer"), str(root / "converted")])
+  convert_wan.main(["wan", str(root / "transformer"), str(root / "converted")])
   data = write_pairs(str(root / "pairs"), channels=16, text_dim=32)
   config = tiny_config("dense_dpo", data, total_steps=4, init_from=str(root / "converted"), **{
       "model.family": "wan", "model.preset": "wan2.1-t2v-1.3b", "model.width": 24,
@@ -198,10 +199,10 @@ def test_converted_folder_equals_the_diffusers_folder(trained, tmp_path):
   for a, b in zip(jax.tree_util.tree_leaves(direct), jax.tree_util.tree_leaves(converted)):
     np.testing.assert_array_equal(a, b)
   # Scanned layout and bf16 storage.
-  convert.main(["wan", str(root / "transformer"), str(tmp_path / "scanned"), "--scan_layers",
+  convert_wan.main(["wan", str(root / "transformer"), str(tmp_path / "scanned"), "--scan_layers",
                 "--dtype", "bfloat16"])
   with pytest.raises(FileExistsError, match="already holds params"):  # Never half-overwritten.
-    convert.main(["wan", str(root / "transformer"), str(tmp_path / "scanned")])
+    convert_wan.main(["wan", str(root / "transformer"), str(tmp_path / "scanned")])
   module, scanned = load_pretrained(str(tmp_path / "scanned"))
   assert module.cfg.scan_layers and module.cfg.param_dtype == "bfloat16"
   assert scanned["params"]["blocks"]["attn1"]["to_q"]["kernel"].shape == (2, 24, 24)
@@ -222,7 +223,7 @@ def test_lora_adapter_off_is_the_base_and_exported_adapter_loads_in_diffusers(tr
   assert _rel(ours, np.asarray(off)) > 1e-3  # The adapter trained.
 
   file = str(tmp_path / "adapter.safetensors")
-  summary = export.export_lora(str(root / "run"), file)
+  summary = export_diffusers.export_lora(str(root / "run"), file)
   assert summary["tensors"] == 2 * 2 * 10  # lora_A and lora_B, 2 blocks, 10 targets.
   pipe = diffusers.WanPipeline(tokenizer=None, text_encoder=None, vae=None, scheduler=None,
                                transformer=model)
@@ -235,7 +236,8 @@ def test_lora_adapter_off_is_the_base_and_exported_adapter_loads_in_diffusers(tr
 
 def test_merged_export_loads_in_diffusers(trained, tmp_path):
   _, root = trained
-  summary = export.export_merged(str(root / "run"), str(tmp_path / "merged"), max_shard_bytes=40_000)
+  summary = export_diffusers.export_merged(str(root / "run"), str(tmp_path / "merged"),
+                                           max_shard_bytes=40_000)
   assert summary["files"] > 1  # Sharded, with an index.
   merged = diffusers.WanTransformer3DModel.from_pretrained(str(tmp_path / "merged")).eval()
   module, exported = load_pretrained(str(root / "run"), text_len=TEXT_LEN)
@@ -249,7 +251,7 @@ def test_export_of_a_videodit_run_is_refused(tmp_path):
   from densedpo_jax.model import pretrained
   pretrained.write_model_json(str(tmp_path), get_model_config("dit", "tiny"))
   with pytest.raises(ValueError, match="only Wan 2.1"):
-    export.export_lora(str(tmp_path), str(tmp_path / "x.safetensors"))
+    export_diffusers.export_lora(str(tmp_path), str(tmp_path / "x.safetensors"))
 
 
 # Bad input.

@@ -92,12 +92,12 @@ def _label_pairs(spec: ml_collections.ConfigDict) -> dict:
 def videos_decoder(videos_dir: str):
   """Pair -> its decoded members `[T, H, W, 3]` in [-1, 1], read from the output of
   `python -m densedpo_jax.decode` (`<videos_dir>/<id>/a.mp4`, `b.mp4`)."""
-  from densedpo_jax.interop import decode, video_io  # PyAV, only for real videos.
+  from densedpo_jax.interop import decode_records, video_io  # PyAV, only for real videos.
 
   def read(pair):
     out = []
     for member in ("a", "b"):
-      path = os.path.join(videos_dir, decode.safe_name(pair.id), f"{member}.mp4")
+      path = os.path.join(videos_dir, decode_records.safe_name(pair.id), f"{member}.mp4")
       frames, _ = video_io.read_video(path)
       if len(frames) != pair.num_frames:
         raise ValueError(f"{path}: {len(frames)} frames; pair {pair.id!r} has {pair.num_frames}")

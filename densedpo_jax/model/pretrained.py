@@ -4,11 +4,11 @@ A params directory holds `checkpoints/<step>/params`, the Orbax item that every 
 has (`training/checkpointing.py`), and a `model.json` naming the model config (written by runs
 and by `python -m densedpo_jax.convert`). `config.init_from` and `load_pretrained` accept a
 run's workdir, its `checkpoints` folder, one step folder, or a diffusers `transformer/` folder;
-the last is converted on the fly by `interop/wan_weights.py`, which reads safetensors and needs no torch.
+the last is converted on the fly by `model/wan_weights.py`, which reads safetensors and needs no
+torch.
 """
 from __future__ import annotations
 
-import importlib
 import json
 import os
 from typing import Any
@@ -22,15 +22,11 @@ from etils import epath
 from flax import traverse_util
 
 from densedpo_jax.model.config import LoRAConfig, ModelConfig
-from densedpo_jax.model.registry import (abstract_variables, build, config_from_dict,
+from densedpo_jax.model import wan_weights
+from densedpo_jax.model.registry import (abstract_params, build, config_from_dict,
                                          config_to_dict)
 
 MODEL_JSON = "model.json"
-
-
-def _wan_weights():
-  # Imported only when a path is a diffusers folder, so training never loads interop otherwise.
-  return importlib.import_module("densedpo_jax.interop.wan_weights")
 
 
 def _path(p) -> epath.Path:
@@ -43,11 +39,6 @@ def is_diffusers_folder(path) -> bool:
   path = _path(path)
   return (path.is_dir() and (path / "config.json").is_file()
           and any(f.name.endswith(".safetensors") for f in path.iterdir()))
-
-
-def abstract_params(cfg: ModelConfig) -> Any:
-  """`jax.ShapeDtypeStruct` tree of the (boxed) `'params'` of `build(cfg)`, allocating nothing."""
-  return abstract_variables(cfg)["params"]
 
 
 def _place(params: Any, target: Any, source: str) -> Any:
@@ -94,7 +85,7 @@ def read_params(path: str, target: Any, cfg: ModelConfig | None = None,
     if cfg is None:
       raise ValueError(f"init_from: {path} is a diffusers folder; a model config is needed to "
                        "convert it")
-    return _place(_wan_weights().load_diffusers(path, cfg), target, path)
+    return _place(wan_weights.load_diffusers(path, cfg), target, path)
   directory, found_step = _checkpoint_dir(path)
   step = found_step if step is None else step
   if not directory.is_dir():
@@ -161,7 +152,7 @@ def load_pretrained(path: str, **overrides: Any) -> tuple[nn.Module, dict[str, A
     **overrides: config fields to change, e.g. `dtype='bfloat16'`, `scan_layers=True`.
   """
   if is_diffusers_folder(path):
-    cfg = _wan_weights().read_config(path)
+    cfg = wan_weights.read_config(path)
   else:
     cfg = read_model_json(path)
   cfg = cfg.replace(lora=LoRAConfig()).replace(**overrides)

@@ -35,6 +35,11 @@ def abstract_variables(cfg: ModelConfig) -> dict[str, Any]:
                                                 jnp.ones((1, 1), bool)))
 
 
+def abstract_params(cfg: ModelConfig) -> Any:
+  """`jax.ShapeDtypeStruct` tree of the (boxed) `'params'` of `build(cfg)`, allocating nothing."""
+  return abstract_variables(cfg)["params"]
+
+
 def config_to_dict(cfg: ModelConfig) -> dict[str, Any]:
   """JSON-able `{'family', 'config'}` (LoRA settings included)."""
   fields = dataclasses.asdict(cfg)

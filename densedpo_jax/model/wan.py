@@ -11,7 +11,7 @@ L text tokens; D width; K heads; Dh = D / K head dim.
     head: scale_shift_table [1, 2, D] + temb, LayerNorm, proj_out D -> 64, unpatchify
 
 Module names follow diffusers (`condition_embedder/time_embedder/linear_1`, `block_{i}/attn1/to_q`,
-`ffn/net_0`, ...), so the weight converter (`interop/wan_weights.py`) is a table of renames.
+`ffn/net_0`, ...), so the weight converter (`model/wan_weights.py`) is a table of renames.
 Norms, the timestep embedder and the adaLN modulation run in float32 whatever the compute dtype,
 as diffusers does (`FP32LayerNorm`, `_keep_in_fp32_modules`).
 """

@@ -1,4 +1,5 @@
-"""Config -> model and data source: the pieces every task builds (train, pairs, evaluate, ...).
+"""Config -> model and data source, and overridden copies of a config: the pieces every task
+builds (train, pairs, evaluate, ...).
 
 `config.model.family` picks the model family ('dit': VideoDiT, 'wan': Wan 2.1); `config.model.preset`
 a size within it; any other non-None `config.model.*` field overrides the preset.
@@ -34,3 +35,15 @@ def make_source(data: ml_collections.ConfigDict):
     return arrayrecord_io.ShardedSource(data.path, data.name,
                                         max_unreadable_share=data.max_unreadable_share)
   raise ValueError(f"config.data.kind={data.kind!r}; expected 'pairs', 'videos' or 'shapesworld'")
+
+
+def with_overrides(config: ml_collections.ConfigDict, **updates) -> ml_collections.ConfigDict:
+  """A copy of `config` with dotted keys (`'data.path'`) replaced; unknown keys are an error."""
+  c = config.copy_and_resolve_references()
+  for key, value in updates.items():
+    node = c
+    *parents, leaf = key.split(".")
+    for p in parents:
+      node = node[p]
+    node[leaf] = value
+  return c

@@ -29,7 +29,8 @@ from densedpo_jax.objectives import flow, sampling
 from densedpo_jax.training.builders import make_source, model_config
 from densedpo_jax.data import arrayrecord_io
 from densedpo_jax.model import LoRAConfig, build
-from densedpo_jax.pipeline import video_data, with_overrides
+from densedpo_jax.tasks.arm import video_data
+from densedpo_jax.training.builders import with_overrides
 
 VelocityFn = Callable[..., jax.Array]  # (x [B, T, H, W, C], t [B], text, mask) -> [B, T, H, W, C]
 

@@ -47,12 +47,14 @@ from typing import Optional
 import ml_collections
 from absl import logging
 
-from densedpo_jax import distributed, evaluate, pairs
+from densedpo_jax import distributed
+from densedpo_jax.tasks import evaluate, pairs
 from densedpo_jax.training import train
 from projects.shapesworld_paper import appendix_b, report
 from densedpo_jax.data import arrayrecord_io, summary
 from densedpo_jax.labeling import task as label_task
-from densedpo_jax.pipeline import video_data, with_overrides
+from densedpo_jax.tasks.arm import video_data
+from densedpo_jax.training.builders import with_overrides
 
 
 @dataclasses.dataclass(frozen=True)

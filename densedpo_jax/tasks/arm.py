@@ -15,21 +15,10 @@ import os
 import ml_collections
 from absl import logging
 
-from densedpo_jax import evaluate, pairs
+from densedpo_jax.tasks import evaluate, pairs
 from densedpo_jax.training import train
+from densedpo_jax.training.builders import with_overrides
 from densedpo_jax.labeling import task as label_task
-
-
-def with_overrides(config: ml_collections.ConfigDict, **updates) -> ml_collections.ConfigDict:
-  """A copy of `config` with dotted keys (`'data.path'`) replaced; unknown keys are an error."""
-  c = config.copy_and_resolve_references()
-  for key, value in updates.items():
-    node = c
-    *parents, leaf = key.split(".")
-    for p in parents:
-      node = node[p]
-    node[leaf] = value
-  return c
 
 
 def video_data(config: ml_collections.ConfigDict, split: str) -> dict[str, str]:

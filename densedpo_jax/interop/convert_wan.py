@@ -15,8 +15,7 @@ import time
 import numpy as np
 from flax import traverse_util
 
-from densedpo_jax.interop import wan_weights
-from densedpo_jax.model import pretrained
+from densedpo_jax.model import pretrained, wan_weights
 
 FAMILIES = ("wan",)
 

@@ -182,9 +182,10 @@ def main(config: ml_collections.ConfigDict) -> dict:
     logging.info("Pairs: %d records in %s/%s", side["num_records"], config.pairs.out_dir,
                  config.pairs.name)
     if config.decoder.kind != "none":  # Video files for people and VLMs to label.
-      from densedpo_jax.interop import decode  # Only when asked: it may load PyTorch.
+      from densedpo_jax.interop import decode_records  # Only when asked: it may load PyTorch.
       d = config.decoder
-      decode.decode_dataset(config.pairs.out_dir, config.pairs.name, os.path.join(
-          config.pairs.out_dir, f"{config.pairs.name}_videos"), d.kind, d.weights, d.format, d.scale)
+      videos_dir = os.path.join(config.pairs.out_dir, f"{config.pairs.name}_videos")
+      decode_records.decode_dataset(config.pairs.out_dir, config.pairs.name, videos_dir, d.kind,
+                                    d.weights, d.format, d.scale)
   distributed.barrier("pairs: decoded")
   return side

@@ -24,7 +24,7 @@ from flax import traverse_util
 
 from densedpo_jax.model.config import LORA_TARGETS, LoRAConfig, WanConfig
 from densedpo_jax.model.layout import stack_blocks, unstack_blocks
-from densedpo_jax.model.pretrained import abstract_params
+from densedpo_jax.model.registry import abstract_params
 
 LORA_MODULES = {  # Our LoRA target name -> the module inside a diffusers block.
     "self_q": "attn1.to_q", "self_k": "attn1.to_k", "self_v": "attn1.to_v",

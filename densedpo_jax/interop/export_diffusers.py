@@ -15,8 +15,7 @@ import os
 
 import numpy as np
 
-from densedpo_jax.interop import wan_weights
-from densedpo_jax.model import WanConfig, family_of, pretrained
+from densedpo_jax.model import WanConfig, family_of, pretrained, wan_weights
 
 FORMATS = ("diffusers-lora", "diffusers")
 WEIGHTS_NAME = "diffusion_pytorch_model"

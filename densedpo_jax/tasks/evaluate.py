@@ -96,8 +96,8 @@ def evaluate_models(config: ml_collections.ConfigDict, workdir: str, source, cfg
   results, buckets, per_prompt = {}, {}, {}
   decoder = None
   if config.decoder.kind != "none":  # Latents -> pixels (only when asked: it may load PyTorch).
-    from densedpo_jax.interop import decode
-    decoder = decode.make_decoder(config.decoder.kind, config.decoder.weights)
+    from densedpo_jax.interop import decode_records
+    decoder = decode_records.make_decoder(config.decoder.kind, config.decoder.weights)
   for name, path in models.items():
     start = time.time()
     params = sampling.load_exported_params(path, cfg)
