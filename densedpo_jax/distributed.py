@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import json
 import os
+import uuid
 from typing import Any, Callable
 
 import jax
@@ -135,7 +136,7 @@ def write_text(p: str | os.PathLike, text: str) -> None:
   """Writes `text` to `p` through a temporary name (readers never see half a file)."""
   out = path(p)
   out.parent.mkdir(parents=True, exist_ok=True)
-  tmp = out.parent / f".{out.name}.tmp-{jax.process_index()}"
+  tmp = out.parent / f".{out.name}.tmp-{os.getpid()}-{uuid.uuid4().hex[:8]}"
   tmp.write_text(text)
   tmp.replace(out)
 

@@ -144,6 +144,7 @@ def test_pair_labels_reach_the_training_pipeline_as_latent_frame_labels(wan, tmp
 
 
 def test_a_killed_run_resumes_without_duplicates(wan, tmp_path):
+  # Encoding writes through data/parts.py (tests/test_parts.py tests it alone).
   _, encoders = wan
   manifest = _videos(tmp_path, n=5)
   out = str(tmp_path / "out")
@@ -160,7 +161,7 @@ def test_a_killed_run_resumes_without_duplicates(wan, tmp_path):
   assert side["num_records"] == 5 and sorted(ids) == [f"clip{i}" for i in range(5)]
   with open(manifest, "a") as f:
     f.write(json.dumps({"id": "clip9", "prompt": "a", "video": "clip0.mp4"}) + "\n")
-  with pytest.raises(ValueError, match="another manifest"):
+  with pytest.raises(ValueError, match="manifest_sha256"):
     encode_videos.encode_dataset(encoders, manifest, out, "videos", SETTINGS, log=lambda s: None)
 
 

@@ -68,6 +68,7 @@ def test_vanilla_pairs_start_from_pure_noise(setup):
 
 
 def test_interrupted_generation_resumes_at_the_missing_part(setup):
+  # Pair generation writes through data/parts.py (tests/test_parts.py tests it alone).
   root, source, model, params = setup
   config = _config(root, "guided", eta_range=(0.5, 0.5))
   config.pairs.out_dir = str(root / "resume")

@@ -34,8 +34,8 @@ from typing import Any
 import ml_dtypes
 import numpy as np
 
-from densedpo_jax.data import segments
-from densedpo_jax.data import arrayrecord_io, schema
+from densedpo_jax.data import schema, segments
+from densedpo_jax.data.parts import Parts
 from densedpo_jax.interop import video_io
 
 LATENT_DTYPE = "bfloat16"
@@ -176,36 +176,21 @@ def encode_dataset(encoders, manifest: str, out: str, name: str, settings: Setti
   kind, entries = read_manifest(manifest)
   for e in entries:
     _check_labels(e, settings, manifest)
-  parts_dir = os.path.join(out, f"{name}.parts")
-  os.makedirs(parts_dir, exist_ok=True)
   plan = {"manifest_sha256": hashlib.sha256(open(manifest, "rb").read()).hexdigest(),
           "settings": dataclasses.asdict(settings), "kind": kind}
-  plan_file = os.path.join(parts_dir, "plan.json")
-  if os.path.exists(plan_file):
-    with open(plan_file) as f:
-      old = json.load(f)
-    if old != plan:
-      raise ValueError(f"{plan_file}: an earlier run encoded another manifest or other settings "
-                       f"({old} vs {plan}); delete {parts_dir} or choose another --name")
-  else:
-    with open(plan_file, "w") as f:
-      json.dump(plan, f, indent=1)
+  parts = Parts(os.path.join(out, f"{name}.parts"), len(entries), settings.records_per_part,
+                plan=plan)
 
   lengths = dict(zip(sorted({e.prompt for e in entries}),
                      encoders.token_lengths(sorted({e.prompt for e in entries}))))
   text_len = max(lengths.values())  # Every record's text has this length: batches stack.
   texts: dict[str, tuple[np.ndarray, np.ndarray]] = {}
-  per = settings.records_per_part
-  num_parts = -(-len(entries) // per)
-  part_name = lambda k: f"part-{k:05d}-of-{num_parts:05d}"
   skipped_file = os.path.join(out, f"{name}.skipped.jsonl")
-  start, done, todo = time.time(), 0, sum(
-      not os.path.exists(arrayrecord_io.sidecar_path(parts_dir, part_name(k))) for k in range(num_parts))
-  for k in range(num_parts):
-    if os.path.exists(arrayrecord_io.sidecar_path(parts_dir, part_name(k))):
-      continue
+  todo = parts.todo()  # Parts committed by an earlier run are skipped.
+  start, done = time.time(), 0
+  for k in todo:
     chunk, clips, bad = [], [], []
-    for e in entries[k * per:(k + 1) * per]:
+    for e in (entries[i] for i in parts.items(k)):
       try:
         clips += [_load_clip(e, i, settings, manifest) for i in range(len(e.videos))]
         chunk.append(e)
@@ -222,26 +207,23 @@ def encode_dataset(encoders, manifest: str, out: str, name: str, settings: Setti
                for i in range(0, len(clips), batch_size)]
     latents = np.concatenate(latents) if latents else np.zeros((0,))
     records = _records(kind, chunk, clips, latents, texts, settings, encoders.temporal_factor)
-    with arrayrecord_io.ShardedWriter(parts_dir, part_name(k), num_shards=1,
-                                      metadata={"skipped": bad}) as writer:
+    with parts.writer(k, metadata={"skipped": bad}) as writer:
       for rec in records:
         writer.write(rec)
     done += 1
     elapsed = time.time() - start
-    log(f"encode: part {k + 1}/{num_parts} ({len(records)} records, {len(bad)} skipped), "
-        f"{elapsed / done:.1f} s/part, ETA {elapsed / done * (todo - done):.0f} s")
+    log(f"encode: part {k + 1}/{parts.num_parts} ({len(records)} records, {len(bad)} skipped), "
+        f"{elapsed / done:.1f} s/part, ETA {elapsed / done * (len(todo) - done):.0f} s")
 
-  parts = [(parts_dir, part_name(k)) for k in range(num_parts)]
   skipped = []
-  for d, n in parts:
-    skipped += (arrayrecord_io.read_sidecar(d, n).get("metadata") or {}).get("skipped", [])
+  for side in parts.sidecars():
+    skipped += (side.get("metadata") or {}).get("skipped", [])
   with open(skipped_file, "w") as f:
     for s in skipped:
       f.write(json.dumps(s) + "\n")
-  parts = [p for p in parts if arrayrecord_io.read_sidecar(*p)["num_records"] > 0]
-  if not parts:
+  if len(skipped) == len(entries):
     raise ValueError(f"encode: every entry of {manifest} was skipped (see {skipped_file})")
-  side = arrayrecord_io.merge_datasets(parts, out, name, metadata={
+  side = parts.merge(out, name, drop_empty=True, metadata={
       "model": "wan2.1", "manifest": os.path.abspath(manifest), "text_len": text_len,
       "skipped": len(skipped), **dataclasses.asdict(settings)})
   log(f"encode: {side['num_records']} {kind} records in {out}/{name} ({len(skipped)} skipped)")

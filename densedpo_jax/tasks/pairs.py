@@ -30,6 +30,7 @@ from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
 from densedpo_jax import distributed
 from densedpo_jax.objectives import flow, sampling
 from densedpo_jax.data import arrayrecord_io, schema
+from densedpo_jax.data.parts import Parts
 from densedpo_jax.training.builders import make_source, model_config
 from densedpo_jax.model import LoRAConfig, build
 
@@ -122,17 +123,16 @@ def generate_pairs(config: ml_collections.ConfigDict, source, params, model) -> 
   split = NamedSharding(mesh, P("data"))
   params = jax.device_put(params, NamedSharding(mesh, P()))  # Replicated over those devices.
 
-  num_parts = -(-num_pairs // spec.pairs_per_part)
-  parts_dir = os.path.join(out_dir, "parts")
-  part_name = lambda k: f"part-{k:05d}-of-{num_parts:05d}"
-  sidecar = lambda k: distributed.path(arrayrecord_io.sidecar_path(parts_dir, part_name(k)))
-  committed = lambda k: sidecar(k).exists()
+  metadata = {"mode": spec.mode, "eta_range": list(spec.eta_range), "num_steps": spec.num_steps,
+              "init_from": config.init_from}
+  plan = dict(metadata, num_pairs=num_pairs, pairs_per_part=spec.pairs_per_part,
+              seed=config.seed, shift=spec.shift, cfg_scale=spec.cfg_scale)
+  parts = Parts(os.path.join(out_dir, "parts"), num_pairs, spec.pairs_per_part, plan=plan,
+                split_over_processes=True)
   start, done = time.time(), 0
-  for k in distributed.my_items(num_parts):
-    if committed(k):
-      continue  # Committed by an earlier run.
-    indices = list(range(k * spec.pairs_per_part, min((k + 1) * spec.pairs_per_part, num_pairs)))
-    with arrayrecord_io.ShardedWriter(parts_dir, part_name(k), num_shards=1) as writer:
+  for k in parts.todo():  # Parts committed by an earlier run are skipped.
+    indices = list(parts.items(k))
+    with parts.writer(k) as writer:
       for i in range(0, len(indices), batch):
         chunk = indices[i:i + batch]
         videos = [arrayrecord_io.decode_raw(source[j]) for j in chunk]
@@ -151,21 +151,9 @@ def generate_pairs(config: ml_collections.ConfigDict, source, params, model) -> 
           writer.write(_pair_record(video, a[n], b[n], spec.mode, etas[n], seeds[n], spec))
         done += len(chunk)
         rate = done / (time.time() - start)
-        logging.info("pairs: part %d/%d, %d pairs this run, %.1f pairs/s", k + 1, num_parts, done,
-                     rate)
-  distributed.barrier("pairs: every part committed")
-  missing = [part_name(k) for k in range(num_parts) if not committed(k)]
-  if missing:  # Another process's parts, invisible here.
-    raise FileNotFoundError(f"pairs: {len(missing)} of {num_parts} parts missing under "
-                            f"{parts_dir} after every process finished (e.g. {missing[0]}): "
-                            "config.pairs.out_dir must be a folder all processes share")
-  if distributed.is_main():
-    arrayrecord_io.merge_datasets(
-        [(parts_dir, part_name(k)) for k in range(num_parts)], out_dir, name, metadata={
-            "mode": spec.mode, "eta_range": list(spec.eta_range), "num_steps": spec.num_steps,
-            "init_from": config.init_from})
-  distributed.barrier("pairs: dataset merged")
-  return arrayrecord_io.read_sidecar(out_dir, name)
+        logging.info("pairs: part %d/%d, %d pairs this run, %.1f pairs/s", k + 1,
+                     parts.num_parts, done, rate)
+  return parts.merge(out_dir, name, metadata)
 
 
 def main(config: ml_collections.ConfigDict) -> dict:
