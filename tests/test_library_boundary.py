@@ -32,12 +32,19 @@ def _imports(path):
       else:
         module = node.module
       names += [module] + [f"{module}.{a.name}" for a in node.names]
-    elif (isinstance(node, ast.Call) and node.args and isinstance(node.args[0], ast.Constant)
-          and isinstance(node.args[0].value, str)
-          and getattr(node.func, "attr", getattr(node.func, "id", None)) in ("import_module",
-                                                                              "__import__")):
-      names.append(node.args[0].value)
+    elif _string_import(node):
+      names.append(_string_import(node))
   return names
+
+
+def _string_import(node):
+  """The module name of `importlib.import_module("m")` / `__import__("m")`, else None."""
+  if (isinstance(node, ast.Call) and node.args and isinstance(node.args[0], ast.Constant)
+      and isinstance(node.args[0].value, str)
+      and getattr(node.func, "attr", getattr(node.func, "id", None)) in ("import_module",
+                                                                          "__import__")):
+    return node.args[0].value
+  return None
 
 
 def _library_files():
@@ -204,10 +211,7 @@ def test_no_string_import_of_a_package_module():
   found = []
   for f in _library_files():
     for node in ast.walk(ast.parse(open(f, encoding="utf-8").read())):
-      if (isinstance(node, ast.Call) and node.args and isinstance(node.args[0], ast.Constant)
-          and str(node.args[0].value).startswith("densedpo_jax")
-          and getattr(node.func, "attr", getattr(node.func, "id", None)) in ("import_module",
-                                                                              "__import__")):
+      if (_string_import(node) or "").startswith("densedpo_jax"):
         found.append(f"{os.path.relpath(f, ROOT)}:{node.lineno}")
   assert not found, found
 
