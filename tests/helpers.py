@@ -4,6 +4,11 @@ Test modules import from here and from `tests/tiny_wan.py`, never from each othe
 may import from here too, never the reverse. Everything is small and made in the test: no
 download, no shipped data.
 """
+import json
+import threading
+import urllib.error
+import urllib.request
+
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -247,3 +252,24 @@ def evaluation_setup(data: str):
   spec = ml_collections.ConfigDict(dict(seeds_per_prompt=2, batch_size=3, seed=7, num_steps=2,
                                         cfg_scale=1.0))
   return params, records, spec, cfg
+
+
+def serve_in_thread(store, host="127.0.0.1", token=None):
+  """`(server, base URL)` of an annotation server on a free port, serving from a daemon thread."""
+  from densedpo_jax.annotate.server import make_server
+  server = make_server(store, host, 0, token)
+  threading.Thread(target=server.serve_forever, daemon=True).start()
+  return server, f"http://127.0.0.1:{server.server_address[1]}"
+
+
+def http_call(url, body=None, headers=None):
+  """`(status, parsed JSON or bytes)` of a GET (or a JSON POST when `body` is given)."""
+  data = None if body is None else (body if isinstance(body, bytes) else json.dumps(body).encode())
+  headers = dict({"Content-Type": "application/json"} if body is not None else {}, **(headers or {}))
+  request = urllib.request.Request(url, data=data, headers=headers)
+  try:
+    with urllib.request.urlopen(request, timeout=10) as r:
+      raw, kind, status = r.read(), r.headers["Content-Type"], r.status
+  except urllib.error.HTTPError as e:
+    raw, kind, status = e.read(), e.headers["Content-Type"], e.code
+  return status, (json.loads(raw) if kind == "application/json" else raw)

@@ -2,9 +2,6 @@
 browser (Debian's chromium driven by Playwright) labeling a pair with the keyboard."""
 import json
 import os
-import threading
-import urllib.error
-import urllib.request
 
 import numpy as np
 import pytest
@@ -13,7 +10,7 @@ from densedpo_jax.annotate import report as report_lib
 from densedpo_jax.annotate.server import make_server, to_record_labels
 from densedpo_jax.annotate.store import Store, gold_items, items_from_dataset
 from densedpo_jax.data import labels_io
-from tests.helpers import write_pairs
+from tests.helpers import http_call as call, serve_in_thread as start, write_pairs
 
 CHROMIUM = "/usr/bin/chromium"
 
@@ -21,25 +18,6 @@ CHROMIUM = "/usr/bin/chromium"
 @pytest.fixture
 def pairs(tmp_path):
   return write_pairs(str(tmp_path / "pairs"), n=6)  # 4 frames, 2 segments of 2 frames.
-
-
-def start(store, host="127.0.0.1", token=None):
-  server = make_server(store, host, 0, token)
-  threading.Thread(target=server.serve_forever, daemon=True).start()
-  return server, f"http://127.0.0.1:{server.server_address[1]}"
-
-
-def call(url, body=None, headers=None):
-  """`(status, parsed JSON or bytes)` of a GET (or a POST when `body` is given)."""
-  data = None if body is None else (body if isinstance(body, bytes) else json.dumps(body).encode())
-  request = urllib.request.Request(url, data=data, headers=headers or {})
-  try:
-    with urllib.request.urlopen(request, timeout=10) as r:
-      raw, kind = r.read(), r.headers["Content-Type"]
-      status = r.status
-  except urllib.error.HTTPError as e:
-    raw, kind, status = e.read(), e.headers["Content-Type"], e.code
-  return status, (json.loads(raw) if kind == "application/json" else raw)
 
 
 @pytest.fixture
@@ -67,11 +45,12 @@ def test_a_label_is_written_and_imports_in_the_records_order(session, pairs, tmp
                                           "segments": ["left", "tie"], "whole": "left",
                                           "seconds": 12.5})
   assert status == 200 and out["ok"]
-  swapped = store.swap(nxt["pair"], "alice")
+  pid = store.by_public[nxt["pair"]]  # Ids on the wire are opaque; the file keeps the real one.
+  swapped = store.swap(pid, "alice")
   want = [-1, 0] if swapped else [1, 0]  # Left is b when swapped.
-  parsed = labels_io.parse_labels(str(tmp_path / "labels.jsonl"), {nxt["pair"]: 2})
-  assert parsed[nxt["pair"]]["segment_labels"].tolist() == want
-  assert parsed[nxt["pair"]]["global_label"] == want[0]
+  parsed = labels_io.parse_labels(str(tmp_path / "labels.jsonl"), {pid: 2})
+  assert parsed[pid]["segment_labels"].tolist() == want
+  assert parsed[pid]["global_label"] == want[0]
   line = json.loads(open(tmp_path / "labels.jsonl").read())
   assert line["annotator"] == "alice" and line["swapped"] == swapped and line["seconds"] == 12.5
   counts = labels_io.import_labels(str(tmp_path / "labels.jsonl"), pairs, "pairs", pairs, "labeled")
@@ -116,22 +95,27 @@ def test_annotators_get_different_pairs_and_a_restart_resumes(session, pairs, tm
     seen.add(nxt["pair"])
     call(f"{url2}/api/label", {"annotator": "alice", "pair": nxt["pair"], "segments": ["left", "right"]})
   assert a not in seen and len(seen) == 5
-  # A second submission of the same pair is refused, and nothing is written twice.
-  assert call(f"{url2}/api/label", {"annotator": "alice", "pair": a,
+  # A second submission of the same pair is refused, and nothing is written twice (ids on the wire
+  # are keyed per run: the new server knows `a` by another id).
+  a2 = store2.public[store.by_public[a]]
+  assert call(f"{url}/api/label", {"annotator": "alice", "pair": a,
+                                   "segments": ["left", "left"]})[0] == 409
+  assert call(f"{url2}/api/label", {"annotator": "alice", "pair": a2,
                                     "segments": ["left", "left"]})[0] == 409
   # With every pair shown to two people, bob gets pairs alice already did; their two lines import
   # as one label per pair: kept where they agree, a tie where they differ.
   store3, url3 = session(double_share=1.0)
   nxt = call(f"{url3}/api/next?annotator=bob")[1]
+  pid = store3.by_public[nxt["pair"]]
   alice = [json.loads(line) for line in open(tmp_path / "labels.jsonl")
-           if json.loads(line)["id"] == nxt["pair"]][0]["segment_labels"]
+           if json.loads(line)["id"] == pid][0]["segment_labels"]
   bob = [alice[0], -alice[1]]  # Agrees on segment 1, not on segment 2.
-  screen = to_record_labels(bob, store3.swap(nxt["pair"], "bob"))  # Its own inverse.
+  screen = to_record_labels(bob, store3.swap(pid, "bob"))  # Its own inverse.
   choice = {1: "left", -1: "right"}
   assert call(f"{url3}/api/label", {"annotator": "bob", "pair": nxt["pair"],
                                     "segments": [choice[v] for v in screen]})[0] == 200
   parsed = labels_io.parse_labels(str(tmp_path / "labels.jsonl"), {p: 2 for p in store3.items})
-  assert parsed[nxt["pair"]]["segment_labels"].tolist() == [alice[0], 0]
+  assert parsed[pid]["segment_labels"].tolist() == [alice[0], 0]
 
 
 def test_a_token_is_required_off_loopback_and_no_path_escapes(pairs, tmp_path):
@@ -213,5 +197,5 @@ def test_a_person_labels_a_pair_with_the_keyboard_in_a_real_browser(session, tmp
   os.makedirs("test-artifacts", exist_ok=True)
   os.replace(tmp_path / "annotate_page.png", os.path.join("test-artifacts", "annotate_page.png"))
   line = json.loads(open(tmp_path / "labels.jsonl").readline())
-  assert line["id"] == pid and line["annotator"] == "carol"
-  assert line["segment_labels"] == to_record_labels([1, 0], store.swap(pid, "carol"))
+  assert line["id"] == store.by_public[pid] and line["annotator"] == "carol"
+  assert line["segment_labels"] == to_record_labels([1, 0], store.swap(line["id"], "carol"))

@@ -92,6 +92,10 @@ def test_every_bad_line_is_reported_and_nothing_written(tmp_path):
   assert "bad.jsonl:3:" in str(e.value)
   with pytest.raises(FileNotFoundError):
     arrayrecord_io.read_sidecar(str(tmp_path), "out")
+  # Bytes that are not UTF-8 (a file saved in Latin-1) are named by line, not a bare traceback.
+  (tmp_path / "latin1.jsonl").write_bytes(lines[0].encode() + b"\n" + '{"id": "p1", "comment": "d\xe9j\xe0"}\n'.encode("latin-1"))
+  with pytest.raises(labels_io.LabelImportError, match=r"latin1\.jsonl:2: not UTF-8 text \(byte 0xe9 at column 27\)"):
+    labels_io.import_labels(str(tmp_path / "latin1.jsonl"), str(tmp_path), "pairs", str(tmp_path), "out")
 
 
 def test_summary_counts_and_label_distribution(tmp_path, capsys):

@@ -193,6 +193,14 @@ def test_bad_videos_and_labels_name_the_manifest_line_and_field(wan, tmp_path):
   with pytest.raises(encode_videos.ManifestError, match=r"line 1, field 'segment_labels'"):
     encode_videos.encode_dataset(encoders, bad, str(tmp_path / "c"), "p", SETTINGS,
                                  log=lambda s: None)
+  (tmp_path / "latin1.jsonl").write_bytes(
+      json.dumps(lines[0]).encode() + b"\n" + b'{"id": "d\xe9j\xe0", "prompt": "x", "video": "good.mp4"}\n')
+  with pytest.raises(ValueError, match=r"latin1\.jsonl:2: not UTF-8 text \(byte 0xe9 at column 10\)"):
+    encode_videos.read_manifest(str(tmp_path / "latin1.jsonl"))
+  for n, text in enumerate(("[1, 2]", "[" * 60000), start=1):  # Not an object; nesting too deep.
+    (tmp_path / "odd.jsonl").write_text(text + "\n")
+    with pytest.raises(encode_videos.ManifestError, match=r"odd\.jsonl, line 1, field '<json>'"):
+      encode_videos.read_manifest(str(tmp_path / "odd.jsonl"))
   bad = _manifest(tmp_path / "bad2.jsonl", [
       {"id": "p", "prompt": "x", "video_a": "good.mp4", "video_b": "good.mp4",
        "segment_labels": [1, 0, 1, 1]}])  # 9 frames of 16-frame segments: 1 segment, not 4.

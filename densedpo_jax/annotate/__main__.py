@@ -39,8 +39,10 @@ def serve(argv) -> None:
   items = items_from_dataset(directory or ".", name, decoder)
   items += gold_items(items, args.gold, args.seed) if args.gold else []
   token = secrets.token_urlsafe(16) if args.token == "auto" else args.token
-  server = make_server(Store(items, args.out, args.double_share, args.seed), args.host, args.port,
-                       token)
+  store = Store(items, args.out, args.double_share, args.seed)
+  for note in store.notes:
+    print(f"annotate: {note}", flush=True)
+  server = make_server(store, args.host, args.port, token)
   url = f"http://{args.host}:{server.server_address[1]}/" + (f"?token={token}" if token else "")
   print(f"annotate: {len(items)} pairs ({args.gold} gold) from {args.pairs}; labels -> {args.out}\n"
         f"open {url}" + ("" if is_loopback(args.host) else "  (share the token only with annotators)"),

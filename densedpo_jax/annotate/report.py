@@ -9,11 +9,12 @@
 from __future__ import annotations
 
 import collections
-import json
 import os
 from typing import Any
 
 import numpy as np
+
+from densedpo_jax.data import jsonl
 
 
 def read_lines(path: str) -> list[dict[str, Any]]:
@@ -21,8 +22,7 @@ def read_lines(path: str) -> list[dict[str, Any]]:
   out = []
   for p in (path, path + ".gold.jsonl"):
     if os.path.exists(p):
-      with open(p, encoding="utf-8") as f:
-        out += [json.loads(line) for line in f if line.strip()]
+      out += [obj for _, obj in jsonl.read_objects(p)]
   return out
 
 

@@ -4,14 +4,17 @@ Pairs come from a pair dataset (frames decoded once and cached as PNG sprite she
 optional gold pairs with known answers (identical videos: every segment a tie; a segment
 corrupted with `shapesworld.artifacts`: the clean member wins it). Labels are appended to a JSONL
 file in `data/labels_io.py`'s import format the moment they arrive (gold answers to
-`<out>.gold.jsonl`, which the import never sees); a restart reads both files back and resumes.
+`<out>.gold.jsonl`, which the import never sees), one whole line at a time (`data/jsonl.py`: a
+failed write leaves no fragment); a restart sets aside a cut-short last line, reads both files back
+and resumes.
 """
 from __future__ import annotations
 
 import dataclasses
 import hashlib
-import json
+import hmac
 import os
+import secrets
 import threading
 import time
 import zlib
@@ -21,7 +24,7 @@ import numpy as np
 from PIL import Image
 
 from densedpo_jax import previews
-from densedpo_jax.data import arrayrecord_io, schema
+from densedpo_jax.data import arrayrecord_io, jsonl, schema
 
 LEASE_SECONDS = 600  # A pair handed out and not submitted goes back to the pool after this.
 
@@ -68,6 +71,10 @@ def gold_items(items: list[Item], count: int, seed: int = 0) -> list[Item]:
   return out
 
 
+class NotLeased(ValueError):
+  """A label for a pair the server did not hand to this annotator, or no longer needs."""
+
+
 class Store:
   """Thread-safe catalogue, assignment and label file of one annotation session."""
 
@@ -80,33 +87,41 @@ class Store:
     self.cache_dir = cache_dir or out + ".frames"
     self.clock, self.lock = clock, threading.Lock()
     self.done: dict[str, set[str]] = {i: set() for i in self.items}  # Pair -> annotators.
+    # Pair -> {annotator: when it was handed out}. Only a holder may submit; a lease older than
+    # LEASE_SECONDS no longer blocks others from getting the pair.
     self.leases: dict[str, dict[str, float]] = {i: {} for i in self.items}
+    # Ids on the wire: an HMAC of the real id under a key made per run, so no id (a gold pair's
+    # included) tells its answer or can be guessed; the label file keeps the real ids.
+    key = secrets.token_bytes(16)
+    self.public = {i: hmac.new(key, i.encode(), "sha256").hexdigest()[:20] for i in self.items}
+    self.by_public = {v: k for k, v in self.public.items()}
+    self.notes = []  # One line per label file whose cut-short last line was set aside.
     for path in (out, self.gold_out):
       if os.path.exists(path):
-        with open(path, encoding="utf-8") as f:
-          for line in f:
-            if line.strip():
-              d = json.loads(line)
-              if d.get("id") in self.done:
-                self.done[d["id"]].add(d.get("annotator", ""))
+        if note := jsonl.set_aside_partial_line(path):
+          self.notes.append(note)
+        for _, d in jsonl.read_objects(path):
+          if d.get("id") in self.done:
+            self.done[d["id"]].add(d.get("annotator", ""))
 
   def wanted(self, pair_id: str) -> int:
     return 2 if pair_id in self.double else 1
 
   def next_pair(self, annotator: str) -> Optional[Item]:
-    """The first pair in the session's order that this annotator has not labeled and that still
-    needs an annotator not already holding it; leased to `annotator`."""
+    """The pair this annotator holds a live lease on, else the first pair in the session's order
+    that they have not labeled and that still needs an annotator; leased to `annotator`."""
     now = self.clock()
     with self.lock:
       for pid in self.order:
-        leases = {a: t for a, t in self.leases[pid].items() if now - t < LEASE_SECONDS}
-        self.leases[pid] = leases
+        if annotator not in self.done[pid] and now - self.leases[pid].get(annotator, -1e18) < LEASE_SECONDS:
+          self.leases[pid][annotator] = now
+          return self.items[pid]
+      for pid in self.order:
         if annotator in self.done[pid]:
           continue
-        if annotator in leases:
-          return self.items[pid]
-        if len(self.done[pid]) + len(leases) < self.wanted(pid):
-          leases[annotator] = now
+        others = sum(now - t < LEASE_SECONDS for a, t in self.leases[pid].items() if a != annotator)
+        if len(self.done[pid]) + others < self.wanted(pid):
+          self.leases[pid][annotator] = now
           return self.items[pid]
     return None
 
@@ -122,16 +137,18 @@ class Store:
 
   def record(self, pair_id: str, annotator: str, line: dict[str, Any]) -> bool:
     """Appends one validated label line and marks the pair done for the annotator; False (and
-    nothing written) when this annotator already labeled it (a double submit)."""
+    nothing written) when this annotator already labeled it (a double submit). A failed write
+    (`OSError`, e.g. a full disk) leaves the file at its last whole line and the pair undone."""
     path = self.gold_out if self.items[pair_id].gold is not None else self.out
     with self.lock:
       if annotator in self.done[pair_id]:
         return False
-      os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
-      with open(path, "a", encoding="utf-8") as f:
-        f.write(json.dumps(line) + "\n")
-        f.flush()
-        os.fsync(f.fileno())
+      if annotator not in self.leases[pair_id]:
+        raise NotLeased(f"was not handed to {annotator} (ask /api/next first)")
+      if len(self.done[pair_id]) >= self.wanted(pair_id):
+        raise NotLeased("already has its labels (your lease expired and it went to someone "
+                        "else); take the next pair")
+      jsonl.append(path, line)
       self.done[pair_id].add(annotator)
       self.leases[pair_id].pop(annotator, None)
     return True

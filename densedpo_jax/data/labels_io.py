@@ -27,6 +27,7 @@ import numpy as np
 from densedpo_jax.data import segments
 from densedpo_jax.data import arrayrecord_io
 from densedpo_jax.data import codec
+from densedpo_jax.data import jsonl
 from densedpo_jax.data import schema
 
 
@@ -88,52 +89,53 @@ def parse_labels(jsonl_path: str, num_segments_by_id: dict[str, int]) -> dict[st
     LabelImportError: listing every bad line.
   """
   problems, out, seen = [], {}, {}
-  with open(jsonl_path, encoding="utf-8") as f:
-    for n, line in enumerate(f, start=1):
-      if not line.strip():
-        continue
-      try:
-        obj = json.loads(line)
-      except ValueError as e:
-        problems.append((n, f"not valid JSON ({e})"))
-        continue
-      if not isinstance(obj, dict) or not isinstance(obj.get("id"), str):
-        problems.append((n, "missing 'id' (a string)"))
-        continue
-      pid = obj["id"]
-      if pid not in num_segments_by_id:
-        problems.append((n, f"unknown id {pid!r}"))
-        continue
-      annotator = obj.get("annotator")
-      if pid in seen and (annotator is None or annotator in seen[pid]):
-        problems.append((n, f"duplicate id {pid!r}" + (f" from annotator {annotator!r}"
-                                                        if annotator is not None else "")))
-        continue
-      seen.setdefault(pid, set()).add(annotator)
-      if obj.get("broken") is True:  # Flagged by an annotator: nothing of this line is used.
-        continue
-      entry, bad = {"segment_labels": None, "global_label": None}, []
-      seg = obj.get("segment_labels")
-      if seg is not None:
-        want = num_segments_by_id[pid]
-        if not isinstance(seg, list) or not all(isinstance(v, int) and not isinstance(v, bool) for v in seg):
-          bad.append(f"segment_labels must be a list of ints, got {seg!r}")
-        elif len(seg) != want:
-          bad.append(f"segment_labels has {len(seg)} values, pair {pid!r} has {want} segments")
-        elif any(v not in schema.LABEL_VALUES for v in seg):
-          bad.append(f"segment_labels values must be in {{-1, 0, 1}}, got {seg}")
-        else:
-          entry["segment_labels"] = np.asarray(seg, np.int8)
-      glob = obj.get("global_label")
-      if glob is not None:
-        if isinstance(glob, bool) or glob not in schema.LABEL_VALUES:
-          bad.append(f"global_label must be -1, 0 or 1, got {glob!r}")
-        else:
-          entry["global_label"] = int(glob)
-      if bad:
-        problems.extend((n, m) for m in bad)
-      elif entry["segment_labels"] is not None or entry["global_label"] is not None:
-        out[pid] = _agree(out[pid], entry) if pid in out else entry
+  try:
+    lines = list(jsonl.read_lines(jsonl_path))
+  except jsonl.JsonlError as e:  # Undecodable bytes: reported with the problems before them.
+    lines, problems = [], [(e.line, e.message)]
+  for n, line in lines:
+    try:
+      obj = json.loads(line)
+    except (ValueError, RecursionError) as e:
+      problems.append((n, f"not valid JSON ({str(e)[:120]})"))
+      continue
+    if not isinstance(obj, dict) or not isinstance(obj.get("id"), str):
+      problems.append((n, "missing 'id' (a string)"))
+      continue
+    pid = obj["id"]
+    if pid not in num_segments_by_id:
+      problems.append((n, f"unknown id {pid!r}"))
+      continue
+    annotator = obj.get("annotator")
+    if pid in seen and (annotator is None or annotator in seen[pid]):
+      problems.append((n, f"duplicate id {pid!r}" + (f" from annotator {annotator!r}"
+                                                      if annotator is not None else "")))
+      continue
+    seen.setdefault(pid, set()).add(annotator)
+    if obj.get("broken") is True:  # Flagged by an annotator: nothing of this line is used.
+      continue
+    entry, bad = {"segment_labels": None, "global_label": None}, []
+    seg = obj.get("segment_labels")
+    if seg is not None:
+      want = num_segments_by_id[pid]
+      if not isinstance(seg, list) or not all(isinstance(v, int) and not isinstance(v, bool) for v in seg):
+        bad.append(f"segment_labels must be a list of ints, got {seg!r}")
+      elif len(seg) != want:
+        bad.append(f"segment_labels has {len(seg)} values, pair {pid!r} has {want} segments")
+      elif any(v not in schema.LABEL_VALUES for v in seg):
+        bad.append(f"segment_labels values must be in {{-1, 0, 1}}, got {seg}")
+      else:
+        entry["segment_labels"] = np.asarray(seg, np.int8)
+    glob = obj.get("global_label")
+    if glob is not None:
+      if isinstance(glob, bool) or glob not in schema.LABEL_VALUES:
+        bad.append(f"global_label must be -1, 0 or 1, got {glob!r}")
+      else:
+        entry["global_label"] = int(glob)
+    if bad:
+      problems.extend((n, m) for m in bad)
+    elif entry["segment_labels"] is not None or entry["global_label"] is not None:
+      out[pid] = _agree(out[pid], entry) if pid in out else entry
   if problems:
     raise LabelImportError(jsonl_path, problems)
   return out

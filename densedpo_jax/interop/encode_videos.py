@@ -34,7 +34,7 @@ from typing import Any
 import ml_dtypes
 import numpy as np
 
-from densedpo_jax.data import schema, segments
+from densedpo_jax.data import jsonl, schema, segments
 from densedpo_jax.data.parts import Parts
 from densedpo_jax.interop import video_io
 
@@ -65,42 +65,41 @@ def read_manifest(path: str) -> tuple[str, list[Entry]]:
   """`(kind, entries)`: kind 'video' or 'pair' (one kind a manifest); every line checked."""
   entries, kind, ids = [], None, {}
   base = os.path.dirname(os.path.abspath(path))
-  with open(path, encoding="utf-8") as f:
-    for number, text in enumerate(f, start=1):
-      if not text.strip():
-        continue
-      try:
-        d = json.loads(text)
-      except json.JSONDecodeError as e:
-        raise ManifestError(path, number, "<json>", f"not a JSON object: {e}") from None
-      line_kind = "pair" if "video_a" in d or "video_b" in d else "video"
-      kind = kind or line_kind
-      if line_kind != kind:
-        raise ManifestError(path, number, "video_a" if kind == "video" else "video",
-                            f"mixes {line_kind} and {kind} lines; one kind a manifest")
-      fields = ("video",) if kind == "video" else ("video_a", "video_b")
-      for field in ("id", "prompt") + fields:
-        if not isinstance(d.get(field), str) or not d[field]:
-          raise ManifestError(path, number, field, f"must be a non-empty string, got {d.get(field)!r}")
-      if d["id"] in ids:
-        raise ManifestError(path, number, "id", f"{d['id']!r} repeats line {ids[d['id']]}")
-      ids[d["id"]] = number
-      known = {"id", "prompt", *fields, "segment_labels", "global_label", "frames_per_segment"}
-      if set(d) - known:
-        raise ManifestError(path, number, sorted(set(d) - known)[0], f"unknown field; expected "
-                            f"among {sorted(known)}")
-      labels, glob, fps_seg = d.get("segment_labels"), d.get("global_label"), d.get("frames_per_segment")
-      if labels is not None and (not isinstance(labels, list) or not labels or any(
-          v not in (-1, 0, 1) or isinstance(v, bool) for v in labels)):
-        raise ManifestError(path, number, "segment_labels", f"must be a non-empty list of -1, 0, "
-                            f"1; got {labels!r}")
-      if glob is not None and (glob not in (-1, 0, 1) or isinstance(glob, bool)):
-        raise ManifestError(path, number, "global_label", f"must be -1, 0 or 1; got {glob!r}")
-      if fps_seg is not None and (not isinstance(fps_seg, int) or fps_seg < 1):
-        raise ManifestError(path, number, "frames_per_segment", f"must be an int >= 1; got {fps_seg!r}")
-      entries.append(Entry(number, d["id"], d["prompt"],
-                           tuple(os.path.join(base, d[f]) for f in fields),
-                           tuple(labels) if labels else None, glob, fps_seg))
+  for number, text in jsonl.read_lines(path):  # Undecodable bytes: JsonlError naming path:line.
+    try:
+      d = json.loads(text)
+    except (ValueError, RecursionError) as e:
+      raise ManifestError(path, number, "<json>", f"not a JSON object: {e}") from None
+    if not isinstance(d, dict):
+      raise ManifestError(path, number, "<json>", f"not a JSON object: {type(d).__name__}")
+    line_kind = "pair" if "video_a" in d or "video_b" in d else "video"
+    kind = kind or line_kind
+    if line_kind != kind:
+      raise ManifestError(path, number, "video_a" if kind == "video" else "video",
+                          f"mixes {line_kind} and {kind} lines; one kind a manifest")
+    fields = ("video",) if kind == "video" else ("video_a", "video_b")
+    for field in ("id", "prompt") + fields:
+      if not isinstance(d.get(field), str) or not d[field]:
+        raise ManifestError(path, number, field, f"must be a non-empty string, got {d.get(field)!r}")
+    if d["id"] in ids:
+      raise ManifestError(path, number, "id", f"{d['id']!r} repeats line {ids[d['id']]}")
+    ids[d["id"]] = number
+    known = {"id", "prompt", *fields, "segment_labels", "global_label", "frames_per_segment"}
+    if set(d) - known:
+      raise ManifestError(path, number, sorted(set(d) - known)[0], f"unknown field; expected "
+                          f"among {sorted(known)}")
+    labels, glob, fps_seg = d.get("segment_labels"), d.get("global_label"), d.get("frames_per_segment")
+    if labels is not None and (not isinstance(labels, list) or not labels or any(
+        v not in (-1, 0, 1) or isinstance(v, bool) for v in labels)):
+      raise ManifestError(path, number, "segment_labels", f"must be a non-empty list of -1, 0, "
+                          f"1; got {labels!r}")
+    if glob is not None and (glob not in (-1, 0, 1) or isinstance(glob, bool)):
+      raise ManifestError(path, number, "global_label", f"must be -1, 0 or 1; got {glob!r}")
+    if fps_seg is not None and (not isinstance(fps_seg, int) or fps_seg < 1):
+      raise ManifestError(path, number, "frames_per_segment", f"must be an int >= 1; got {fps_seg!r}")
+    entries.append(Entry(number, d["id"], d["prompt"],
+                         tuple(os.path.join(base, d[f]) for f in fields),
+                         tuple(labels) if labels else None, glob, fps_seg))
   if not entries:
     raise ManifestError(path, 1, "<file>", "no entries")
   return kind, entries

@@ -19,7 +19,7 @@ from typing import Any, Optional
 
 import numpy as np
 
-from densedpo_jax.data import arrayrecord_io, codec
+from densedpo_jax.data import arrayrecord_io, codec, jsonl
 from densedpo_jax.labeling.oracle import majority_vote
 
 Labels = dict[str, tuple[Optional[np.ndarray], Optional[int]]]  # id -> (segment labels, global)
@@ -34,15 +34,13 @@ def load_labels(path: str) -> Labels:
       seg = codec.read_array(raw.data, header, "segment_labels", raw.path, raw.position)
       out[header["fields"]["id"]] = (seg, header["fields"].get("global_label"))
     return out
-  with open(path, encoding="utf-8") as f:
-    for n, line in enumerate(f, start=1):
-      if line.strip():
-        try:
-          d = json.loads(line)
-          seg = d.get("segment_labels")
-          out[d["id"]] = (None if seg is None else np.asarray(seg, np.int8), d.get("global_label"))
-        except (ValueError, KeyError, TypeError) as e:
-          raise ValueError(f"{path}:{n}: not a label line ({e})") from None
+  for n, line in jsonl.read_lines(path):  # Undecodable bytes: JsonlError naming the line.
+    try:
+      d = json.loads(line)
+      seg = d.get("segment_labels")
+      out[d["id"]] = (None if seg is None else np.asarray(seg, np.int8), d.get("global_label"))
+    except (ValueError, KeyError, TypeError, AttributeError, RecursionError) as e:
+      raise ValueError(f"{path}:{n}: not a label line ({str(e)[:120]})") from None
   return out
 
 

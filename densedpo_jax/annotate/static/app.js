@@ -11,7 +11,7 @@ function api(path, options = {}) {
                                   options.headers || {});
   return fetch(path, options).then(async (r) => {
     const body = r.headers.get("Content-Type").startsWith("application/json") ? await r.json() : r;
-    if (!r.ok) throw new Error(body.error || r.statusText);
+    if (!r.ok) throw Object.assign(new Error(body.error || r.statusText), { status: r.status });
     return body;
   });
 }
@@ -94,7 +94,10 @@ async function submit() {
                  seconds: (performance.now() - state.started) / 1000 };
   state.submitting = true;
   try { await api("/api/label", { method: "POST", body: JSON.stringify(body) }); status(`Saved ${p.pair}`); await next(); }
-  catch (e) { status(e.message, true); }
+  catch (e) {
+    status(e.message, true);
+    if (e.status === 409) await next().then(() => status(e.message, true)).catch((x) => status(x.message, true));
+  }
   finally { state.submitting = false; }
 }
 
