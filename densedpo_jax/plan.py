@@ -141,6 +141,7 @@ def main(argv=None) -> None:
   from densedpo_jax.training.builders import model_config, with_overrides
   from densedpo_jax.main import _load_config
   from densedpo_jax.model.__main__ import TYPICAL_INPUT
+  from densedpo_jax.model.attention import check_platform
   from densedpo_jax.training.sharding import resolve_mesh_shape, MESH_AXES
   config = _load_config(args.config)
   config = with_overrides(config, **{o.split("=", 1)[0][len("--config."):]: _literal(o.split("=", 1)[1])
@@ -160,6 +161,10 @@ def main(argv=None) -> None:
   print(f"  verdict: {'fits' if p['total'] <= 0.9 * limit else 'does NOT fit'} in "
         f"{limit / GIB:.0f} GiB per device (90% usable)")
   if args.compiled:
+    try:
+      check_platform(cfg.attention_impl)
+    except ValueError as e:
+      raise SystemExit(f"plan --compiled: {e}") from None
     m = compiled(config, latent, text_len, args.devices)
     total = m.argument_size_in_bytes + m.output_size_in_bytes + m.temp_size_in_bytes - \
         m.alias_size_in_bytes

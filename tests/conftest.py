@@ -1,4 +1,4 @@
-"""Fixtures shared by the end-to-end tests (the environment is set in the root conftest.py)."""
+"""Fixtures shared by the tests (the environment is set in the root conftest.py)."""
 import pytest
 
 
@@ -23,3 +23,17 @@ def world(tmp_path_factory):
   base.mesh.num_devices = 1
   train.train_and_evaluate(base, str(root / "base"))
   return root
+
+
+@pytest.fixture
+def vlm_server():
+  """`make(**kw) -> tests.vlm_server.Server`, a scripted VLM on 127.0.0.1; all closed after."""
+  from tests.vlm_server import Server
+  servers = []
+
+  def make(**kw):
+    servers.append(Server(**kw))
+    return servers[-1]
+  yield make
+  for s in servers:
+    s.close()

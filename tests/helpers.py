@@ -1,8 +1,8 @@
 """Helpers shared by the tests: tiny datasets, tiny configs and models, float64 references.
 
-Test modules import from here and from `tests/tiny_wan.py`, never from each other; benchmarks
-may import from here too, never the reverse. Everything is small and made in the test: no
-download, no shipped data.
+Test modules import from here, `tests/tiny_wan.py` and `tests/vlm_server.py`, never from each
+other; benchmarks may import from here too, never the reverse. Everything is small and made in
+the test: no download, no shipped data.
 """
 import json
 import threading

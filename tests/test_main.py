@@ -94,6 +94,40 @@ def test_each_tool_alias_runs_its_interop_main(tool, module, required, capsys):
   assert stop.value.code == 2 and required in capsys.readouterr().err
 
 
+HIDE_EXTRA = ("import sys, runpy\n"
+              "for m in ('torch', 'diffusers', 'transformers', 'safetensors', 'peft', 'av'):\n"
+              "  sys.modules[m] = None  # As if the [interop] extra were not installed.\n"
+              "sys.argv = sys.argv[1:]\n"
+              "runpy.run_module(sys.argv[0], run_name='__main__', alter_sys=True)\n")
+
+
+@pytest.mark.e2e
+@pytest.mark.parametrize("tool,args", [
+    ("encode", ["--help"]), ("decode", ["--help"]),
+    ("export", ["--workdir=run", "--format=diffusers-lora", "--out=a.safetensors"]),
+    ("convert", ["wan", "src", "dst"])])
+def test_a_tool_without_its_extra_says_what_to_install_in_one_line(tool, args):
+  out = subprocess.run([sys.executable, "-c", HIDE_EXTRA, f"densedpo_jax.{tool}", *args], cwd=ROOT,
+                       capture_output=True, text=True, timeout=300,
+                       env=dict(os.environ, JAX_PLATFORMS="cpu"))
+  lines = out.stderr.strip().splitlines()
+  assert out.returncode == 1 and len(lines) == 1, out.stderr[-2000:]
+  assert lines[0].startswith(f"python -m densedpo_jax.{tool} needs the [interop] extra (module ")
+  assert "pip install" in lines[0] and "Traceback" not in out.stderr
+
+
+@pytest.mark.e2e
+@pytest.mark.parametrize("module", ["convert_wan", "decode_records", "encode_videos",
+                                    "export_diffusers"])
+def test_each_interop_module_runs_as_a_command_too(module):
+  """`python -m densedpo_jax.interop.MODULE` is the same command, never a silent exit 0."""
+  pytest.importorskip("torch")
+  out = subprocess.run([sys.executable, "-m", f"densedpo_jax.interop.{module}"], cwd=ROOT,
+                       capture_output=True, text=True, timeout=300,
+                       env=dict(os.environ, JAX_PLATFORMS="cpu"))
+  assert out.returncode == 2 and "usage:" in out.stderr and "required" in out.stderr
+
+
 def _model_tool_output(monkeypatch, capsys, families=None):
   from densedpo_jax.model import __main__ as model_tool
   if families is not None:

@@ -1,5 +1,6 @@
 """The memory planner: the analytic plan agrees with XLA's compiled memory analysis of the real
 train step (8 fake devices, FSDP) within the margin docs/scaling.md states (35%)."""
+import jax
 import pytest
 
 from configs import dense
@@ -29,3 +30,13 @@ def test_plan_agrees_with_the_compiled_step(model, mesh):
   m = plan.compiled(config, LATENT, TEXT, 8)
   total = m.argument_size_in_bytes + m.temp_size_in_bytes
   assert 0.65 * total < planned["total"] < 1.35 * total, (planned, total)
+
+
+@pytest.mark.skipif(jax.devices()[0].platform == "gpu", reason="cuDNN attention runs here")
+def test_a_gpu_only_attention_is_named_in_one_line_on_other_machines(capsys):
+  with pytest.raises(SystemExit, match=r"plan --compiled: attention_impl='cudnn' runs on GPU only "
+                                       r"and this machine's devices are CPU: pass "
+                                       r"--config.model.attention_impl=blockwise"):
+    plan.main(["--config=configs/dense.py", "--compiled", "--config.model.preset=small",
+               "--config.model.attention_impl=cudnn"])
+  assert "planned" in capsys.readouterr().out  # The analytic plan still printed first.

@@ -5,9 +5,7 @@ import hashlib
 import io
 import json
 import os
-import threading
 import time
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
 import numpy as np
 import pytest
@@ -15,125 +13,13 @@ from PIL import Image
 
 pytest.importorskip("openai")
 
-from densedpo_jax.data import arrayrecord_io, schema  # noqa: E402
+from densedpo_jax.data import arrayrecord_io  # noqa: E402
 from densedpo_jax.labeling import agreement, vlm  # noqa: E402
-from densedpo_jax.labeling.vlm import VLMLabeler, VLMSettings  # noqa: E402
+from densedpo_jax.labeling.vlm import VLMLabeler  # noqa: E402
+from tests.vlm_server import PER, T, Server, label, make_pair, settings  # noqa: E402
 
-T, SIDE, PER = 16, 16, 4  # 16 frames of 16 x 16 at 8 fps, 4-frame segments: 4 segments.
-
-
-class Server:
-  """Scripted VLM. `policy(first_has_marker, second_has_marker, body) -> verdict or raw text`."""
-
-  def __init__(self, policy=None, json_ok=True, fail=(), delay=0.0):
-    self.policy = policy or self.truthful
-    self.json_ok, self.fail, self.delay = json_ok, list(fail), delay
-    self.bodies, self.lock = [], threading.Lock()
-    server = self
-
-    class Handler(BaseHTTPRequestHandler):
-      def log_message(self, *args):
-        pass
-
-      def do_POST(self):
-        body = json.loads(self.rfile.read(int(self.headers["Content-Length"])))
-        with server.lock:
-          server.bodies.append(body)
-          status = server.fail.pop(0) if server.fail else 200
-        if status != 200:
-          return self._send(status, {"error": {"message": f"scripted {status}", "type": "x"}})
-        if server.delay:
-          time.sleep(server.delay)
-        if "response_format" in body and not server.json_ok:
-          return self._send(400, {"error": {"message": "response_format is not supported",
-                                            "type": "invalid_request_error"}})
-        first, second = server.blocks(body)
-        answer = server.policy(marked(first), marked(second), body)
-        if answer in vlm.VERDICTS:
-          answer = (json.dumps({"verdict": answer, "reason": "marker"})
-                    if "response_format" in body else f"{answer.capitalize()}: the other has a blob")
-        self._send(200, {"id": "x", "object": "chat.completion", "created": 0,
-                         "model": body["model"], "choices": [{
-                             "index": 0, "finish_reason": "stop",
-                             "message": {"role": "assistant", "content": answer}}],
-                         "usage": {"prompt_tokens": 90, "completion_tokens": 10,
-                                   "total_tokens": 100}})
-
-      def _send(self, status, obj):
-        data = json.dumps(obj).encode()
-        self.send_response(status)
-        self.send_header("Content-Type", "application/json")
-        self.send_header("Content-Length", str(len(data)))
-        self.end_headers()
-        self.wfile.write(data)
-
-    self.httpd = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-    self.url = f"http://127.0.0.1:{self.httpd.server_address[1]}/v1"
-    threading.Thread(target=self.httpd.serve_forever, daemon=True).start()
-
-  @staticmethod
-  def truthful(first_marked, second_marked, body):
-    return "tie" if first_marked == second_marked else ("second" if first_marked else "first")
-
-  @staticmethod
-  def blocks(body):
-    """The decoded images of the first and of the second video, from the message parts."""
-    blocks, current = [[], []], None
-    for part in body["messages"][0]["content"]:
-      if part["type"] == "text":
-        current = {vlm.FIRST_INTRO: 0, vlm.SECOND_INTRO: 1}.get(part["text"], current)
-      else:
-        data = base64.b64decode(part["image_url"]["url"].split(",", 1)[1])
-        blocks[current].append(np.asarray(Image.open(io.BytesIO(data)).convert("RGB")))
-    return blocks
-
-  def close(self):
-    self.httpd.shutdown()
-
-
-def marked(images):
-  """Whether any image shows the magenta marker (robust to JPEG)."""
-  return any(((im[..., 0] > 180) & (im[..., 1] < 90) & (im[..., 2] > 180)).sum() > 20
-             for im in images)
-
-
-@pytest.fixture
-def server():
-  servers = []
-
-  def make(**kw):
-    servers.append(Server(**kw))
-    return servers[-1]
-  yield make
-  for s in servers:
-    s.close()
-
-
-def make_pair(i, marks_a, marks_b, seed=0):
-  """A pixel pair (ShapesWorld layout) with a 6 x 6 magenta marker in the listed segments."""
-  rng = np.random.default_rng([seed, i])
-  base = np.clip(rng.normal(-0.5, 0.1, (T, SIDE, SIDE, 3)), -1, 1).astype(np.float32)
-  a, b = base.copy(), base.copy()
-  for video, marks in ((a, marks_a), (b, marks_b)):
-    for s in marks:
-      video[s * PER:(s + 1) * PER, 5:11, 5:11] = (1.0, -1.0, 1.0)
-  emb = np.zeros((4, 8), np.float32)
-  prompt = f"a red circle moves {('left', 'right', 'up', 'down')[i % 4]}"  # ShapesWorld's grammar.
-  return schema.PairRecord(f"p{i}", prompt, emb, np.ones(4, bool), a, b, num_frames=T,
-                           fps=8.0, frames_per_segment=PER, source="vanilla")
-
-
-def settings(url, **kw):
-  return VLMSettings(**{"base_url": url, "model": "scripted-vl", "max_side": 64, "timeout_s": 5.0,
-                        "max_retries": 2, "api_key_env": "DENSEDPO_TEST_NO_KEY", **kw})
-
-
-def label(labeler, pair):
-  return labeler.label(pair, pair.latent_a, pair.latent_b)
-
-
-def test_request_shape_and_labels_from_what_the_server_sees(server):
-  s = server()
+def test_request_shape_and_labels_from_what_the_server_sees(vlm_server):
+  s = vlm_server()
   labeler = VLMLabeler(settings(s.url))
   pair = make_pair(0, marks_a=[0, 3], marks_b=[1, 3])
   seg, glob = label(labeler, pair)
@@ -153,16 +39,16 @@ def test_request_shape_and_labels_from_what_the_server_sees(server):
   assert len(details) == 4 and all(len(d["answers"]) == 2 for d in details)
 
 
-def test_a_server_that_always_says_first_yields_ties(server):
-  s = server(policy=lambda *_: "first")
+def test_a_server_that_always_says_first_yields_ties(vlm_server):
+  s = vlm_server(policy=lambda *_: "first")
   labeler = VLMLabeler(settings(s.url))
   seg, glob = label(labeler, make_pair(1, [0], [1]))
   assert seg.tolist() == [0, 0, 0, 0] and glob == 0
   assert labeler.stats["disagreements"] == 4
 
 
-def test_free_text_when_the_server_refuses_response_format(server):
-  s = server(json_ok=False)
+def test_free_text_when_the_server_refuses_response_format(vlm_server):
+  s = vlm_server(json_ok=False)
   labeler = VLMLabeler(settings(s.url))
   seg, _ = label(labeler, make_pair(2, [2], [0]))
   assert seg.tolist() == [1, 0, -1, 0]
@@ -170,30 +56,35 @@ def test_free_text_when_the_server_refuses_response_format(server):
   assert sum("response_format" in b for b in s.bodies) == 1
 
 
-def test_unparseable_answers_are_retried_once_then_recorded_as_failures(server):
-  s = server(policy=lambda *_: "I cannot tell from these images.")
-  labeler = VLMLabeler(settings(s.url))
+def test_unparseable_answers_are_retried_once_then_recorded_as_failures(vlm_server):
+  s = vlm_server(policy=lambda *_: "I cannot tell from these images.")
+  labeler = VLMLabeler(settings(s.url, max_failure_share=1.0))  # Failures allowed: ties.
   seg, _ = label(labeler, make_pair(3, [0], []))
   assert seg.tolist() == [0, 0, 0, 0]
   assert len(s.bodies) == 2 * 8 and labeler.stats["failures"] == 8
   assert labeler.stats["retried"] == 8
+  # By default a model that never answers readably stops the run instead of labeling ties.
+  with pytest.raises(vlm.VLMError, match=r"8 of 8 questions to scripted-vl at http://127\.0\.0\.1"):
+    label(VLMLabeler(settings(s.url)), make_pair(3, [0], []))
 
 
-def test_retries_on_429_and_500_and_a_timeout_becomes_a_failure(server):
-  s = server(fail=[429, 500])
+def test_retries_on_429_and_500_and_a_timeout_becomes_a_failure(vlm_server):
+  s = vlm_server(fail=[429, 500])
   labeler = VLMLabeler(settings(s.url))
   seg, _ = label(labeler, make_pair(4, [1], []))
   assert seg.tolist() == [0, -1, 0, 0] and len(s.bodies) == 8 + 2
-  slow = server(delay=1.5)
-  labeler = VLMLabeler(settings(slow.url, timeout_s=0.3, max_retries=0, concurrency=8))
+  assert labeler.stats["calls"] == 10 and labeler.stats["failed_attempts"] == 2
+  slow = vlm_server(delay=1.5)
+  labeler = VLMLabeler(settings(slow.url, timeout_s=0.3, max_retries=0, concurrency=8,
+                                max_failure_share=1.0))
   start = time.time()
   seg, _ = label(labeler, make_pair(5, [1], []))
   assert seg.tolist() == [0, 0, 0, 0] and labeler.stats["failures"] == 8
   assert time.time() - start < 10
 
 
-def test_cache_hits_on_rerun_and_the_budget_stops_without_paying_twice(server, tmp_path):
-  s = server()
+def test_cache_hits_on_rerun_and_the_budget_stops_without_paying_twice(vlm_server, tmp_path):
+  s = vlm_server()
   cache = str(tmp_path / "cache.sqlite")
   pairs = [make_pair(i, [i % 4], []) for i in range(3)]
   limited = VLMLabeler(settings(s.url, cache=cache, max_requests=10, concurrency=8))
@@ -210,15 +101,15 @@ def test_cache_hits_on_rerun_and_the_budget_stops_without_paying_twice(server, t
   assert len(s.bodies) == 32  # The model is part of the key.
 
 
-def test_a_wrong_key_or_model_stops_instead_of_labeling_ties(server):
-  s = server(fail=[401] * 50)
+def test_a_wrong_key_or_model_stops_instead_of_labeling_ties(vlm_server):
+  s = vlm_server(fail=[401] * 50)
   labeler = VLMLabeler(settings(s.url, max_retries=0))
   with pytest.raises(Exception, match="401"):
     label(labeler, make_pair(7, [0], []))
 
 
-def test_whole_mode_asks_once_per_order(server):
-  s = server()
+def test_whole_mode_asks_once_per_order(vlm_server):
+  s = vlm_server()
   labeler = VLMLabeler(settings(s.url, mode="whole"))
   seg, glob = label(labeler, make_pair(6, [], [0, 2]))
   assert len(s.bodies) == 2 and glob == 1 and seg.tolist() == [1, 1, 1, 1]
@@ -238,7 +129,7 @@ def test_agreement_numbers_on_a_constructed_case():
   assert r["tie_rate"] == pytest.approx(3 / 8)
 
 
-def test_task_label_with_a_server_that_errs_on_a_known_share(server, tmp_path):
+def test_task_label_with_a_server_that_errs_on_a_known_share(vlm_server, tmp_path):
   """task=label with labeler=vlm on a pair dataset; the server errs (consistently in both orders)
   on the segments whose content hash falls in a known 25%; the agreement report recovers it."""
   from configs import label as label_config
@@ -259,7 +150,7 @@ def test_task_label_with_a_server_that_errs_on_a_known_share(server, tmp_path):
     if verdict != "tie" and wrong(Server.blocks(body)):
       return {"first": "second", "second": "first"}[verdict]
     return verdict
-  s = server(policy=errs)
+  s = vlm_server(policy=errs)
   c = label_config.get_config("vlm")
   c.label.update(in_dir=str(tmp_path), in_name="pairs", out_dir=str(tmp_path), out_name="vlm")
   c.label.vlm.update(base_url=s.url, model="scripted-vl", max_side=64, timeout_s=5.0,

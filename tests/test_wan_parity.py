@@ -3,6 +3,7 @@ our converter -> Flax, so these tests exercise the real import and export paths.
 every model is built from a config. Needs the `[interop]` extra (torch, diffusers, peft)."""
 import json
 import os
+import re
 
 import jax
 import jax.numpy as jnp
@@ -276,6 +277,20 @@ def test_truncated_or_foreign_folders_fail_naming_the_file_and_key(tmp_path):
     wan_weights.load_diffusers(str(folder), cfg)
   write({**state, "proj_out.weight": torch.zeros(63, 24)})
   with pytest.raises(ValueError, match=r"proj_out\.weight.*\(63, 24\).*\(24, 64\)"):
+    wan_weights.load_diffusers(str(folder), cfg)
+  # A header that declares a float32 tensor as I32 (same width, so safetensors accepts it).
+  write(state)
+  data = bytearray(file.read_bytes())
+  size = int.from_bytes(data[:8], "little")
+  header = json.loads(data[8:8 + size])
+  key = sorted(k for k in header if k != "__metadata__")[0]
+  assert header[key]["dtype"] == "F32"
+  header[key]["dtype"] = "I32"
+  text = json.dumps(header, separators=(",", ":")).encode().ljust(size)
+  assert len(text) == size
+  file.write_bytes(data[:8] + text + data[8 + size:])
+  with pytest.raises(ValueError, match=rf"diffusion_pytorch_model\.safetensors: tensor '{re.escape(key)}' "
+                                       r"is stored as int32; weights must be one of"):
     wan_weights.load_diffusers(str(folder), cfg)
   write(state)
   data = file.read_bytes()

@@ -15,6 +15,7 @@ import time
 import numpy as np
 from flax import traverse_util
 
+from densedpo_jax.interop import require_safetensors
 from densedpo_jax.model import pretrained, wan_weights
 
 FAMILIES = ("wan",)
@@ -43,9 +44,14 @@ def main(argv=None) -> None:
   parser.add_argument("--scan_layers", action="store_true",
                       help="stack the blocks for a model with config.model.scan_layers=True")
   args = parser.parse_args(argv)
+  require_safetensors("python -m densedpo_jax.convert")
   summary = convert_wan(args.src, args.dst, args.dtype, args.scan_layers)
   cfg = summary["config"]
   print(f"converted {summary['tensors']} tensors, {summary['parameters']:,} parameters "
         f"({summary['bytes'] / 2**30:.2f} GiB {args.dtype}) of a Wan 2.1 transformer (width "
         f"{cfg.width}, {cfg.depth} layers, {cfg.num_heads} heads) in {summary['seconds']:.1f} s "
         f"-> {args.dst}")
+
+
+if __name__ == "__main__":
+  main()

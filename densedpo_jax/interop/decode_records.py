@@ -128,3 +128,7 @@ def main(argv=None) -> None:
   directory, name = os.path.split(os.path.normpath(args.records))
   decode_dataset(directory or ".", name, args.out, args.decoder, args.weights, args.format,
                  args.scale)
+
+
+if __name__ == "__main__":
+  main()

@@ -247,3 +247,7 @@ def main(argv=None) -> None:
   settings = Settings(**{f.name: getattr(args, f.name) for f in dataclasses.fields(Settings)})
   encode_dataset(WanEncoders(args.weights), args.manifest, args.out, args.name, settings,
                  args.batch_size, args.skip_bad)
+
+
+if __name__ == "__main__":
+  main()

@@ -15,6 +15,7 @@ import os
 
 import numpy as np
 
+from densedpo_jax.interop import require_safetensors
 from densedpo_jax.model import WanConfig, family_of, pretrained, wan_weights
 
 FORMATS = ("diffusers-lora", "diffusers")
@@ -92,6 +93,7 @@ def main(argv=None) -> None:
   parser.add_argument("--dtype", default="float32", choices=("float32", "bfloat16"),
                       help="merged weights' dtype (diffusers format)")
   args = parser.parse_args(argv)
+  require_safetensors("python -m densedpo_jax.export")
   if args.format == "diffusers-lora":
     s = export_lora(args.workdir, args.out, args.step)
     print(f"step {s['step']}: {s['tensors']} LoRA tensors (rank {s['rank']}, alpha {s['alpha']}) "
@@ -99,3 +101,7 @@ def main(argv=None) -> None:
   else:
     s = export_merged(args.workdir, args.out, args.step, args.dtype)
     print(f"step {s['step']}: {s['tensors']} tensors in {s['files']} file(s) -> {s['out']}")
+
+
+if __name__ == "__main__":
+  main()

@@ -130,7 +130,7 @@ def label_with_vlm(spec: ml_collections.ConfigDict) -> dict:
   distributed.write_json(_stats_path(spec), stats)
   print(summary.format_summary(summary.summarize(spec.out_dir, spec.out_name)))
   s = labeler.stats
-  print(f"vlm: {s['requests']} questions, {s['calls']} calls, {s['cache_hits']} cache hits, "
+  print(f"vlm: {s['requests']} questions, {s['calls']} HTTP attempts, {s['cache_hits']} cache hits, "
         f"{s['failures']} failures (recorded as ties), {s['disagreements']} swap disagreements "
         f"(ties), {s['tie_segments']} of {s['segments']} segments tied, {s['tokens']} tokens")
   return stats

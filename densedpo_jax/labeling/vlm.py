@@ -11,6 +11,13 @@ asks once per order about the whole clip (the paper's long-video comparison).
 Works with hosted APIs and local servers (vLLM, SGLang, Ollama). The API key comes from the
 environment variable named in the settings. Answers are cached on disk (sqlite, JSON values),
 keyed by everything that determines them, so a rerun after a crash pays no call twice.
+
+Nothing is faked: the client's hidden retries are off and every HTTP attempt is counted (and
+budgeted: `max_requests` counts attempts, `max_total_tokens` reserves tokens for calls in flight);
+a server that cannot be reached, a reply that is not a Chat Completion, a wrong key, model or URL,
+and failures past `max_failure_share` stop the run with `VLMError` (a labeled dataset is written
+only when the run completes). A question that still fails after its retries is a failure, recorded
+as a tie only while failures stay under that share.
 """
 from __future__ import annotations
 
@@ -54,6 +61,11 @@ class BudgetExceeded(RuntimeError):
   """The request or token budget is spent; answers so far are cached, a rerun resumes."""
 
 
+class VLMError(RuntimeError):
+  """The server cannot give labels (unreachable, malformed replies, too many failures): the run
+  stops and writes no dataset; answers so far are cached."""
+
+
 @dataclasses.dataclass(frozen=True)
 class VLMSettings:
   """Where to ask and how. `instruction` '' means the versioned default (`INSTRUCTION`)."""
@@ -70,9 +82,14 @@ class VLMSettings:
   json_schema: str = "auto"  # 'auto' (try response_format, fall back to text) | 'on' | 'off'
   concurrency: int = 8
   timeout_s: float = 60.0
-  max_retries: int = 4  # The openai client's retries with backoff (429, 5xx, timeouts).
-  max_requests: int = 0  # API calls allowed this run (cache hits are free); 0: no limit.
-  max_total_tokens: int = 0  # Tokens allowed this run; 0: no limit.
+  max_retries: int = 4  # Attempts after the first on 408/429/5xx, timeouts, dropped connections.
+  retry_backoff_s: float = 1.0  # Wait before retry k: retry_backoff_s * 2 ** k (at most 30 s).
+  max_requests: int = 0  # HTTP attempts allowed this run (cache hits are free); 0: no limit.
+  max_total_tokens: int = 0  # Tokens allowed this run (in-flight calls reserved); 0: no limit.
+  # Stop (no dataset) when more than this share of questions failed; over the first
+  # `early_pairs` pairs the bar is half of them.
+  max_failure_share: float = 0.1
+  early_pairs: int = 4
   cache: str = ""  # sqlite file; '' disables the cache.
 
   def __post_init__(self):
@@ -82,15 +99,28 @@ class VLMSettings:
       raise ValueError(f"VLMSettings.json_schema={self.json_schema!r}; expected auto, on or off")
 
 
+FENCE = re.compile(r"^\s*```[A-Za-z]*\s*\n?(.*?)\n?\s*```\s*$", re.DOTALL)
+# A free-text verdict: the first line is the word alone, or the word then a stop (". : - ;"), or
+# "Answer: word" / "Verdict: word"; "First, let me compare..." is no verdict.
+FREE_TEXT = re.compile(r"^(?:(?:answer|verdict)\s*[:=-]\s*)?[\"'*_ ]*(first|second|tie)[\"'*_ ]*"
+                       r"(?:$|\s*[.:;\-\u2013\u2014]|\s*\n)", re.IGNORECASE)
+
+
 def parse_verdict(text: str) -> Optional[str]:
-  """'first' | 'second' | 'tie' from a JSON answer or the answer's first word; None otherwise."""
+  """'first' | 'second' | 'tie' from a JSON answer (also inside a ``` fence) or a free-text answer
+  that states the verdict up front (see `FREE_TEXT`); None otherwise (read conservatively)."""
+  text = (text or "").strip()
+  if m := FENCE.match(text):
+    text = m.group(1).strip()
   try:
-    verdict = json.loads(text).get("verdict")
+    obj = json.loads(text)
+    verdict = obj.get("verdict") if isinstance(obj, dict) else obj
     if isinstance(verdict, str) and verdict.strip().lower() in VERDICTS:
       return verdict.strip().lower()
-  except (json.JSONDecodeError, AttributeError, TypeError):
+    return None
+  except (ValueError, RecursionError):
     pass
-  m = re.match(r"[\s\W]*(first|second|tie)\b", text or "", re.IGNORECASE)
+  m = FREE_TEXT.match(text)
   return m.group(1).lower() if m else None
 
 
@@ -135,12 +165,16 @@ class VLMLabeler(Labeler):
     self._json = settings.json_schema != "off"
     self.cache = AnswerCache(settings.cache) if settings.cache else None
     self.stats = {"requests": 0, "calls": 0, "cache_hits": 0, "failures": 0, "retried": 0,
-                  "disagreements": 0, "tie_segments": 0, "segments": 0, "tokens": 0}
+                  "failed_attempts": 0, "disagreements": 0, "tie_segments": 0, "segments": 0,
+                  "tokens": 0, "pairs": 0}
     self.details: dict[str, list[dict]] = {}  # Pair id -> raw answers of each question.
     self._started = time.time()
     self._loop = asyncio.new_event_loop()  # One loop for the client's connections, every pair.
     self._probed = False
-    self._probe_lock = asyncio.Lock()
+    self._probe_lock, self._calibration_lock = asyncio.Lock(), asyncio.Lock()
+    self._tokens_per_call = 0  # The most tokens one call has used.
+    self._reserved = 0  # Tokens held by calls in flight.
+    self._last_error = ""
 
   @property
   def params(self) -> dict[str, Any]:
@@ -157,7 +191,7 @@ class VLMLabeler(Labeler):
     image = lambda url: {"type": "image_url", "image_url": {"url": url}}
     content = ([{"type": "text", "text": FIRST_INTRO}] + [image(u) for u in frames_first]
                + [{"type": "text", "text": SECOND_INTRO}] + [image(u) for u in frames_second]
-               + [{"type": "text", "text": self.instruction.format(prompt=prompt)}])
+               + [{"type": "text", "text": self.instruction.replace("{prompt}", prompt)}])
     return [{"role": "user", "content": content}]
 
   def _key(self, prompt: str, frames_first, frames_second, order: str) -> str:
@@ -189,75 +223,136 @@ class VLMLabeler(Labeler):
 
   def client(self):
     if self._client is None:
-      import openai  # The [vlm] extra.
+      try:
+        import openai  # The [vlm] extra.
+      except ModuleNotFoundError:
+        raise VLMError("labeler=vlm needs the [vlm] extra (module 'openai' is not installed): "
+                       "pip install -e '.[vlm]' in a clone, or pip install 'openai>=1.40'") from None
       key = os.environ.get(self.settings.api_key_env, "")
+      # No hidden retries: every attempt goes through `_attempt`, counted and budgeted.
       self._client = openai.AsyncOpenAI(base_url=self.settings.base_url, api_key=key or "none",
-                                        timeout=self.settings.timeout_s,
-                                        max_retries=self.settings.max_retries)
+                                        timeout=self.settings.timeout_s, max_retries=0)
     return self._client
 
-  def _check_budget(self) -> None:
-    s = self.settings
-    if s.max_requests and self.stats["calls"] >= s.max_requests:
-      raise BudgetExceeded(f"request budget spent: {self.stats['calls']} calls (max_requests = "
+  def _where(self) -> str:
+    return f"{self.settings.model} at {self.settings.base_url}"
+
+  def _reserve(self) -> int:
+    """Counts one HTTP attempt against the budgets, or raises `BudgetExceeded`; returns the tokens
+    reserved for it (the most one call has used so far)."""
+    s, st = self.settings, self.stats
+    if s.max_requests and st["calls"] >= s.max_requests:
+      raise BudgetExceeded(f"request budget spent: {st['calls']} HTTP attempts (max_requests = "
                            f"{s.max_requests}); answers so far are cached, rerun to continue")
-    if s.max_total_tokens and self.stats["tokens"] >= s.max_total_tokens:
-      raise BudgetExceeded(f"token budget spent: {self.stats['tokens']} tokens (max_total_tokens "
-                           f"= {s.max_total_tokens}); answers so far are cached, rerun to continue")
+    need = self._tokens_per_call
+    if s.max_total_tokens and st["tokens"] + self._reserved + need > s.max_total_tokens:
+      raise BudgetExceeded(f"token budget spent: {st['tokens']} tokens used, {self._reserved} "
+                           f"reserved for calls in flight (max_total_tokens = {s.max_total_tokens})"
+                           "; answers so far are cached, rerun to continue")
+    st["calls"] += 1
+    self._reserved += need
+    return need
 
   async def _create(self, kw, json_mode: bool):
-    """One API call; with `json_mode`, `response_format` asks for the verdict schema."""
+    """One HTTP attempt; with `json_mode`, `response_format` asks for the verdict schema."""
     client = self.client()
     if json_mode:
       return await client.chat.completions.create(response_format=RESPONSE_FORMAT, **kw)
     return await client.chat.completions.create(**kw)
 
-  async def _complete(self, messages) -> str:
-    """The answer text of one question ('' after failed retries; the client retries 429, 5xx
-    and timeouts with backoff). In 'auto' mode the first call probes `response_format`, alone,
-    and a refusal switches every later call to free text."""
-    import openai
+  async def _complete(self, messages) -> Optional[str]:
+    """The answer text of one question; None when it still fails after `max_retries` retries (429,
+    408, 5xx, timeouts). In 'auto' mode the first question probes `response_format` alone, and
+    the probe ends whatever its outcome; a refusal (400 naming it) switches to free text."""
     s = self.settings
-    self._check_budget()
-    self.stats["calls"] += 1
     kw = dict(model=s.model, messages=messages, temperature=s.temperature, max_tokens=s.max_tokens)
-    try:
-      if self._json and s.json_schema == "auto" and not self._probed:
-        async with self._probe_lock:
-          if not self._probed:
-            try:
-              response = await self._create(kw, json_mode=True)
-            except openai.BadRequestError as e:
-              if "response_format" not in str(e) and "json" not in str(e).lower():
-                raise
-              logging.warning("vlm: the server refused response_format; asking for free text")
-              self._json = False
-              response = await self._create(kw, json_mode=False)
+    if s.max_total_tokens and not self._tokens_per_call:  # One call at a time until one reports usage.
+      async with self._calibration_lock:
+        return await self._complete_probed(kw)
+    return await self._complete_probed(kw)
+
+  async def _complete_probed(self, kw) -> Optional[str]:
+    if self._json and self.settings.json_schema == "auto" and not self._probed:
+      async with self._probe_lock:
+        if not self._probed:
+          try:
+            return await self._attempts(kw)
+          finally:
             self._probed = True
-            return self._text(response)
-      return self._text(await self._create(kw, json_mode=self._json))
-    except (openai.AuthenticationError, openai.PermissionDeniedError, openai.NotFoundError,
-            openai.BadRequestError):
-      raise  # A wrong key, model, URL or request: every call would fail; never label ties.
-    except openai.APIError as e:  # Timeouts, connection errors, 429 / 5xx after the retries.
-      logging.warning("vlm: call failed after retries: %s", e)
-      return ""
+    return await self._attempts(kw)
+
+  async def _attempts(self, kw) -> Optional[str]:
+    self.client()  # First: names the missing extra, if any.
+    import openai
+    s, failed = self.settings, 0
+    while True:
+      reserved = self._reserve()
+      try:
+        response = await self._create(kw, json_mode=self._json)
+      except openai.BadRequestError as e:
+        self._reserved -= reserved
+        if self._json and s.json_schema == "auto" and (
+            "response_format" in str(e) or "json" in str(e).lower()):
+          logging.warning("vlm: %s refused response_format; asking for free text", self._where())
+          self._json = False
+          continue
+        raise VLMError(f"vlm: {self._where()} refused the request (400): {str(e)[:300]}") from e
+      except (openai.AuthenticationError, openai.PermissionDeniedError, openai.NotFoundError) as e:
+        self._reserved -= reserved  # A wrong key, model or URL: every call would fail.
+        raise VLMError(f"vlm: {self._where()}: {type(e).__name__} ({e.status_code}): "
+                       f"{str(e)[:300]}") from e
+      except (openai.APIStatusError, openai.APIConnectionError) as e:
+        self._reserved -= reserved
+        status = getattr(e, "status_code", None)
+        if status is not None and status not in (408, 409, 429) and status < 500:
+          raise VLMError(f"vlm: {self._where()} answered {status}: {str(e)[:300]}") from e
+        failed += 1
+        self.stats["failed_attempts"] += 1
+        self._last_error = f"{type(e).__name__}: {str(e)[:200]}"
+        if failed > s.max_retries:
+          if isinstance(e, openai.APIConnectionError) and not isinstance(e, openai.APITimeoutError):
+            raise VLMError(f"vlm: cannot reach {self._where()} ({e}; {failed} attempts); nothing "
+                           "written; is the server up and the URL right?") from e
+          logging.warning("vlm: a question failed after %d attempts: %s", failed, self._last_error)
+          return None
+        await asyncio.sleep(min(s.retry_backoff_s * 2 ** (failed - 1), 30.0))
+        continue
+      except (openai.APIResponseValidationError, ValueError) as e:  # ValueError: not JSON.
+        self._reserved -= reserved
+        raise self._malformed(getattr(e, "body", None) or getattr(e, "doc", None) or str(e)) from e
+      self._reserved -= reserved
+      return self._text(response)
+
+  def _malformed(self, snippet: Any) -> VLMError:
+    return VLMError(f"vlm: {self._where()} sent a reply that is not a Chat Completion: "
+                    f"{str(snippet)[:200]!r}")
 
   def _text(self, response) -> str:
-    if response.usage is not None:
-      self.stats["tokens"] += int(response.usage.total_tokens or 0)
-    return response.choices[0].message.content or ""
+    """The answer text of a reply; `VLMError` (naming server, model, a snippet) if malformed."""
+    try:
+      text = response.choices[0].message.content
+      usage = response.usage
+      used = int(usage.total_tokens or 0) if usage is not None else 0
+    except (AttributeError, IndexError, TypeError, ValueError):
+      raise self._malformed(response) from None
+    if text is not None and not isinstance(text, str):
+      raise self._malformed(response)
+    self.stats["tokens"] += used
+    self._tokens_per_call = max(self._tokens_per_call, used)
+    return text or ""
 
   async def _answer(self, messages, key: str, semaphore) -> dict:
-    """`{'text', 'verdict', 'cached'}`: from the cache, or asked (retried once if unparseable)."""
+    """`{'text', 'verdict', 'cached'}`: from the cache, or asked (asked again once if the answer
+    is unreadable; a question that failed after its retries is not asked again)."""
     if self.cache is not None and (hit := self.cache.get(key)) is not None:
       self.stats["cache_hits"] += 1
       return dict(hit, cached=True)
     async with semaphore:
       texts = [await self._complete(messages)]
-      if parse_verdict(texts[0]) is None:
+      if texts[0] is not None and parse_verdict(texts[0]) is None:  # Unreadable: asked once more.
         self.stats["retried"] += 1
         texts.append(await self._complete(messages))
+    texts = [t or "" for t in texts]
     answer = {"text": texts[-1], "verdict": parse_verdict(texts[-1]), "attempts": texts}
     if answer["verdict"] is not None and self.cache is not None:
       self.cache.put(key, answer)
@@ -269,8 +364,8 @@ class VLMLabeler(Labeler):
     s = self.settings
     uncached = sum(self.cache is None or self.cache.get(k) is None for _, _, _, k in questions)
     if s.max_requests and self.stats["calls"] + uncached > s.max_requests:
-      raise BudgetExceeded(f"request budget spent: {self.stats['calls']} calls, this pair needs "
-                           f"{uncached} more (max_requests = {s.max_requests}); answers so far "
+      raise BudgetExceeded(f"request budget spent: {self.stats['calls']} HTTP attempts, this pair "
+                           f"needs {uncached} more (max_requests = {s.max_requests}); answers so far "
                            "are cached, rerun to continue")
     semaphore = asyncio.Semaphore(max(1, s.concurrency))
     answers = await asyncio.gather(*[self._answer(m, k, semaphore) for _, _, m, k in questions],
@@ -306,8 +401,23 @@ class VLMLabeler(Labeler):
       seg = np.full((pair.num_segments,), glob, np.int8)
     self.stats["segments"] += len(seg)
     self.stats["tie_segments"] += int((seg == 0).sum())
+    self.stats["pairs"] += 1
     self.details[pair.id] = details
+    self._check_failures()
     return seg, glob
+
+  def _check_failures(self) -> None:
+    """Raises `VLMError` when failed questions pass the share allowed (half of them over the
+    first `early_pairs` pairs, then `max_failure_share`): ties from a broken server are no labels."""
+    s, st = self.settings, self.stats
+    share = st["failures"] / max(st["requests"], 1)
+    limit = max(0.5, s.max_failure_share) if st["pairs"] <= s.early_pairs else s.max_failure_share
+    if st["failures"] and share > limit:
+      raise VLMError(
+          f"vlm: {st['failures']} of {st['requests']} questions to {self._where()} failed "
+          f"({share:.0%} > {limit:.0%}; last error: {self._last_error or 'unreadable answers'}); "
+          "stopping with no dataset written. Answers so far are cached: fix the server and rerun "
+          "(or raise label.vlm.max_failure_share).")
 
   def record_metadata(self, pair_id: str) -> dict[str, Any]:
     """What a labeled record keeps of the VLM: each question's two raw answers and verdicts."""
@@ -317,7 +427,7 @@ class VLMLabeler(Labeler):
     elapsed = time.time() - self._started
     eta = elapsed / max(done, 1) * (total - done)
     s = self.stats
-    return (f"vlm: {done}/{total} pairs, {s['calls']} calls, {s['cache_hits']} cache hits, "
+    return (f"vlm: {done}/{total} pairs, {s['calls']} HTTP attempts, {s['cache_hits']} cache hits, "
             f"{s['failures']} failures, {s['tokens']} tokens, ETA {eta:.0f} s")
 
   def count_calls(self, pair, video_a, video_b) -> tuple[int, int]:

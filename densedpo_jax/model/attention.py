@@ -74,7 +74,20 @@ def _context_parallel(q, k, v, mask, shards: int, implementation: str, block_q: 
                        check_vma=False)(*args).astype(dtype)
 
 
+PLATFORMS = {"cudnn": "gpu", "splash": "tpu"}  # Implementations bound to one kind of device.
+
+
+def check_platform(implementation: str) -> None:
+  """Raises a one-line ValueError naming what to pick when `implementation` cannot run here."""
+  want, here = PLATFORMS.get(implementation), jax.devices()[0].platform
+  if want is not None and here != want:
+    raise ValueError(f"attention_impl={implementation!r} runs on {want.upper()} only and this "
+                     f"machine's devices are {here.upper()}: pass --config.model.attention_impl="
+                     "blockwise (any device) or xla")
+
+
 def _local_attention(q, k, v, mask, implementation: str, block_q: int, block_k: int):
+  check_platform(implementation)
   if implementation == "cudnn":
     if mask is not None:  # cuDNN refuses masks that broadcast over a sequence axis.
       full = (1, 1, q.shape[1], k.shape[1])
@@ -222,9 +235,7 @@ blockwise_attention.defvjp(_fwd, _bwd)
 
 def splash_attention(q, k, v):
   """TPU splash attention (Pallas), full (non-causal) mask; TPU only."""
-  if jax.devices()[0].platform != "tpu":
-    raise ValueError("attention_impl='splash' runs on TPU only; use 'blockwise' (any backend) or "
-                     "'cudnn' (GPU)")
+  check_platform("splash")
   from jax.experimental.pallas.ops.tpu.splash_attention import (splash_attention_kernel as sk,
                                                                 splash_attention_mask as sm)
   _, nq, h, d = q.shape

@@ -133,6 +133,9 @@ def diffusers_config(cfg: WanConfig) -> dict[str, Any]:
 
 # Reading.
 
+FLOAT_DTYPES = frozenset({"float16", "bfloat16", "float32", "float64"})
+
+
 def _safetensors_files(path: str) -> list[str]:
   indexes = glob.glob(os.path.join(path, "*.safetensors.index.json"))
   if indexes:
@@ -178,6 +181,9 @@ def load_diffusers(path: str, cfg: WanConfig) -> dict[str, Any]:
     if key in seen:
       raise ValueError(f"{file}: tensor {key!r} appears twice (also in {seen[key]})")
     seen[key] = file
+    if value.dtype.name not in FLOAT_DTYPES:  # Integer bits read as floats would load as garbage.
+      raise ValueError(f"{file}: tensor {key!r} is stored as {value.dtype.name}; weights must be "
+                       f"one of {sorted(FLOAT_DTYPES)} (a corrupt or hand-edited header?)")
     target, transform = table[key]
     converted = to_flax(value, transform)
     if converted.shape != expected[target]:
