@@ -13,13 +13,16 @@ latent-frame labels, batching; latents keep their stored dtype) after a warm-up.
 
 records/s counts pairs; "stored MB/s" is encoded record bytes read a second,
 "out MB/s" the batch bytes produced. The shards sit in the page cache
-after writing, so this measures the pipeline's CPU cost, not the disk.
+after writing, so this measures the pipeline's CPU cost, not the disk. The last columns time
+validation's finiteness check alone (NaN / Inf in the latents or text embedding: part of every
+row's time) and its share of one read thread's time a record.
 """
 from __future__ import annotations
 
 import argparse
 import dataclasses
 import os
+import statistics
 import tempfile
 import time
 
@@ -28,6 +31,7 @@ import numpy as np
 
 from densedpo_jax.data import arrayrecord_io
 from densedpo_jax.data import pipeline
+from densedpo_jax.data import schema
 from densedpo_jax.data import synthetic
 
 SIZES = {
@@ -69,6 +73,21 @@ def _time(src, batch, threads, min_seconds, min_batches):
   return n * batch / elapsed, n * out_bytes / elapsed
 
 
+def _finite_check_seconds(src, count: int = 8, repeats: int = 5) -> float:
+  """Median seconds of validation's finiteness check (`schema.check_finite` over the latents and
+  the text embedding) on one decoded record."""
+  times = []
+  for i in range(min(count, len(src))):
+    rec = arrayrecord_io.decode_raw(src[i], validate=False)
+    arrays = [rec.latent_a, rec.latent_b, rec.text_emb]
+    for _ in range(repeats):
+      start = time.perf_counter()
+      for x in arrays:
+        schema.check_finite(x, "latent")
+      times.append(time.perf_counter() - start)
+  return statistics.median(times)
+
+
 def main():
   parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
   parser.add_argument("--sizes", nargs="+", default=list(SIZES), choices=list(SIZES))
@@ -81,18 +100,20 @@ def main():
       latent_shape, text_shape, ldt, tdt, r, n, batch = SIZES[name]
       per_record = _write(tmp, name, latent_shape, text_shape, ldt, tdt, r, n)
       src = arrayrecord_io.ShardedSource(tmp, name)
+      check = _finite_check_seconds(src)
       for threads in args.threads:
         rps, out_bps = _time(src, batch, threads, args.seconds, min_batches=5)
         rows.append((name, f"{'x'.join(map(str, latent_shape))} {ldt}", batch, threads,
-                     per_record / 1e6, rps, rps * per_record / 1e6, out_bps / 1e6))
+                     per_record / 1e6, rps, rps * per_record / 1e6, out_bps / 1e6,
+                     check * 1e3, check * rps / threads))
   print(f"host: {os.cpu_count()} CPU cores")
   head = ("size", "latent (stored)", "batch", "threads", "MB/record", "records/s", "stored MB/s",
-          "out MB/s")
+          "out MB/s", "finite check ms/record", "its share of a thread's time")
   print("| " + " | ".join(head) + " |")
   print("|" + "---|" * len(head))
-  for name, lat, batch, threads, mb, rps, smbs, ombs in rows:
+  for name, lat, batch, threads, mb, rps, smbs, ombs, check_ms, share in rows:
     print(f"| {name} | {lat} | {batch} | {threads} | {mb:.3f} | {rps:,.0f} | {smbs:,.0f} | "
-          f"{ombs:,.0f} |")
+          f"{ombs:,.0f} | {check_ms:.3f} | {share:.0%} |")
 
 
 if __name__ == "__main__":

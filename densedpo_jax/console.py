@@ -18,6 +18,7 @@ import contextlib
 import io
 import logging
 import os
+import sys
 
 from absl import logging as absl_logging
 
@@ -25,7 +26,7 @@ PACKAGE_DIR = os.path.dirname(os.path.abspath(__file__))
 FILE_ONLY = "densedpo_file_only"  # `logging.info(..., extra={FILE_ONLY: True})`: the file only.
 
 
-_STATE = {"verbosity": 0}
+_STATE = {"verbosity": 0, "log_file": None}
 # The trainer's metric and progress lines (step, steps/s, ETA) come from clu's writers.
 PROGRESS_SOURCES = (os.path.join("clu", "metric_writers", "logging_writer.py"),
                     os.path.join("clu", "periodic_actions.py"))
@@ -47,14 +48,32 @@ class ConsoleFilter(logging.Filter):
       return not str(record.msg).startswith(CHATTER)
     if getattr(record, FILE_ONLY, False):
       return False
-    path = os.path.abspath(record.pathname)
-    return path.startswith(PACKAGE_DIR + os.sep) or path.endswith(PROGRESS_SOURCES)
+    return _ours(record) or os.path.abspath(record.pathname).endswith(PROGRESS_SOURCES)
+
+
+def _ours(record: logging.LogRecord) -> bool:
+  return os.path.abspath(record.pathname).startswith(PACKAGE_DIR + os.sep)
+
+
+class ConsoleFormatter(absl_logging.PythonFormatter):
+  """absl's format; below verbosity 1 a library's traceback stays in the log file (its message
+  still shows), so a failure reads as lines, not pages."""
+
+  def format(self, record: logging.LogRecord) -> str:
+    if record.exc_info and _STATE["verbosity"] < 1 and not _ours(record):
+      saved = record.exc_info, record.exc_text
+      record.exc_info = record.exc_text = None
+      try:
+        return super().format(record) + " (traceback in the log file)"
+      finally:
+        record.exc_info, record.exc_text = saved
+    return super().format(record)
 
 
 def setup(log_file: str | None, verbosity: int = 0) -> None:
   """Routes records as the module doc says. `log_file=None` keeps everything on the console's
   filter only (no file); a `gs://` path is not opened (Python's file handler writes local files)."""
-  _STATE["verbosity"] = verbosity
+  _STATE["verbosity"], _STATE["log_file"] = verbosity, log_file
   if verbosity < 1:
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
   # absl turns `--verbosity=1` into DEBUG for every logger; the console shows chatter at 1, and
@@ -66,6 +85,7 @@ def setup(log_file: str | None, verbosity: int = 0) -> None:
   for f in [f for f in handler.filters if isinstance(f, ConsoleFilter)]:
     handler.removeFilter(f)
   handler.addFilter(ConsoleFilter(verbosity))
+  handler.setFormatter(ConsoleFormatter())
   root = logging.getLogger()
   for h in [h for h in root.handlers if getattr(h, "densedpo_log_file", False)]:
     root.removeHandler(h)
@@ -95,3 +115,41 @@ def library_output(what: str):
     if text:  # Progress bars redraw with carriage returns: keep the end.
       logging.getLogger(__name__).info("%s printed:\n%s", what, text[-4000:],
                                        extra={FILE_ONLY: True})
+
+
+def flush() -> None:
+  """Flushes every handler of the root logger (before a hard exit)."""
+  for handler in logging.getLogger().handlers:
+    handler.flush()
+  sys.stderr.flush()
+
+
+def log_file() -> str | None:
+  """The log file `setup` opened (None before, or without one)."""
+  return _STATE["log_file"]
+
+
+@contextlib.contextmanager
+def background_tracebacks_to_log():
+  """Inside, tracebacks that libraries print from background callbacks (tensorstore's futures
+  calling into Orbax's closed event loop after a failed write: dozens of them) and exceptions
+  Python can only ignore go to the log file, unless the verbosity is 1 or more. Uncaught
+  exceptions of the task itself are not affected: they propagate out of the block."""
+  if _STATE["verbosity"] >= 1:
+    yield
+    return
+  log = logging.getLogger(__name__)
+  hooks = sys.excepthook, sys.unraisablehook
+
+  def printed(kind, value, tb):
+    log.info("a library printed a background traceback", exc_info=(kind, value, tb),
+             extra={FILE_ONLY: True})
+
+  def ignored(unraisable):
+    printed(unraisable.exc_type, unraisable.exc_value, unraisable.exc_traceback)
+
+  sys.excepthook, sys.unraisablehook = printed, ignored
+  try:
+    yield
+  finally:
+    sys.excepthook, sys.unraisablehook = hooks

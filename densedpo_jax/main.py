@@ -68,6 +68,24 @@ def main(argv):
   config, workdir = setup(argv)
   if config.task not in TASKS:
     raise ValueError(f"config.task={config.task!r}; expected one of {TASKS}")
+  try:
+    with console.background_tracebacks_to_log():
+      run_task(config, workdir)
+  except OSError as e:
+    from densedpo_jax.training.checkpointing import CheckpointWriteError
+    if not isinstance(e, CheckpointWriteError):
+      raise
+    # One line on the console; the chain of library errors in the log file. A hard exit: the
+    # checkpointer's background writes would otherwise print again while Python shuts down.
+    logging.info("The failed checkpoint write in full:", exc_info=True,
+                 extra={console.FILE_ONLY: True})
+    print(f"error: {e} (details: {console.log_file()})", file=sys.stderr, flush=True)
+    console.flush()
+    os._exit(1)
+
+
+def run_task(config, workdir) -> None:
+  """Runs `config.task` (one of `TASKS`)."""
   if config.task == "train":
     from densedpo_jax.training import train
     history = train.train_and_evaluate(config, workdir)

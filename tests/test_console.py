@@ -1,6 +1,7 @@
 """The console shows this project's progress and anyone's warnings; the log file keeps everything."""
 import logging
 import os
+import sys
 
 from absl import logging as absl_logging
 
@@ -74,3 +75,34 @@ def test_library_output_goes_to_the_log_file_when_quiet(tmp_path, capfd):
     assert "shown when verbose" in capfd.readouterr().out
   finally:
     console.setup(None, verbosity=1)
+
+
+def test_a_library_traceback_stays_in_the_log_file_and_its_message_shows(tmp_path, capfd):
+  log = tmp_path / "log.txt"
+  console.setup(str(log), 0)
+  try:
+    try:
+      raise ValueError("OUT_OF_RANGE: Failed to write 74233 bytes")
+    except ValueError:
+      info = sys.exc_info()
+    library = _record("/site-packages/orbax/checkpoint/_src/futures/future.py", logging.ERROR,
+                      "_SignalingThread.run() raised an exception")
+    library.exc_info = info
+    ours = _record(os.path.join(console.PACKAGE_DIR, "training", "train.py"), logging.ERROR, "ours")
+    ours.exc_info = info
+    for record in (library, ours):
+      logging.getLogger().handle(record)
+    console.flush()
+    err = capfd.readouterr().err
+    library_line = next(line for line in err.splitlines() if "_SignalingThread" in line)
+    assert library_line.endswith("(traceback in the log file)")
+    assert err.count("Traceback (most recent call last)") == 1  # Ours only.
+    assert log.read_text().count("Traceback (most recent call last)") == 2  # Both, in full.
+    # Tracebacks that libraries print from background callbacks go to the file only.
+    with console.background_tracebacks_to_log():
+      sys.excepthook(*info)
+    console.flush()
+    assert "OUT_OF_RANGE" not in capfd.readouterr().err
+    assert log.read_text().count("a library printed a background traceback") == 1
+  finally:
+    console.setup(None, 0)

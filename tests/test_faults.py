@@ -2,6 +2,7 @@
 truncated shard, SIGTERM to a real training process, a mistyped config key. Each test checks
 that nothing already committed is lost and that the error names where the fault is."""
 import asyncio
+import dataclasses
 import json
 import os
 import signal
@@ -106,6 +107,25 @@ def test_flipped_bytes_are_located_and_can_be_skipped_and_counted(tmp_path):
   assert [(p["shard"], p["record"]) for p in s["problems"]] == [(shard, 5)]
 
 
+def test_a_nan_in_a_stored_latent_stops_training_naming_the_record(tmp_path, monkeypatch):
+  """A dataset written without the finiteness check (an older writer, another tool): the
+  pipeline's validation names the record before any step sees it."""
+  good = write_pairs(str(tmp_path / "good"))
+  records = list(arrayrecord_io.iter_records(good, "pairs"))
+  latent = records[5].latent_a.copy()
+  latent[1, 2, 3, 0] = np.nan
+  records[5] = dataclasses.replace(records[5], latent_a=latent)
+  with monkeypatch.context() as m:
+    m.setattr(schema, "validate", lambda rec, *args: rec)
+    side = arrayrecord_io.write_records(records, str(tmp_path / "bad"), "pairs", num_shards=2)
+  shard = side["shards"][1]["file"]  # Record 5 goes to shard 5 % 2, position 5 // 2.
+  config = tiny_config("dense_dpo", str(tmp_path / "bad"), total_steps=6, **{"mesh.num_devices": 1})
+  with pytest.raises(schema.RecordError, match=rf"{shard}, record 2, field 'latent_a': holds 1 "
+                                               r"non-finite value\(s\) \(NaN or Inf\), the first "
+                                               r"at index \(1, 2, 3, 0\)"):
+    train.train_and_evaluate(config, str(tmp_path / "run"))
+
+
 def test_a_truncated_shard_is_named_with_its_record_range(tmp_path):
   data = write_pairs(str(tmp_path / "pairs"))
   source = arrayrecord_io.ShardedSource(data, "pairs")
@@ -183,3 +203,40 @@ def test_an_unknown_config_key_is_one_line_naming_the_closest_key():
   lines = result.stderr.strip().splitlines()
   assert lines == ["error: unknown config key 'optim.lrr' for --config=configs/dense.py; "
                    "did you mean 'optim.lr'?"]
+
+
+TINY_RUN = """import os
+from tests.helpers import tiny_config
+
+
+def get_config():
+  return tiny_config("dense_dpo", os.environ["PAIRS"], total_steps=4, checkpoint_every=2,
+                     **{"mesh.num_devices": 1})
+"""
+FILE_LIMIT = ("import resource, runpy, signal, sys\n"
+              "signal.signal(signal.SIGXFSZ, signal.SIG_IGN)  # EFBIG, as a full disk's ENOSPC\n"
+              "resource.setrlimit(resource.RLIMIT_FSIZE, (60000, resource.RLIM_INFINITY))\n"
+              "sys.argv = ['densedpo_jax.main'] + sys.argv[1:]\n"
+              "runpy.run_module('densedpo_jax.main', run_name='__main__', alter_sys=True)\n")
+
+
+@pytest.mark.e2e
+def test_a_checkpoint_that_cannot_be_written_ends_the_run_with_one_line(tmp_path):
+  """The kernel refuses checkpoint files past 60 kB (RLIMIT_FSIZE; the tiny model's parameter
+  file is larger, its log file smaller): the job ends with one line saying what, where and how
+  much space is left, the library tracebacks in the log file."""
+  (tmp_path / "tiny.py").write_text(TINY_RUN)
+  workdir = tmp_path / "run"
+  out = subprocess.run(
+      [sys.executable, "-c", FILE_LIMIT, f"--config={tmp_path / 'tiny.py'}", f"--workdir={workdir}"],
+      capture_output=True, text=True, timeout=600, cwd=os.getcwd(),
+      env=dict(os.environ, JAX_PLATFORMS="cpu", PAIRS=write_pairs(str(tmp_path / "pairs"))))
+  lines = out.stderr.strip().splitlines()
+  assert out.returncode == 1, out.stderr[-3000:]
+  assert lines[-1].startswith(f"error: writing a checkpoint to {workdir}/checkpoints failed at "
+                              "step 2: a file passed the size limit (EFBIG); "), lines[-1]
+  assert " GiB free of " in lines[-1] and f"(details: {workdir}/logs/log.txt)" in lines[-1]
+  assert "Traceback" not in out.stderr and len(lines) < 25, out.stderr[-3000:]
+  log = (workdir / "logs" / "log.txt").read_text()
+  assert "Traceback" in log and "File too large" in log
+  assert not any(d.isdigit() for d in _checkpoint_dirs(str(workdir)))  # Nothing looks complete.

@@ -16,6 +16,7 @@ restores only on the same count; another count is refused with a message naming 
 from __future__ import annotations
 
 import re
+import shutil
 from typing import Any
 
 import grain
@@ -31,6 +32,22 @@ ITEMS = ("state", "iter", "params")
 
 class ProcessCountError(ValueError):
   """A checkpoint's data-iterator state was saved by another number of processes."""
+
+
+class CheckpointWriteError(OSError):
+  """A checkpoint could not be written: the message says what, where and how much space is left."""
+
+
+# What a failed write's text says (tensorstore reports errno as os_error_code), in words.
+WRITE_FAILURES = (("os_error_code='28'", "no space left on the device (ENOSPC)"),
+                  ("No space left", "no space left on the device (ENOSPC)"),
+                  ("os_error_code='122'", "the disk quota is exceeded (EDQUOT)"),
+                  ("os_error_code='27'", "a file passed the size limit (EFBIG)"),
+                  ("File too large", "a file passed the size limit (EFBIG)"))
+
+
+def _gib(n: int) -> str:
+  return f"{n / 2 ** 30:.2f} GiB"
 
 
 def abstract_like(tree: Any, shardings: Any) -> Any:
@@ -52,11 +69,37 @@ class RunCheckpointer:
     return self.manager.latest_step()
 
   def save(self, step: int, state: Any, iterator: Any, params: Any, force: bool = False) -> bool:
+    """Starts saving `step` (finishing the previous save first); `CheckpointWriteError` when a
+    write fails (this step's, or the previous one's surfacing here)."""
     args = ocp.args.Composite(state=ocp.args.StandardSave(state),
                               iter=grain.checkpoint.CheckpointSave(iterator),
                               params=ocp.args.StandardSave(params))
-    return self.manager.save(step, args=args, force=force,
-                             custom_metadata={"process_count": jax.process_count()})
+    try:
+      return self.manager.save(step, args=args, force=force,
+                               custom_metadata={"process_count": jax.process_count()})
+    except Exception as e:  # noqa: BLE001 (every failure here is a failed write; chained)
+      raise self.write_error(e, step) from e
+
+  def write_error(self, error: Exception, step: int | None) -> CheckpointWriteError:
+    """One line: what failed, where, the free space there and the complete checkpoints kept."""
+    text = str(error)
+    reason = next((why for needle, why in WRITE_FAILURES if needle in text),
+                  f"{type(error).__name__}: {text[:200]}")
+    space = ""
+    if "://" not in str(self.directory):
+      try:
+        usage = shutil.disk_usage(self.directory if self.directory.exists() else
+                                  self.directory.parent)
+        space = f"; {_gib(usage.free)} free of {_gib(usage.total)} there"
+      except OSError:
+        pass
+    kept = sorted(int(p.name) for p in self.directory.iterdir() if p.name.isdigit()) if (
+        self.directory.exists()) else []
+    when = f" at step {step}" if step is not None else " while finishing the last save"
+    resume = (f"complete checkpoints kept: {kept}; free space and rerun to resume from step "
+              f"{kept[-1]}" if kept else "no complete checkpoint yet; free space and rerun")
+    return CheckpointWriteError(
+        f"writing a checkpoint to {self.directory} failed{when}: {reason}{space}; {resume}.")
 
   def restore(self, step: int, abstract_state: Any, iterator: Any) -> Any:
     """Restores the state onto the shardings in `abstract_state`; `iterator` is updated in place.
@@ -71,8 +114,13 @@ class RunCheckpointer:
     self.manager.wait_until_finished()
 
   def close(self):
-    self.manager.wait_until_finished()
-    self.manager.close()
+    """Finishes the save in flight; `CheckpointWriteError` if it failed."""
+    try:
+      self.manager.wait_until_finished()
+    except Exception as e:  # noqa: BLE001
+      raise self.write_error(e, None) from e
+    finally:
+      self.manager.close()
 
 
 def saved_process_count(manager: ocp.CheckpointManager, directory: epath.Path,

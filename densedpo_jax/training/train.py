@@ -21,7 +21,7 @@ from clu import metric_writers, periodic_actions
 from jax.experimental import multihost_utils
 from jax.sharding import NamedSharding, PartitionSpec as P
 
-from densedpo_jax import distributed, previews
+from densedpo_jax import console, distributed, previews
 from densedpo_jax.training import checkpointing, sharding, train_step
 from densedpo_jax.objectives import sampling
 from densedpo_jax.training.builders import make_source, model_config
@@ -214,6 +214,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
   vote, stopping = distributed.StopVote(mesh), False
   if start:
     logging.info("Resumed at step %d; the next metric window starts at step %d", start, start + 1)
+  failed = True  # Until the loop ends cleanly: a failing close must not hide the first error.
   try:
     # The mesh and the logical rules, bound while the step is traced: the model's activation
     # constraints (model/layers.py) take effect (jax.set_mesh; a plain `with mesh:` leaves them
@@ -249,12 +250,19 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
           summary, window = None, 0
         if save:
           ckpt.save(step, state, data_iter, export(state), force=True)
-    if stopping:
-      logging.warning("Stopped by a signal at step %d of %d; checkpoint %d saved.", step,
-                      config.total_steps, step)
+    failed = False
   finally:  # Every exit (a NaN, a data error, Ctrl-C) finishes the saves already started.
-    ckpt.close()
+    try:
+      ckpt.close()
+    except checkpointing.CheckpointWriteError:
+      if not failed:
+        raise
+      logging.info("finishing the checkpoint in flight after the error also failed",
+                   exc_info=True, extra={console.FILE_ONLY: True})
     writer.flush()
+  if stopping:
+    logging.warning("Stopped by a signal at step %d of %d; checkpoint %d saved.", step,
+                    config.total_steps, step)
   return history
 
 
