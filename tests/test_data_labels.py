@@ -52,6 +52,19 @@ def test_export_fill_import_round_trip(tmp_path):
   assert again == want
 
 
+def test_an_export_that_fails_midway_leaves_the_old_file_whole(tmp_path):
+  _write(tmp_path)
+  (tmp_path / "todo.jsonl").write_text('{"id": "p0", "segment_labels": [1, 0, 1]}\n')  # Work.
+  # A dataset of videos, not pairs: the export stops (it used to truncate the file first).
+  videos = [synthetic.random_video(np.random.default_rng(i), f"v{i}", latent_shape=SHAPE)
+            for i in range(2)]
+  arrayrecord_io.write_records(videos, str(tmp_path / "videos"), "clips", num_shards=1)
+  with pytest.raises(ValueError, match="holds video records, not pairs"):
+    labels_io.export_labels(str(tmp_path / "videos"), "clips", str(tmp_path / "todo.jsonl"))
+  assert _lines(tmp_path / "todo.jsonl") == [{"id": "p0", "segment_labels": [1, 0, 1]}]
+  assert sorted(p.name for p in tmp_path.iterdir() if p.name.startswith(".todo")) == []
+
+
 def test_partial_labels_keep_other_pairs_and_in_place_rewrite(tmp_path):
   _write(tmp_path)
   (tmp_path / "some.jsonl").write_text(json.dumps({"id": "p2", "global_label": -1}) + "\n\n")

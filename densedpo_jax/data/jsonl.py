@@ -3,6 +3,7 @@ one whole record at a time.
 
     for n, obj in jsonl.read_objects(path): ...       # JsonlError names path:line on bad bytes/JSON
     jsonl.append(path, {"id": "p0", ...})            # all of the line or none of it, fsync'd
+    jsonl.write_all(path, objects)                   # a whole file, renamed into place
     note = jsonl.set_aside_partial_line(path)        # after a crash mid-write: the fragment moves
                                                      # to `<path>.partial`, `note` says where
 
@@ -13,7 +14,9 @@ from __future__ import annotations
 
 import json
 import os
-from typing import Any, Iterator, Optional
+from typing import Any, Iterable, Iterator, Optional
+
+from densedpo_jax import distributed
 
 
 class JsonlError(ValueError):
@@ -78,6 +81,14 @@ def append(path: str, obj: Any) -> None:
                              f"({e.strerror or e}); the file is back to {start} bytes") from e
   finally:
     os.close(fd)
+
+
+def write_all(path: str, objects: Iterable[Any]) -> int:
+  """Writes one line an object through a temporary file renamed into place: readers see the old
+  file or the whole new one, never a part. Returns the number of lines."""
+  lines = [json.dumps(obj, allow_nan=False) + "\n" for obj in objects]
+  distributed.write_text(path, "".join(lines))
+  return len(lines)
 
 
 def set_aside_partial_line(path: str) -> Optional[str]:

@@ -45,18 +45,16 @@ def export_labels(directory: str, name: str, jsonl_path: str) -> int:
 
   Only record headers are read (no latents).
   """
-  count = 0
-  with open(jsonl_path, "w", encoding="utf-8") as f:
+  def lines():
     for raw, header in arrayrecord_io.iter_headers(directory, name):
       if header["kind"] != "pair":
         raise ValueError(f"{directory}/{name} holds {header['kind']} records, not pairs")
       fields = header["fields"]
-      s = _num_segments(header)
       seg = codec.read_array(raw.data, header, "segment_labels", raw.path, raw.position)
-      line = {
+      yield {
           "id": fields["id"],
           "prompt": fields["prompt"],
-          "num_segments": s,
+          "num_segments": _num_segments(header),
           "frames_per_segment": fields["frames_per_segment"],
           "num_frames": fields["num_frames"],
           "fps": fields["fps"],
@@ -65,9 +63,7 @@ def export_labels(directory: str, name: str, jsonl_path: str) -> int:
           "global_label": fields.get("global_label"),
           "labeler": fields.get("labeler"),
       }
-      f.write(json.dumps(line) + "\n")
-      count += 1
-  return count
+  return jsonl.write_all(jsonl_path, lines())  # Whole or not at all.
 
 
 def _num_segments(header: dict) -> int:

@@ -217,9 +217,7 @@ def encode_dataset(encoders, manifest: str, out: str, name: str, settings: Setti
   skipped = []
   for side in parts.sidecars():
     skipped += (side.get("metadata") or {}).get("skipped", [])
-  with open(skipped_file, "w") as f:
-    for s in skipped:
-      f.write(json.dumps(s) + "\n")
+  jsonl.write_all(skipped_file, skipped)
   if len(skipped) == len(entries):
     raise ValueError(f"encode: every entry of {manifest} was skipped (see {skipped_file})")
   side = parts.merge(out, name, drop_empty=True, metadata={
