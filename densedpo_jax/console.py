@@ -27,6 +27,13 @@ FILE_ONLY = "densedpo_file_only"  # `logging.info(..., extra={FILE_ONLY: True})`
 
 
 _STATE = {"verbosity": 0, "log_file": None}
+
+
+class JobError(Exception):
+  """Mixed into errors whose message says all a user needs (what, where, what to do): a job
+  ending on one prints `error: <message>` as one line and keeps the traceback in the log file.
+  `hard_exit`: leave without Python's shutdown (background writers would print on)."""
+  hard_exit = False
 # The trainer's metric and progress lines (step, steps/s, ETA) come from clu's writers.
 PROGRESS_SOURCES = (os.path.join("clu", "metric_writers", "logging_writer.py"),
                     os.path.join("clu", "periodic_actions.py"))
@@ -92,7 +99,7 @@ def setup(log_file: str | None, verbosity: int = 0) -> None:
     h.close()
   if log_file and "://" not in log_file:
     os.makedirs(os.path.dirname(os.path.abspath(log_file)), exist_ok=True)
-    file_handler = logging.FileHandler(log_file)
+    file_handler = LogFileHandler(log_file)
     file_handler.densedpo_log_file = True
     file_handler.setFormatter(absl_logging.PythonFormatter())
     file_handler.setLevel(logging.INFO)
@@ -118,10 +125,25 @@ def library_output(what: str):
 
 
 def flush() -> None:
-  """Flushes every handler of the root logger (before a hard exit)."""
+  """Flushes every handler of the root logger (before a hard exit); a full disk is no error."""
   for handler in logging.getLogger().handlers:
-    handler.flush()
+    try:
+      handler.flush()
+    except OSError:
+      pass
   sys.stderr.flush()
+
+
+class LogFileHandler(logging.FileHandler):
+  """The log file; when it cannot be written (a full disk) it says so once on stderr, in one line,
+  instead of a traceback a record."""
+
+  def handleError(self, record: logging.LogRecord) -> None:
+    if not getattr(self, "warned", False):
+      self.warned = True
+      error = sys.exc_info()[1]
+      print(f"warning: cannot write the log file {self.baseFilename} ({error}); later records are "
+            "lost", file=sys.stderr, flush=True)
 
 
 def log_file() -> str | None:
@@ -141,9 +163,13 @@ def background_tracebacks_to_log():
   log = logging.getLogger(__name__)
   hooks = sys.excepthook, sys.unraisablehook
 
-  def printed(kind, value, tb):
-    log.info("a library printed a background traceback", exc_info=(kind, value, tb),
-             extra={FILE_ONLY: True})
+  seen = [0]
+
+  def printed(kind, value, tb):  # The first few in full; the rest (often dozens alike) counted.
+    seen[0] += 1
+    if seen[0] <= 3:
+      log.info("a library printed a background traceback", exc_info=(kind, value, tb),
+               extra={FILE_ONLY: True})
 
   def ignored(unraisable):
     printed(unraisable.exc_type, unraisable.exc_value, unraisable.exc_traceback)
@@ -153,3 +179,6 @@ def background_tracebacks_to_log():
     yield
   finally:
     sys.excepthook, sys.unraisablehook = hooks
+    if seen[0] > 3:
+      log.info("%d more background tracebacks from libraries, not written", seen[0] - 3,
+               extra={FILE_ONLY: True})

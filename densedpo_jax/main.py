@@ -71,17 +71,13 @@ def main(argv):
   try:
     with console.background_tracebacks_to_log():
       run_task(config, workdir)
-  except OSError as e:
-    from densedpo_jax.training.checkpointing import CheckpointWriteError
-    if not isinstance(e, CheckpointWriteError):
-      raise
-    # One line on the console; the chain of library errors in the log file. A hard exit: the
-    # checkpointer's background writes would otherwise print again while Python shuts down.
-    logging.info("The failed checkpoint write in full:", exc_info=True,
-                 extra={console.FILE_ONLY: True})
+  except console.JobError as e:  # Its message is complete: one line, the traceback in the log.
+    logging.info("The job stopped on:", exc_info=True, extra={console.FILE_ONLY: True})
     print(f"error: {e} (details: {console.log_file()})", file=sys.stderr, flush=True)
     console.flush()
-    os._exit(1)
+    if e.hard_exit:
+      os._exit(1)
+    sys.exit(1)
 
 
 def run_task(config, workdir) -> None:

@@ -106,3 +106,22 @@ def test_a_library_traceback_stays_in_the_log_file_and_its_message_shows(tmp_pat
     assert log.read_text().count("a library printed a background traceback") == 1
   finally:
     console.setup(None, 0)
+
+
+def test_a_log_file_that_cannot_be_written_says_so_once(tmp_path, capfd):
+  import errno
+
+  class FullDisk:
+    def write(self, text):
+      raise OSError(errno.ENOSPC, "No space left on device")
+
+    def flush(self):
+      raise OSError(errno.ENOSPC, "No space left on device")
+
+  handler = console.LogFileHandler(str(tmp_path / "log.txt"))
+  handler.stream = FullDisk()
+  for _ in range(3):
+    handler.emit(_record("x.py", logging.INFO, "a record"))
+  err = capfd.readouterr().err
+  assert err.count("warning: cannot write the log file") == 1 and "Traceback" not in err
+  assert "No space left on device" in err

@@ -211,19 +211,19 @@ from tests.helpers import tiny_config
 
 def get_config():
   return tiny_config("dense_dpo", os.environ["PAIRS"], total_steps=4, checkpoint_every=2,
-                     **{"mesh.num_devices": 1})
+                     **{"mesh.num_devices": 1, "model.width": 128})
 """
 FILE_LIMIT = ("import resource, runpy, signal, sys\n"
               "signal.signal(signal.SIGXFSZ, signal.SIG_IGN)  # EFBIG, as a full disk's ENOSPC\n"
-              "resource.setrlimit(resource.RLIMIT_FSIZE, (60000, resource.RLIM_INFINITY))\n"
+              "resource.setrlimit(resource.RLIMIT_FSIZE, (400_000, resource.RLIM_INFINITY))\n"
               "sys.argv = ['densedpo_jax.main'] + sys.argv[1:]\n"
               "runpy.run_module('densedpo_jax.main', run_name='__main__', alter_sys=True)\n")
 
 
 @pytest.mark.e2e
 def test_a_checkpoint_that_cannot_be_written_ends_the_run_with_one_line(tmp_path):
-  """The kernel refuses checkpoint files past 60 kB (RLIMIT_FSIZE; the tiny model's parameter
-  file is larger, its log file smaller): the job ends with one line saying what, where and how
+  """The kernel refuses files past 400 kB (RLIMIT_FSIZE; the parameter file of this width-128
+  model is larger, the log file smaller): the job ends with one line saying what, where and how
   much space is left, the library tracebacks in the log file."""
   (tmp_path / "tiny.py").write_text(TINY_RUN)
   workdir = tmp_path / "run"

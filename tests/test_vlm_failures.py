@@ -119,3 +119,27 @@ def test_without_the_vlm_extra_the_labeler_says_what_to_install(monkeypatch):
   labeler = VLMLabeler(settings("http://127.0.0.1:9/v1"))
   with pytest.raises(vlm.VLMError, match=r"needs the \[vlm\] extra .*pip install"):
     label(labeler, make_pair(0, [0], []))
+
+
+@pytest.mark.e2e
+def test_the_job_ends_on_a_dead_server_with_one_line(tmp_path):
+  """Through `python -m densedpo_jax.main`: `error: <what, where>` as the last line, exit 1, the
+  traceback in the log file only."""
+  import subprocess
+  import sys
+  arrayrecord_io.write_records([make_pair(i, [i % 4], []) for i in range(2)], str(tmp_path),
+                               "pairs", num_shards=1)
+  url = f"http://127.0.0.1:{free_port()}/v1"
+  out = subprocess.run(
+      [sys.executable, "-m", "densedpo_jax.main", "--config=configs/label.py:vlm",
+       f"--workdir={tmp_path / 'run'}", f"--config.label.in_dir={tmp_path}",
+       "--config.label.in_name=pairs", f"--config.label.out_dir={tmp_path}",
+       "--config.label.out_name=vlm", f"--config.label.vlm.base_url={url}",
+       "--config.label.vlm.max_retries=0", "--config.label.vlm.api_key_env=DENSEDPO_TEST_NO_KEY"],
+      capture_output=True, text=True, timeout=300,
+      env=dict(os.environ, JAX_PLATFORMS="cpu"))
+  lines = out.stderr.strip().splitlines()
+  assert out.returncode == 1, out.stderr[-3000:]
+  assert lines[-1].startswith(f"error: vlm: cannot reach gpt-4o at {url}"), lines[-1]
+  assert "Traceback" not in out.stderr
+  assert "Traceback" in (tmp_path / "run" / "logs" / "log.txt").read_text()

@@ -16,10 +16,10 @@ import json
 import os
 from typing import Any, Iterable, Iterator, Optional
 
-from densedpo_jax import distributed
+from densedpo_jax import console, distributed
 
 
-class JsonlError(ValueError):
+class JsonlError(console.JobError, ValueError):
   """A line that cannot be read: the message starts with `path:line:`."""
 
   def __init__(self, path: str, line: int, message: str):

@@ -24,6 +24,7 @@ from typing import Any, Optional
 
 import numpy as np
 
+from densedpo_jax import console
 from densedpo_jax.data import segments
 from densedpo_jax.data import arrayrecord_io
 from densedpo_jax.data import codec
@@ -31,7 +32,7 @@ from densedpo_jax.data import jsonl
 from densedpo_jax.data import schema
 
 
-class LabelImportError(ValueError):
+class LabelImportError(console.JobError, ValueError):
   """Every problem of a label file; `problems` is a list of (line number, message)."""
 
   def __init__(self, path: str, problems: list[tuple[int, str]]):

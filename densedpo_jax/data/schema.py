@@ -30,6 +30,7 @@ from typing import Any, Mapping, Optional, Union
 import ml_dtypes
 import numpy as np
 
+from densedpo_jax import console
 from densedpo_jax.data import segments
 
 SCHEMA_VERSION = 1
@@ -42,7 +43,7 @@ PAIR_SOURCES = ("vanilla", "guided")
 LABEL_VALUES = (-1, 0, 1)
 
 
-class RecordError(ValueError):
+class RecordError(console.JobError, ValueError):
   """A malformed record; `path`, `index` and `field` say where."""
 
   def __init__(self, field: str, message: str, path: Optional[str] = None, index: Optional[int] = None):

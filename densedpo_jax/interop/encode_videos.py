@@ -34,6 +34,7 @@ from typing import Any
 import ml_dtypes
 import numpy as np
 
+from densedpo_jax import console
 from densedpo_jax.data import jsonl, schema, segments
 from densedpo_jax.data.parts import Parts
 from densedpo_jax.interop import video_io
@@ -41,7 +42,7 @@ from densedpo_jax.interop import video_io
 LATENT_DTYPE = "bfloat16"
 
 
-class ManifestError(ValueError):
+class ManifestError(console.JobError, ValueError):
   """A bad manifest line; names the file, the line number (1-based) and the field."""
 
   def __init__(self, path: str, line: int, field: str, message: str):

@@ -22,12 +22,14 @@ import av
 import numpy as np
 from PIL import Image
 
+from densedpo_jax import console
+
 MP4_CODEC = "libx264" if "libx264" in av.codecs_available else "mpeg4"
 _MP4_OPTIONS = {"libx264": {"crf": "18"}, "mpeg4": {"qscale": "2"}}
 _AV_ERRORS = (av.error.FFmpegError, OSError, EOFError, ValueError, RuntimeError)
 
 
-class VideoError(ValueError):
+class VideoError(console.JobError, ValueError):
   """A video file that is missing, cannot be decoded, or does not fit what was asked of it."""
 
 

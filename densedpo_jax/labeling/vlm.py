@@ -36,6 +36,7 @@ import numpy as np
 from absl import logging
 from PIL import Image
 
+from densedpo_jax import console
 from densedpo_jax import previews
 from densedpo_jax.data import schema
 from densedpo_jax.labeling.oracle import Labeler, majority_vote
@@ -57,11 +58,11 @@ RESPONSE_FORMAT = {"type": "json_schema", "json_schema": {"name": "verdict", "st
                    "reason": {"type": "string"}}}}}
 
 
-class BudgetExceeded(RuntimeError):
+class BudgetExceeded(console.JobError, RuntimeError):
   """The request or token budget is spent; answers so far are cached, a rerun resumes."""
 
 
-class VLMError(RuntimeError):
+class VLMError(console.JobError, RuntimeError):
   """The server cannot give labels (unreachable, malformed replies, too many failures): the run
   stops and writes no dataset; answers so far are cached."""
 

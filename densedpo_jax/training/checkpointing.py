@@ -24,18 +24,19 @@ import jax
 import orbax.checkpoint as ocp
 from etils import epath
 
-from densedpo_jax import distributed
+from densedpo_jax import console, distributed
 
 
 ITEMS = ("state", "iter", "params")
 
 
-class ProcessCountError(ValueError):
+class ProcessCountError(console.JobError, ValueError):
   """A checkpoint's data-iterator state was saved by another number of processes."""
 
 
-class CheckpointWriteError(OSError):
+class CheckpointWriteError(console.JobError, OSError):
   """A checkpoint could not be written: the message says what, where and how much space is left."""
+  hard_exit = True  # Orbax's background writes would print on while Python shuts down.
 
 
 # What a failed write's text says (tensorstore reports errno as os_error_code), in words.

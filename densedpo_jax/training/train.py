@@ -29,7 +29,7 @@ from densedpo_jax.data import arrayrecord_io, pipeline
 from densedpo_jax.model import build, merge_lora, pretrained
 
 
-class NonFiniteLossError(FloatingPointError):
+class NonFiniteLossError(console.JobError, FloatingPointError):
   pass
 
 
