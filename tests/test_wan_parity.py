@@ -235,6 +235,36 @@ def test_lora_adapter_off_is_the_base_and_exported_adapter_loads_in_diffusers(tr
     pipe.unload_lora_weights()
 
 
+def test_comfyui_layout_export_loads_through_diffusers_own_converter(trained, tmp_path):
+  """The original-Wan-key file (ComfyUI, musubi-tuner) read by an independent reader: diffusers'
+  converter for non-diffusers Wan LoRAs, inside `load_lora_weights`."""
+  from safetensors.numpy import load_file
+  model, root = trained
+  file = str(tmp_path / "comfyui.safetensors")
+  summary = export_diffusers.export_lora(str(root / "run"), file, layout="wan")
+  tensors = load_file(file)
+  modules = [f"{attn}.{p}" for attn in ("self_attn", "cross_attn") for p in "qkvo"] + ["ffn.0", "ffn.2"]
+  assert set(tensors) == {f"diffusion_model.blocks.{i}.{m}.{part}" for i in range(2)
+                          for m in modules for part in ("lora_down.weight", "lora_up.weight", "alpha")}
+  assert summary["tensors"] == 2 * 10 * 3
+  assert tensors["diffusion_model.blocks.1.ffn.0.lora_down.weight"].shape == (4, 24)  # [r, in]
+  assert tensors["diffusion_model.blocks.1.ffn.0.lora_up.weight"].shape == (32, 4)  # [out, r]
+  assert float(tensors["diffusion_model.blocks.0.self_attn.q.alpha"]) == 8.0
+  module, base = load_pretrained(str(root / "converted"), text_len=TEXT_LEN)
+  _, state = pretrained.read_item(str(root / "run"), "state")
+  lora_cfg = module.cfg.replace(lora=LoRAConfig(rank=4, alpha=8.0))
+  x, t, text, mask = _inputs(_fresh())
+  ours = build(lora_cfg).apply({"params": base["params"], "lora": state["trainable"]},
+                               *map(jnp.asarray, (x, t, text, mask)))
+  pipe = diffusers.WanPipeline(tokenizer=None, text_encoder=None, vae=None, scheduler=None,
+                               transformer=model)
+  pipe.load_lora_weights(file)
+  try:
+    assert _rel(ours, _torch_forward(pipe.transformer, x, t, text, mask)) <= 1e-4
+  finally:
+    pipe.unload_lora_weights()
+
+
 def test_merged_export_loads_in_diffusers(trained, tmp_path):
   _, root = trained
   summary = export_diffusers.export_merged(str(root / "run"), str(tmp_path / "merged"),

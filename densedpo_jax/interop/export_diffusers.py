@@ -1,11 +1,15 @@
-"""Export a trained run to diffusers: the LoRA adapter (PEFT layout) or the merged transformer.
+"""Export a trained run: the LoRA adapter for diffusers or ComfyUI, or the merged transformer.
 
     python -m densedpo_jax.export --workdir=RUN --format=diffusers-lora --out=FILE.safetensors
+    python -m densedpo_jax.export --workdir=RUN --format=comfyui-lora --out=FILE.safetensors
     python -m densedpo_jax.export --workdir=RUN --format=diffusers --out=DIR
 
-The adapter loads with `WanPipeline.load_lora_weights(FILE)` (rank, alpha and target modules in
-the file's `lora_adapter_metadata`); DIR loads with `WanTransformer3DModel.from_pretrained(DIR)`.
-The adapter is the run's EMA when it kept one, else its trained LoRA, as in its exported params.
+`diffusers-lora` (PEFT layout) loads with `WanPipeline.load_lora_weights(FILE)` (rank, alpha and
+target modules in the file's `lora_adapter_metadata`). `comfyui-lora` uses the original Wan key
+layout (`diffusion_model.blocks.N.self_attn.q.lora_down.weight`, `lora_up`, `alpha`) that
+ComfyUI's LoRA loader and musubi-tuner read; diffusers' `load_lora_weights` reads it too. DIR
+loads with `WanTransformer3DModel.from_pretrained(DIR)`. The adapter is the run's EMA when it kept
+one, else its trained LoRA, as in its exported params.
 """
 from __future__ import annotations
 
@@ -18,7 +22,7 @@ import numpy as np
 from densedpo_jax.interop import require_safetensors
 from densedpo_jax.model import WanConfig, family_of, pretrained, wan_weights
 
-FORMATS = ("diffusers-lora", "diffusers")
+FORMATS = ("diffusers-lora", "comfyui-lora", "diffusers")
 WEIGHTS_NAME = "diffusion_pytorch_model"
 
 
@@ -37,16 +41,23 @@ def _save_safetensors(tensors: dict[str, np.ndarray], path: str, metadata: dict[
   os.replace(tmp, path)  # Never a half-written file under the final name.
 
 
-def export_lora(workdir: str, out: str, step: int | None = None) -> dict:
-  """Writes the run's adapter as a PEFT/diffusers LoRA file; returns a summary."""
+def export_lora(workdir: str, out: str, step: int | None = None, layout: str = "peft") -> dict:
+  """Writes the run's adapter as a LoRA file, `layout` 'peft' (diffusers) or 'wan' (the
+  original Wan keys: ComfyUI, musubi-tuner); returns a summary."""
+  if layout not in ("peft", "wan"):
+    raise ValueError(f"layout={layout!r}; expected 'peft' or 'wan'")
   cfg = _wan_config(workdir)
   if cfg.lora.rank == 0:
     raise ValueError(f"{workdir}: the run has no LoRA adapter (lora.rank = 0)")
   step, state = pretrained.read_item(workdir, "state", step)
   lora = state.get("ema") or state["trainable"]
   tensors, metadata = wan_weights.lora_to_peft(lora, cfg)
-  _save_safetensors(tensors, out, {"format": "pt",
-                                   "lora_adapter_metadata": json.dumps(metadata, sort_keys=True)})
+  if layout == "wan":
+    tensors = wan_weights.lora_to_wan_original(lora, cfg)
+    _save_safetensors(tensors, out, {"format": "pt"})
+  else:
+    _save_safetensors(tensors, out, {"format": "pt",
+                                     "lora_adapter_metadata": json.dumps(metadata, sort_keys=True)})
   return {"step": step, "tensors": len(tensors), "rank": cfg.lora.rank,
           "alpha": metadata["transformer.lora_alpha"], "out": out}
 
@@ -94,8 +105,9 @@ def main(argv=None) -> None:
                       help="merged weights' dtype (diffusers format)")
   args = parser.parse_args(argv)
   require_safetensors("python -m densedpo_jax.export")
-  if args.format == "diffusers-lora":
-    s = export_lora(args.workdir, args.out, args.step)
+  if args.format in ("diffusers-lora", "comfyui-lora"):
+    s = export_lora(args.workdir, args.out, args.step,
+                    layout="peft" if args.format == "diffusers-lora" else "wan")
     print(f"step {s['step']}: {s['tensors']} LoRA tensors (rank {s['rank']}, alpha {s['alpha']}) "
           f"-> {s['out']}")
   else:

@@ -243,3 +243,31 @@ def lora_to_peft(lora: Any, cfg: WanConfig, prefix: str = "transformer"
   metadata = {f"{prefix}.r": rank, f"{prefix}.lora_alpha": cfg.lora.alpha or rank,
               f"{prefix}.target_modules": targets}
   return state, metadata
+
+
+# diffusers module -> the original Wan repository's (ComfyUI, musubi-tuner and most LoRAs shared
+# for Wan name modules this way, under `diffusion_model.`).
+WAN_ORIGINAL_MODULES = {
+    "attn1.to_q": "self_attn.q", "attn1.to_k": "self_attn.k", "attn1.to_v": "self_attn.v",
+    "attn1.to_out.0": "self_attn.o", "attn2.to_q": "cross_attn.q", "attn2.to_k": "cross_attn.k",
+    "attn2.to_v": "cross_attn.v", "attn2.to_out.0": "cross_attn.o", "ffn.net.0.proj": "ffn.0",
+    "ffn.net.2": "ffn.2",
+}
+assert set(WAN_ORIGINAL_MODULES) == set(LORA_MODULES.values())
+
+
+def lora_to_wan_original(lora: Any, cfg: WanConfig) -> dict[str, np.ndarray]:
+  """Our `'lora'` tree -> a LoRA state dict in the original Wan key layout, which ComfyUI and
+  musubi-tuner load: `diffusion_model.blocks.N.self_attn.q.lora_down.weight` `[r, in]`,
+  `.lora_up.weight` `[out, r]` and `.alpha` (a float32 scalar; the update is
+  `(alpha / r) up @ down`)."""
+  peft, metadata = lora_to_peft(lora, cfg, prefix="transformer")
+  alpha = np.asarray(metadata["transformer.lora_alpha"], np.float32)
+  out = {}
+  for target in metadata["transformer.target_modules"]:
+    block, index, module = target.split(".", 2)
+    name = f"diffusion_model.{block}.{index}.{WAN_ORIGINAL_MODULES[module]}"
+    out[f"{name}.lora_down.weight"] = peft[f"transformer.{target}.lora_A.weight"]
+    out[f"{name}.lora_up.weight"] = peft[f"transformer.{target}.lora_B.weight"]
+    out[f"{name}.alpha"] = alpha
+  return out
