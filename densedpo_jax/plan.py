@@ -79,7 +79,7 @@ def compiled(config, latent: tuple[int, int, int], text_len: int, num_devices: i
   from densedpo_jax.training import checkpointing, sharding, train_step
   from densedpo_jax.training.builders import model_config
   from densedpo_jax.model import build
-  cfg = model_config(config)
+  cfg = model_config(config, portable_attention=False)
   model, tx = build(cfg), train_step.make_optimizer(config.optim)
   mesh = sharding.create_mesh(config.mesh.shape, None, jax.devices()[:num_devices])
   rules = tuple((k, tuple(v) if isinstance(v, list) else v) for k, v in config.mesh.rules)
@@ -146,7 +146,7 @@ def main(argv=None) -> None:
   config = _load_config(args.config)
   config = with_overrides(config, **{o.split("=", 1)[0][len("--config."):]: _literal(o.split("=", 1)[1])
                                      for o in overrides if o.startswith("--config.")})
-  cfg = model_config(config)
+  cfg = model_config(config, portable_attention=False)
   latent, text_len = TYPICAL_INPUT.get(config.model.preset, ((16, 16, 16), 16))
   latent = tuple(int(x) for x in args.latent.split(",")) if args.latent else tuple(latent)
   text_len = args.text_len or text_len

@@ -210,6 +210,41 @@ def test_converted_folder_equals_the_diffusers_folder(trained, tmp_path):
   assert scanned["params"]["blocks"]["attn1"]["to_q"]["kernel"].dtype == jnp.bfloat16
 
 
+def test_the_model_shape_comes_from_the_weights_and_layouts_convert_on_load(trained, tmp_path):
+  """The 1.3B recipe pointed at a tiny folder runs the folder's model with the recipe's own
+  dtype, layout and attention; no --config.model.* shape override is needed, a wrong one is named."""
+  from configs import dense, pretrain
+  from densedpo_jax.model.layout import stack_blocks, unstack_blocks
+  from densedpo_jax.training.builders import model_config, with_overrides
+  _, root = trained
+  recipe = with_overrides(dense.get_config("wan1.3b"), init_from=str(root / "transformer"))
+  cfg = model_config(recipe)
+  assert (cfg.width, cfg.depth, cfg.num_heads, cfg.ffn_dim, cfg.text_dim) == (24, 2, 2, 32, 32)
+  folder = wan_weights.read_config(str(root / "transformer"))  # The recipe's run fields, not these.
+  assert (cfg.scan_layers, cfg.dtype) == (True, "bfloat16") != (folder.scan_layers, folder.dtype)
+  # The recipe names cuDNN attention; off a GPU the portable kernel runs, with one warning line.
+  on_gpu = jax.devices()[0].platform == "gpu"
+  assert cfg.attention_impl == ("cudnn" if on_gpu else "blockwise")
+  assert model_config(recipe, portable_attention=False).attention_impl == "cudnn"
+  assert model_config(with_overrides(recipe, init_from=str(root / "converted"))).width == 24
+  with pytest.raises(ValueError, match=r"config\.model\.ffn_dim=64, but the weights in "
+                                       r".*transformer have ffn_dim=32: drop the override"):
+    model_config(with_overrides(recipe, **{"model.ffn_dim": 64}))
+  with pytest.raises(ValueError, match=r"config\.model\.family='dit', but init_from=.* holds a "
+                                       r"'wan' model"):
+    model_config(with_overrides(pretrain.get_config("quick"), init_from=str(root / "converted")))
+  # A looped params directory read into a scanned model, and a scanned one into a looped model.
+  looped_cfg = cfg.replace(scan_layers=False, dtype="float32", attention_impl="xla")
+  looped = pretrained.read_params_on_device(str(root / "converted"), looped_cfg)
+  scanned = pretrained.read_params_on_device(str(root / "converted"), looped_cfg.replace(scan_layers=True))
+  for a, b in zip(jax.tree_util.tree_leaves(stack_blocks(looped, 2)), jax.tree_util.tree_leaves(scanned)):
+    np.testing.assert_array_equal(a, b)
+  convert_wan.main(["wan", str(root / "transformer"), str(tmp_path / "scanned"), "--scan_layers"])
+  back = pretrained.read_params_on_device(str(tmp_path / "scanned"), looped_cfg)
+  for a, b in zip(jax.tree_util.tree_leaves(unstack_blocks(scanned, 2)), jax.tree_util.tree_leaves(back)):
+    np.testing.assert_array_equal(a, b)
+
+
 def test_lora_adapter_off_is_the_base_and_exported_adapter_loads_in_diffusers(trained, tmp_path):
   model, root = trained
   module, base = load_pretrained(str(root / "converted"), text_len=TEXT_LEN)

@@ -9,6 +9,7 @@ torch.
 """
 from __future__ import annotations
 
+import dataclasses
 import json
 import os
 from typing import Any
@@ -21,12 +22,18 @@ import orbax.checkpoint as ocp
 from etils import epath
 from flax import traverse_util
 
-from densedpo_jax.model.config import LoRAConfig, ModelConfig
+from absl import logging
+
+from densedpo_jax.model.config import LoRAConfig, ModelConfig, family_of
 from densedpo_jax.model import wan_weights
+from densedpo_jax.model.layout import stack_blocks, unstack_blocks
 from densedpo_jax.model.registry import (abstract_params, build, config_from_dict,
                                          config_to_dict)
 
 MODEL_JSON = "model.json"
+# Fields a run chooses whatever weights it starts from; every other field is the weights' shape.
+RUN_FIELDS = ("attention_impl", "dtype", "param_dtype", "remat_policy", "scan_layers",
+              "text_dropout", "text_len", "cross_attn_mask", "lora")
 
 
 def _path(p) -> epath.Path:
@@ -92,12 +99,15 @@ def read_params(path: str, target: Any, cfg: ModelConfig | None = None,
     raise FileNotFoundError(f"init_from: no checkpoint directory at {directory}")
   manager = ocp.CheckpointManager(directory, options=ocp.CheckpointManagerOptions(
       read_only=True, create=False, save_interval_steps=0),
-                                  item_names=("params",))
+                                  item_handlers={"params": ocp.StandardCheckpointHandler()})
   step = manager.latest_step() if step is None else step
   try:
     if step is None or step not in manager.all_steps():
       raise FileNotFoundError(f"init_from: no checkpoint step {step} under {directory} "
                               f"(found steps {list(manager.all_steps())})")
+    stored = manager.item_metadata(step)["params"]
+    if stored is not None and _scanned(stored) != _scanned(target):
+      return _relayout(manager, step, stored, target, f"{directory}/{step}")
     restored = manager.restore(step, args=ocp.args.Composite(
         params=ocp.args.StandardRestore(target)))
   except (ValueError, KeyError) as e:
@@ -106,6 +116,61 @@ def read_params(path: str, target: Any, cfg: ModelConfig | None = None,
   finally:
     manager.close()
   return restored["params"]
+
+
+def weights_config(path: str) -> ModelConfig | None:
+  """The model config stored with the weights at `path`: a diffusers folder's `config.json`, or
+  the `model.json` of a params directory or run; None when `path` holds neither."""
+  if is_diffusers_folder(path):
+    return wan_weights.read_config(path)
+  try:
+    return read_model_json(path)
+  except FileNotFoundError:
+    return None
+
+
+def with_weights_shape(cfg: ModelConfig, path: str, explicit: dict[str, Any]) -> ModelConfig:
+  """`cfg` with its shape (width, depth, heads, channels, ...) taken from the weights at `path`,
+  keeping the run's own fields (`RUN_FIELDS`: dtype, layout, attention, LoRA, ...). A shape
+  field set explicitly (`explicit`, the config's `model.*` overrides) that disagrees with the
+  weights, or another model family, is an error naming both values."""
+  stored = weights_config(path)
+  if stored is None:
+    return cfg
+  if family_of(stored) != family_of(cfg):
+    raise ValueError(f"config.model.family={family_of(cfg)!r}, but init_from={path} holds a "
+                     f"{family_of(stored)!r} model")
+  names = {f.name for f in dataclasses.fields(stored)}
+  for key, value in explicit.items():
+    if key in names and key not in RUN_FIELDS:
+      have = getattr(stored, key)
+      if (tuple(value) if isinstance(value, list) else value) != have:
+        raise ValueError(f"config.model.{key}={value!r}, but the weights in {path} have "
+                         f"{key}={have!r}: drop the override (the shape comes from the weights)")
+  return stored.replace(**{k: getattr(cfg, k) for k in RUN_FIELDS if k in names})
+
+
+def _scanned(tree: Any) -> bool:
+  """Whether a params tree has its blocks stacked (`blocks`) rather than looped (`block_<i>`)."""
+  return "blocks" in tree
+
+
+def _relayout(manager, step: int, stored: Any, target: Any, source: str) -> Any:
+  """Restores params saved in the other block layout (looped vs scanned) onto the first device,
+  converts them, and places them on `target`. One warning: converting once (`python -m
+  densedpo_jax.convert ... --scan_layers`) saves the host memory of doing it at every start."""
+  depth = (jax.tree_util.tree_leaves(stored["blocks"])[0].shape[0] if _scanned(stored)
+           else sum(k.startswith("block_") for k in stored))
+  logging.warning("init_from: %s holds %s blocks and the model is %s: converting on load",
+                  source, "scanned" if _scanned(stored) else "looped",
+                  "scanned" if _scanned(target) else "looped")
+  device = jax.sharding.SingleDeviceSharding(jax.local_devices()[0])
+  abstract = jax.tree_util.tree_map(
+      lambda m: jax.ShapeDtypeStruct(m.shape, m.dtype, sharding=device), stored)
+  params = manager.restore(step, args=ocp.args.Composite(
+      params=ocp.args.StandardRestore(abstract)))["params"]
+  params = unstack_blocks(params, depth) if _scanned(stored) else stack_blocks(params, depth)
+  return _place(jax.tree_util.tree_map(np.asarray, params), target, source)
 
 
 def write_model_json(directory: str, cfg: ModelConfig) -> None:

@@ -7,12 +7,22 @@ a size within it; any other non-None `config.model.*` field overrides the preset
 from __future__ import annotations
 
 import ml_collections
+from absl import logging
 
-from densedpo_jax.model import LoRAConfig, ModelConfig, get_model_config
+from densedpo_jax.model.attention import check_platform
+from densedpo_jax.model import LoRAConfig, ModelConfig, get_model_config, pretrained
 
 
-def model_config(config: ml_collections.ConfigDict) -> ModelConfig:
+def model_config(config: ml_collections.ConfigDict, portable_attention: bool = True) -> ModelConfig:
   """The model config of a run: `config.model` (family, preset, overrides) and `config.lora`.
+  When `config.init_from` names weights that carry their config (a diffusers folder, a converted
+  params directory, a run), the shape (width, depth, heads, channels, ...) is theirs and the
+  preset only names the run's defaults (dtype, layout, attention); a shape override that
+  disagrees with the weights is an error naming both.
+
+  An attention kernel this machine lacks (cuDNN off a GPU, splash off a TPU: the shipped configs
+  name the accelerator's) becomes 'blockwise', the portable flash-style attention, with one
+  warning line, unless `portable_attention` is False (the planner plans the named kernel).
 
   A field the family does not have (e.g. `ffn_dim` for 'dit') is an error naming it.
   """
@@ -23,7 +33,16 @@ def model_config(config: ml_collections.ConfigDict) -> ModelConfig:
     overrides["patch_size"] = tuple(overrides["patch_size"])
   lora = LoRAConfig(rank=config.lora.rank, alpha=config.lora.alpha,
                     targets=tuple(config.lora.targets))
-  return get_model_config(family, preset, lora=lora, **overrides)
+  cfg = get_model_config(family, preset, lora=lora, **overrides)
+  init_from = config.get("init_from")
+  cfg = pretrained.with_weights_shape(cfg, init_from, overrides) if init_from else cfg
+  if portable_attention:
+    try:
+      check_platform(cfg.attention_impl)
+    except ValueError as e:
+      logging.warning("%s; using 'blockwise' instead", str(e).split(":")[0])
+      cfg = cfg.replace(attention_impl="blockwise")
+  return cfg
 
 
 def make_source(data: ml_collections.ConfigDict):
