@@ -209,6 +209,30 @@ def test_bad_videos_and_labels_name_the_manifest_line_and_field(wan, tmp_path):
                                  log=lambda s: None)
 
 
+def test_the_command_checks_every_input_before_any_model_loads(wan, tmp_path):
+  """Wrong weights, a bad manifest line, impossible sizes: one line each, in well under a second
+  (no model loads, no hub is asked for a wrong local path)."""
+  import time
+  folder, _ = wan
+  write_clip(tmp_path / "good.mp4")
+  good = _manifest(tmp_path / "good.jsonl", [{"id": "a", "prompt": PROMPTS[0], "video": "good.mp4"}])
+  bad = _manifest(tmp_path / "bad.jsonl", [{"id": "a", "prompt": PROMPTS[0], "video": "good.mp4",
+                                            "colour": "red"}])
+  base = ["--out", str(tmp_path / "out"), "--name", "v", "--num_frames=9", f"--height={H}",
+          f"--width={W}", "--fps=16"]
+  cases = [([f"--weights={tmp_path / 'nowhere'}", f"--manifest={good}"],
+            rf"error: --weights={tmp_path / 'nowhere'}: no such folder"),
+           ([f"--weights={tmp_path}", f"--manifest={good}"], r"no vae/, text_encoder/, tokenizer/ in it"),
+           ([f"--weights={folder}", f"--manifest={bad}"], r"bad\.jsonl, line 1, field 'colour'"),
+           ([f"--weights={folder}", f"--manifest={good}", "--num_frames=10"], r"--num_frames=10")]
+  for args, want in cases:
+    start = time.monotonic()
+    with pytest.raises(SystemExit, match=want):
+      encode_videos.main(base + args)
+    assert time.monotonic() - start < 5.0
+  assert not os.path.exists(tmp_path / "out")
+
+
 @pytest.mark.e2e
 def test_the_whole_real_model_path(wan, tmp_path):
   """encode -> task=pairs (Wan, straight from the diffusers folder) with decoding -> labels from a

@@ -1,4 +1,5 @@
 """Pair generation: Algo. 1 and 2 against closed forms, determinism, resumable parts."""
+import logging
 import math
 import os
 
@@ -31,8 +32,8 @@ def setup(tmp_path_factory):
 
 def _config(root, mode, **kw):
   c = pairs_config.get_config(mode)
-  c.pairs.update(num_pairs=5, pairs_per_part=2, batch_size=2, num_steps=4,
-                 out_dir=str(root / f"out_{mode}"), **kw)
+  c.pairs.update(dict(dict(num_pairs=5, pairs_per_part=2, batch_size=2, num_steps=4,
+                           out_dir=str(root / f"out_{mode}")), **kw))
   return c
 
 
@@ -65,6 +66,17 @@ def test_vanilla_pairs_start_from_pure_noise(setup):
   for r in recs:
     np.testing.assert_allclose(r.latent_a, _noise(r.seed_a), rtol=1e-5, atol=1e-5)
     np.testing.assert_allclose(r.latent_b, _noise(r.seed_b), rtol=1e-5, atol=1e-5)
+
+
+def test_more_pairs_than_videos_are_capped_with_one_warning(setup, caplog):
+  root, source, model, params = setup
+  with caplog.at_level(logging.WARNING):
+    side = pairs.generate_pairs(_config(root, "guided", num_pairs=9, out_dir=str(root / "capped")),
+                                source, params, model)
+  assert side["num_records"] == 6
+  warnings = [r.getMessage() for r in caplog.records if r.levelno == logging.WARNING]
+  assert warnings == ["config.pairs.num_pairs=9, but the source has 6 videos (one pair a video): "
+                      "making 6 pairs"]
 
 
 def test_interrupted_generation_resumes_at_the_missing_part(setup):

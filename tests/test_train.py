@@ -1,4 +1,5 @@
 """The trainer: each loss learns, only LoRA moves in DPO, sharding, resume, NaN guard."""
+import logging
 import os
 
 import signal
@@ -202,3 +203,14 @@ def test_gradient_accumulation_equals_the_full_batch(accum_steps):
   want_grad = 2.0 / 8 * x.T @ (x @ wv - y)  # d/dw of the full-batch mean, in float64.
   np.testing.assert_allclose(grads["w"], want_grad, rtol=1e-5, atol=1e-6)
   np.testing.assert_allclose(metrics["loss"], np.mean((x @ wv - y) ** 2), rtol=1e-5)
+
+
+def test_a_batch_larger_than_the_data_and_a_rank_above_the_width_are_said(tmp_path, caplog):
+  data = write_pairs(str(tmp_path / "pairs"))  # 16 pairs; the tiny model is 32 wide.
+  config = tiny_config("dense_dpo", data, total_steps=1, **{
+      "data.batch_size": 32, "lora.rank": 48, "mesh.num_devices": 1})
+  with caplog.at_level(logging.WARNING):
+    train.train_and_evaluate(config, str(tmp_path / "run"))
+  text = caplog.text
+  assert "config.data.batch_size=32 is larger than the dataset (16 records)" in text
+  assert "config.lora.rank=48 is above the model width 32" in text

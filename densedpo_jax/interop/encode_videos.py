@@ -242,10 +242,18 @@ def main(argv=None) -> None:
   parser.add_argument("--skip_bad", action="store_true",
                       help="skip and count bad videos instead of stopping")
   args = parser.parse_args(argv)
-  from densedpo_jax.interop.wan_encoders import WanEncoders
+  from densedpo_jax.interop import wan_encoders
   settings = Settings(**{f.name: getattr(args, f.name) for f in dataclasses.fields(Settings)})
-  encode_dataset(WanEncoders(args.weights), args.manifest, args.out, args.name, settings,
-                 args.batch_size, args.skip_bad)
+  try:  # Every input checked before the models load (minutes for umT5): one line each.
+    settings.check(wan_encoders.TEMPORAL_FACTOR)
+    _, entries = read_manifest(args.manifest)
+    for e in entries:
+      _check_labels(e, settings, args.manifest)
+    wan_encoders.check_weights_folder(args.weights)
+  except (ValueError, OSError) as e:
+    raise SystemExit(f"error: {e}") from None
+  encode_dataset(wan_encoders.WanEncoders(args.weights), args.manifest, args.out, args.name,
+                 settings, args.batch_size, args.skip_bad)
 
 
 if __name__ == "__main__":

@@ -13,9 +13,25 @@ one.
 """
 from __future__ import annotations
 
+import os
+
 import numpy as np
 
 MAX_TEXT_TOKENS = 512  # The Wan pipeline's max_sequence_length.
+TEMPORAL_FACTOR = 4  # Wan 2.1's VAE: 1 + 4 k frames -> 1 + k latent frames.
+
+
+def check_weights_folder(weights: str, vae: bool = True, text: bool = True) -> None:
+  """FileNotFoundError naming what is missing, before any model loads (and before a library
+  would take a wrong local path for a hub id and try to download it)."""
+  need = (["vae"] if vae else []) + (["text_encoder", "tokenizer"] if text else [])
+  if not os.path.isdir(weights):
+    raise FileNotFoundError(f"--weights={weights}: no such folder; expected a Wan 2.1 diffusers "
+                            f"folder with {', '.join(f'{d}/' for d in need)} (nothing is downloaded)")
+  missing = [f"{d}/" for d in need if not os.path.isdir(os.path.join(weights, d))]
+  if missing:
+    raise FileNotFoundError(f"--weights={weights}: no {', '.join(missing)} in it; expected a Wan "
+                            "2.1 diffusers folder (nothing is downloaded)")
 
 
 class WanEncoders:
@@ -23,6 +39,7 @@ class WanEncoders:
 
   def __init__(self, weights: str, *, vae: bool = True, text: bool = True,
                device: str | None = None, dtype: str = "float32"):
+    check_weights_folder(weights, vae, text)
     import torch
     from diffusers import AutoencoderKLWan
     from transformers import AutoTokenizer, UMT5EncoderModel
@@ -31,16 +48,19 @@ class WanEncoders:
     self.dtype = getattr(torch, dtype)
     self.vae = self.tokenizer = self.text_encoder = None
     if vae:
-      self.vae = AutoencoderKLWan.from_pretrained(weights, subfolder="vae", torch_dtype=self.dtype)
+      self.vae = AutoencoderKLWan.from_pretrained(weights, subfolder="vae", torch_dtype=self.dtype,
+                                                  local_files_only=True)
       self.vae.to(self.device).eval()
       c = self.vae.config
       self.temporal_factor, self.spatial_factor = c.scale_factor_temporal, c.scale_factor_spatial
       self.mean = torch.tensor(c.latents_mean, dtype=torch.float32).view(1, -1, 1, 1, 1)
       self.std = torch.tensor(c.latents_std, dtype=torch.float32).view(1, -1, 1, 1, 1)
     if text:
-      self.tokenizer = AutoTokenizer.from_pretrained(weights, subfolder="tokenizer")
+      self.tokenizer = AutoTokenizer.from_pretrained(weights, subfolder="tokenizer",
+                                                     local_files_only=True)
       self.text_encoder = UMT5EncoderModel.from_pretrained(weights, subfolder="text_encoder",
-                                                           torch_dtype=self.dtype)
+                                                           torch_dtype=self.dtype,
+                                                           local_files_only=True)
       self.text_encoder.to(self.device).eval()
 
   # Video.

@@ -102,6 +102,9 @@ def generate_pairs(config: ml_collections.ConfigDict, source, params, model) -> 
     check_eta_range(spec.eta_range)
   arrayrecord_io.check_local(spec.out_dir)  # Before any sampling.
   num_pairs = min(spec.num_pairs, len(source))
+  if num_pairs < spec.num_pairs:
+    logging.warning("config.pairs.num_pairs=%d, but the source has %d videos (one pair a video): "
+                    "making %d pairs", spec.num_pairs, len(source), num_pairs)
   if num_pairs < 1:
     raise ValueError(f"config.pairs.num_pairs={spec.num_pairs} with {len(source)} source videos")
   out_dir, name = spec.out_dir, spec.name

@@ -36,6 +36,10 @@ def model_config(config: ml_collections.ConfigDict, portable_attention: bool = T
   cfg = get_model_config(family, preset, lora=lora, **overrides)
   init_from = config.get("init_from")
   cfg = pretrained.with_weights_shape(cfg, init_from, overrides) if init_from else cfg
+  if cfg.lora.rank > cfg.width:
+    logging.warning("config.lora.rank=%d is above the model width %d: an update's rank cannot "
+                    "exceed its smaller dimension, so the extra rank only costs memory",
+                    cfg.lora.rank, cfg.width)
   if portable_attention:
     try:
       check_platform(cfg.attention_impl)

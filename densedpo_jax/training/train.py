@@ -127,6 +127,9 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
 
   # Data.
   source = make_source(config.data)
+  if len(source) < config.data.batch_size:
+    logging.warning("config.data.batch_size=%d is larger than the dataset (%d records): every "
+                    "batch repeats records", config.data.batch_size, len(source))
   dataset = make_dataset(config, source)
   data_iter = iter(dataset)
   first_batch = next(iter(dataset))  # A fresh iterator: only for shapes.
