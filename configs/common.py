@@ -95,6 +95,32 @@ SCALED_MODELS = {"paper": ("dit", "paper"), "wan1.3b": ("wan", "wan2.1-t2v-1.3b"
                  "wan14b": ("wan", "wan2.1-t2v-14b")}
 
 
+def accelerator_model(c: ml_collections.ConfigDict, model: str) -> ml_collections.ConfigDict:
+  """The model `SCALED_MODELS[model]` as it runs on accelerators: bf16 compute, blocks scanned with
+  full remat, cuDNN attention (blockwise, with a warning, where there is none); Wan models sample
+  with 50 steps; the 14B base is kept in bf16. The shape comes from `init_from`'s weights."""
+  c.model.family, c.model.preset = SCALED_MODELS[model]
+  c.model.dtype = "bfloat16"
+  # Remat only takes effect with scanned layers (without scan XLA schedules the recomputation
+  # early and keeps everything: measured with python -m densedpo_jax.plan --compiled).
+  c.model.scan_layers = True
+  c.model.remat_policy = "full"
+  c.model.attention_impl = "cudnn"  # GPU flash attention; 'splash' on TPU, 'blockwise' anywhere.
+  if c.model.family == "wan":
+    c.sample.num_steps = 50
+  if model == "wan14b":
+    c.model.param_dtype = "bfloat16"  # The frozen base; the LoRA adapter is trained in float32.
+  return c
+
+
+def real_videos(c: ml_collections.ConfigDict) -> ml_collections.ConfigDict:
+  """A Wan model's pairs or evaluation on real videos: latent video records in (`data.path`,
+  `data.name`), MP4s out through the Wan VAE (`decoder.weights`: the diffusers folder)."""
+  c.data.kind, c.data.path, c.data.name = "videos", "data", "videos"
+  c.decoder.kind = "wan"
+  return c
+
+
 def paper_scale(c: ml_collections.ConfigDict, model: str = "paper") -> ml_collections.ConfigDict:
   """The paper's DPO hyper-parameters (Appendix A.2): LoRA 128, batch 256, 1k steps, warm-up 250,
   bf16 compute, on the model `SCALED_MODELS[model]` (its weights from `--config.init_from`: a run,
@@ -104,20 +130,11 @@ def paper_scale(c: ml_collections.ConfigDict, model: str = "paper") -> ml_collec
   and its tokens split over a `sequence` mesh axis at 81 frames. The 1.3B model (5.7 GB) fits
   data-parallel with remat.
   """
-  c.model.family, c.model.preset = SCALED_MODELS[model]
-  c.model.dtype = "bfloat16"
-  # Remat only takes effect with scanned layers (without scan XLA schedules the recomputation
-  # early and keeps everything: measured with python -m densedpo_jax.plan --compiled).
-  c.model.scan_layers = True
-  c.model.remat_policy = "full"
-  c.model.attention_impl = "cudnn"  # GPU flash attention; 'splash' on TPU, 'blockwise' anywhere.
+  accelerator_model(c, model)
   # Planned for 8 x 80 GB (python -m densedpo_jax.plan; docs/scaling.md): pairs per device
   # and micro-step so that activations fit.
   c.optim.accum_steps = {"paper": 16, "wan1.3b": 16, "wan14b": 64}[model]
-  if c.model.family == "wan":
-    c.sample.num_steps = 50
   if model == "wan14b":
-    c.model.param_dtype = "bfloat16"  # The frozen base; the LoRA adapter is trained in float32.
     # FSDP over 4 devices x each video's 32,760 tokens over 2 (context parallelism): one pair a
     # micro-step on 8 GPUs; without the sequence axis one pair's activations do not fit 80 GB.
     c.mesh.shape = (1, 4, 1, 2)

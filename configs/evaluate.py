@@ -2,6 +2,12 @@
 
     python -m densedpo_jax.main --config=configs/evaluate.py \
         --config.evaluate.models=base=assets/shapesworld_base,dense=workdirs/dense/train
+
+`:wan1.3b` / `:wan14b`: samples of each model for the prompts of encoded videos (data/videos),
+decoded to MP4 for VBench or people (judge none); only paths to set:
+
+    python -m densedpo_jax.main --config=configs/evaluate.py:wan1.3b --config.decoder.weights=$WAN \
+        --config.evaluate.models=base=$WAN/transformer,dense=workdirs/dense_wan1.3b/train
 """
 import ml_collections
 
@@ -9,7 +15,9 @@ from configs import common
 
 
 def get_config(arg=None):
-  del arg
+  if arg is not None and (arg not in common.SCALED_MODELS or arg == "paper"):
+    raise ValueError(f"configs/evaluate.py: unknown arg {arg!r}; expected none, 'wan1.3b' or "
+                     "'wan14b'")
   c = common.base()
   c.task = "evaluate"
   c.data.kind = "shapesworld"
@@ -26,4 +34,9 @@ def get_config(arg=None):
   c.evaluate.seed = 1234
   c.evaluate.frames_per_segment = 4
   c.evaluate.preview_prompts = 8
+  if arg:
+    common.accelerator_model(c, arg)
+    common.real_videos(c)
+    c.evaluate.update(judge="none", num_steps=50, batch_size=4, frames_per_segment=16,
+                      models=f"base=weights/{arg}")
   return c

@@ -2,6 +2,11 @@
 
   guided (default)  Algo. 2: SDEdit pairs from ShapesWorld ground truth, eta drawn per pair
   vanilla           Algo. 1: two independent full runs per prompt
+  wan1.3b, wan14b   guided pairs of Wan 2.1 from encoded videos (data/videos), 1 s segments at
+                    16 fps, decoded to MP4 for labeling; only paths to set:
+
+    python -m densedpo_jax.main --config=configs/pairs.py:wan1.3b --config.init_from=$WAN/transformer \
+        --config.decoder.weights=$WAN
 """
 import ml_collections
 
@@ -9,9 +14,11 @@ from configs import common
 
 
 def get_config(arg=None):
-  mode = arg or "guided"
+  model = arg if arg in common.SCALED_MODELS and arg != "paper" else None
+  mode = "guided" if model else (arg or "guided")
   if mode not in ("guided", "vanilla"):
-    raise ValueError(f"configs/pairs.py: unknown arg {mode!r}; expected 'guided' or 'vanilla'")
+    raise ValueError(f"configs/pairs.py: unknown arg {arg!r}; expected 'guided', 'vanilla', "
+                     "'wan1.3b' or 'wan14b'")
   c = common.base()
   c.task = "pairs"
   c.init_from = "workdirs/pretrain"
@@ -31,4 +38,10 @@ def get_config(arg=None):
   c.pairs.latent_dtype = "float32"
   c.pairs.out_dir = f"workdirs/pairs_{mode}"
   c.pairs.name = "pairs"
+  if model:
+    common.accelerator_model(c, model)
+    common.real_videos(c)
+    c.init_from = ""
+    c.pairs.update(num_steps=50, frames_per_segment=16, latent_dtype="bfloat16", out_dir="data",
+                   batch_size=8)
   return c

@@ -13,6 +13,7 @@ pytest.importorskip("diffusers")
 pytest.importorskip("av")
 
 from densedpo_jax.data import arrayrecord_io, pipeline  # noqa: E402
+from densedpo_jax.training.builders import with_overrides  # noqa: E402
 from densedpo_jax.interop import decode_records, encode_videos, video_io  # noqa: E402
 from densedpo_jax.interop.wan_encoders import WanEncoders  # noqa: E402
 from tests.tiny_wan import build_wan_folder  # noqa: E402
@@ -235,13 +236,13 @@ def test_the_command_checks_every_input_before_any_model_loads(wan, tmp_path):
 
 @pytest.mark.e2e
 def test_the_whole_real_model_path(wan, tmp_path):
-  """encode -> task=pairs (Wan, straight from the diffusers folder) with decoding -> labels from a
-  JSONL file (task=label) -> task=train DenseDPO -> task=evaluate with decoding."""
-  from configs import evaluate as evaluate_config, label as label_config, pairs as pairs_config
+  """encode -> task=pairs -> labels from a JSONL file (task=label) -> DenseDPO -> task=evaluate,
+  each through the Wan 1.3B recipe configs (`:wan1.3b`) as the docs run them: only paths and
+  tiny sizes are set, never the model's shape (it comes from the folder)."""
+  from configs import dense, evaluate as evaluate_config, label as label_config, pairs as pairs_config
   from densedpo_jax.tasks import evaluate, pairs
   from densedpo_jax.training import train
   from densedpo_jax.labeling import task as label_task
-  from tests.helpers import tiny_config
   folder, encoders = wan
   lines = []
   for i in range(4):
@@ -250,18 +251,13 @@ def test_the_whole_real_model_path(wan, tmp_path):
   settings = encode_videos.Settings(num_frames=17, height=H, width=W, fps=16.0)
   encode_videos.encode_dataset(encoders, _manifest(tmp_path / "v.jsonl", lines),
                                str(tmp_path / "data"), "videos", settings, log=lambda s: None)
-  model = {"family": "wan", "preset": "wan2.1-t2v-1.3b", "width": 24, "depth": 2, "num_heads": 2,
-           "ffn_dim": 32, "text_dim": 32, "text_len": 8}
-  decoder = {"kind": "wan", "weights": folder, "format": "mp4", "scale": 1}
-  videos = {"kind": "videos", "path": str(tmp_path / "data"), "name": "videos", "read_threads": 0}
+  tiny_text = {"model.text_len": 8}  # The tiny tokenizer's length; the real one is the preset's.
 
-  c = pairs_config.get_config("guided")
-  c.init_from = os.path.join(folder, "transformer")
-  c.data.update(**videos)
-  c.model.update(**model)
-  c.decoder.update(**decoder)
-  c.pairs.update(num_pairs=4, pairs_per_part=2, batch_size=2, num_steps=4, eta_range=(0.5, 0.5),
-                 frames_per_segment=16, out_dir=str(tmp_path / "pairs"))
+  c = with_overrides(pairs_config.get_config("wan1.3b"), init_from=os.path.join(folder, "transformer"),
+                     **{"decoder.weights": folder, "data.path": str(tmp_path / "data"),
+                        "pairs.out_dir": str(tmp_path / "pairs"), "data.read_threads": 0,
+                        "pairs.num_pairs": 4, "pairs.pairs_per_part": 2, "pairs.batch_size": 2,
+                        "pairs.num_steps": 4, "pairs.eta_range": (0.5, 0.5), **tiny_text})
   assert pairs.main(c)["num_records"] == 4
   with open(tmp_path / "pairs" / "pairs_videos" / "index.jsonl") as f:
     index = [json.loads(line) for line in f]
@@ -276,19 +272,19 @@ def test_the_whole_real_model_path(wan, tmp_path):
                  out_dir=str(tmp_path / "pairs"), out_name="labeled")
   assert label_task.main(c)["labeled"] == 4
 
-  c = tiny_config("dense_dpo", str(tmp_path / "pairs"), total_steps=3,
-                  init_from=os.path.join(folder, "transformer"),
-                  **{"data.name": "labeled", "data.batch_size": 4, "mesh.num_devices": 1,
-                     **{f"model.{k}": v for k, v in model.items()}})
+  c = with_overrides(dense.get_config("wan1.3b"), init_from=os.path.join(folder, "transformer"),
+                     total_steps=3, log_every=1, **{
+                         "data.path": str(tmp_path / "pairs"), "data.name": "labeled",
+                         "data.batch_size": 4, "optim.accum_steps": 1, "data.read_threads": 0,
+                         "mesh.num_devices": 1, **tiny_text})
   history = train.train_and_evaluate(c, str(tmp_path / "dense"))
   assert abs(history[1]["loss"] - np.log(2)) < 1e-3 and history[3]["loss"] != history[1]["loss"]
 
-  c = evaluate_config.get_config()
-  c.data.update(**videos)
-  c.model.update(**model)
-  c.decoder.update(**decoder)
-  c.evaluate.update(models=f"base={folder}/transformer,dense={tmp_path / 'dense'}", judge="none",
-                    max_prompts=2, seeds_per_prompt=1, num_steps=4, batch_size=2)
+  c = with_overrides(evaluate_config.get_config("wan1.3b"), **{
+      "decoder.weights": folder, "data.path": str(tmp_path / "data"), "data.read_threads": 0,
+      "evaluate.models": f"base={folder}/transformer,dense={tmp_path / 'dense'}",
+      "evaluate.max_prompts": 2, "evaluate.seeds_per_prompt": 1, "evaluate.num_steps": 4,
+      "evaluate.batch_size": 2, **tiny_text})
   evaluate.main(c, str(tmp_path / "eval"))
   for name in ("base", "dense"):
     sample, fps = video_io.read_video(str(tmp_path / "eval" / "eval" / name / "sample_00001.mp4"))

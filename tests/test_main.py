@@ -156,3 +156,16 @@ def test_the_model_tool_lists_every_preset(monkeypatch, capsys):
   from densedpo_jax.model import FAMILIES
   out = _model_tool_output(monkeypatch, capsys)
   assert all(preset in out for _, presets in FAMILIES.values() for preset in presets)
+
+
+def test_the_wan_recipes_bundle_everything_but_paths():
+  from configs import evaluate, pairs
+  for c in (pairs.get_config("wan1.3b"), evaluate.get_config("wan14b")):
+    assert (c.model.family, c.model.dtype, c.model.scan_layers) == ("wan", "bfloat16", True)
+    assert (c.data.kind, c.decoder.kind, c.decoder.weights) == ("videos", "wan", "")
+  assert pairs.get_config("wan1.3b").pairs.frames_per_segment == 16  # 1 s at 16 fps.
+  assert evaluate.get_config("wan14b").model.param_dtype == "bfloat16"
+  with pytest.raises(ValueError, match="expected 'guided', 'vanilla', 'wan1.3b' or 'wan14b'"):
+    pairs.get_config("wan2.2")
+  with pytest.raises(ValueError, match="expected none, 'wan1.3b' or 'wan14b'"):
+    evaluate.get_config("paper")

@@ -24,7 +24,7 @@ from absl import logging
 
 from densedpo_jax import distributed, previews
 from densedpo_jax.objectives import sampling
-from densedpo_jax.training.builders import make_source, model_config
+from densedpo_jax.training.builders import make_source, model_config, with_overrides
 from densedpo_jax.data import arrayrecord_io
 
 METRICS = ("visual_quality", "temporal_consistency", "dynamic_degree", "fast_share", "mean_speed",
@@ -172,4 +172,8 @@ def export_samples(model_dir, videos: np.ndarray, prompts: list[str], fps: float
 
 
 def main(config: ml_collections.ConfigDict, workdir: str) -> dict:
-  return evaluate_models(config, workdir, make_source(config.data), model_config(config))
+  """The models share one architecture: its shape comes from the first model's weights (or from
+  `config.init_from` when set), the run fields (dtype, attention) from the config."""
+  first = next(iter(parse_models(config.evaluate.models).values()))
+  shaped = config if config.get("init_from") else with_overrides(config, init_from=first)
+  return evaluate_models(config, workdir, make_source(config.data), model_config(shaped))
