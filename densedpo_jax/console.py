@@ -80,7 +80,7 @@ class ConsoleFormatter(absl_logging.PythonFormatter):
 def setup(log_file: str | None, verbosity: int = 0) -> None:
   """Routes records as the module doc says. `log_file=None` keeps everything on the console's
   filter only (no file); a `gs://` path is not opened (Python's file handler writes local files)."""
-  _STATE["verbosity"], _STATE["log_file"] = verbosity, log_file
+  _STATE["verbosity"], _STATE["log_file"] = verbosity, None  # Set below once it is open.
   if verbosity < 1:
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
   # absl turns `--verbosity=1` into DEBUG for every logger; the console shows chatter at 1, and
@@ -100,6 +100,7 @@ def setup(log_file: str | None, verbosity: int = 0) -> None:
   if log_file and "://" not in log_file:
     os.makedirs(os.path.dirname(os.path.abspath(log_file)), exist_ok=True)
     file_handler = LogFileHandler(log_file)
+    _STATE["log_file"] = log_file
     file_handler.densedpo_log_file = True
     file_handler.setFormatter(absl_logging.PythonFormatter())
     file_handler.setLevel(logging.INFO)

@@ -73,7 +73,11 @@ def main(argv):
       run_task(config, workdir)
   except console.JobError as e:  # Its message is complete: one line, the traceback in the log.
     logging.info("The job stopped on:", exc_info=True, extra={console.FILE_ONLY: True})
-    print(f"error: {e} (details: {console.log_file()})", file=sys.stderr, flush=True)
+    if console.log_file():
+      print(f"error: {e} (details: {console.log_file()})", file=sys.stderr, flush=True)
+    else:  # No local log file (a gs:// workdir): the details go to the console.
+      logging.error("The job stopped on:", exc_info=True)
+      print(f"error: {e}", file=sys.stderr, flush=True)
     console.flush()
     if e.hard_exit:
       os._exit(1)

@@ -95,6 +95,11 @@ def test_a_cut_short_last_line_is_set_aside_at_start_and_the_server_starts(serve
   assert (tmp_path / "labels.jsonl.partial").read_text() == '{"id": "p1", "annotator": "ann", "segm\n'
   assert out.read_text() == whole
   assert store.done["p0"] == {"ann"} and store.done["p1"] == set()
+  # A whole record that only lacks its newline (written by hand) is kept, not set aside.
+  out.write_text(whole + whole.replace("p0", "p2").rstrip("\n"))
+  kept, _ = serve(out="labels.jsonl")
+  assert kept.notes == [] and kept.done["p2"] == {"ann"} and out.read_text().endswith("}\n")
+  out.write_text(whole)
   assert label(url, "ann")[0] == 200
   assert len(labels_io.parse_labels(str(out), {f"p{i}": 2 for i in range(6)})) == 2
   # A bad line in the middle is not a cut-short write: the start stops, naming file and line.
@@ -171,6 +176,7 @@ def test_ids_on_the_wire_tell_nothing_and_only_the_holder_may_label(serve, pairs
   status, out = call(f"{url}/api/label", {"annotator": "slow", "pair": first,
                                           "segments": ["left", "left"]})
   assert status == 409 and "take the next pair" in out["error"]
+  assert call(f"{url}/api/next?annotator=slow")[1]["pair"] != first  # Moved on, not stuck.
 
 
 def test_slow_and_malformed_clients_get_a_400_or_are_dropped(serve, monkeypatch):
@@ -184,6 +190,12 @@ def test_slow_and_malformed_clients_get_a_400_or_are_dropped(serve, monkeypatch)
                      b'"seconds": NaN}' % pid.encode(), "seconds")):
     status, out = call(f"{url}/api/label", raw)
     assert status == 400 and want in out["error"], (raw[:40], out)
+  # A Content-Length of digits that are not ASCII ('\xb2' is a superscript two): a 400.
+  with socket.create_connection((url[len("http://"):].split(":")[0], int(url.rsplit(":", 1)[1])),
+                                timeout=10) as sock:
+    sock.sendall(b"POST /api/label HTTP/1.1\r\nHost: 127.0.0.1:%s\r\nContent-Type: "
+                 b"application/json\r\nContent-Length: \xb2\r\n\r\n{}" % url.rsplit(":", 1)[1].encode())
+    assert sock.recv(1024).startswith(b"HTTP/1.0 400")
   # Slow-loris: headers and one body byte, then silence; the server hangs up.
   host, port = url[len("http://"):].split(":")
   with socket.create_connection((host, int(port)), timeout=10) as sock:

@@ -121,6 +121,10 @@ def test_a_non_finite_latent_names_how_many_and_where():
                                                r"2 non-finite value\(s\) \(NaN or Inf\), the first "
                                                r"at index \(3, 1, 0, 2\)"):
     schema.validate(bad, "s.array_record", 2)
+  big_endian = np.zeros(70000, ">f4")  # Large enough for the fast path, which reads native bits.
+  big_endian[5] = np.nan
+  with pytest.raises(schema.RecordError, match=r"holds 1 non-finite value\(s\) .* \(5,\)"):
+    schema.check_finite(big_endian, "text_emb")
   stored = dataclasses.replace(bad, latent_dtype="bfloat16")  # Checked in the stored dtype too.
   with pytest.raises(schema.RecordError, match="field 'latent_a': holds 2 non-finite"):
     codec.decode(codec.encode(stored, validate=False))

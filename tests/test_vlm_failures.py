@@ -70,6 +70,13 @@ def test_the_token_budget_reserves_tokens_for_calls_in_flight(vlm_server):
   assert len(s.bodies) == 2 and labeler.stats["tokens"] == 200 <= 250
 
 
+def test_a_token_budget_with_a_server_that_reports_no_usage_stops(vlm_server):
+  s = vlm_server(usage=False)
+  with pytest.raises(vlm.VLMError, match="reports no token usage, so max_total_tokens = 500"):
+    label(VLMLabeler(settings(s.url, max_total_tokens=500)), make_pair(0, [0], []))
+  assert len(s.bodies) == 1  # Known after the first call, before any other is paid for.
+
+
 def test_a_failed_format_probe_ends_the_probe_and_calls_run_concurrently(vlm_server):
   s = vlm_server(fail=[500], delay=0.3)
   labeler = VLMLabeler(settings(s.url, max_retries=0, concurrency=8, max_failure_share=1.0))

@@ -23,8 +23,8 @@ class Server:
   `fail`: statuses answered first, in order; `raw`: bytes sent instead of any reply (a broken
   server); `inflight` / `max_inflight`: requests being answered now / at most at once."""
 
-  def __init__(self, policy=None, json_ok=True, fail=(), delay=0.0, raw=None):
-    self.policy = policy or self.truthful
+  def __init__(self, policy=None, json_ok=True, fail=(), delay=0.0, raw=None, usage=True):
+    self.policy, self.usage = policy or self.truthful, usage
     self.json_ok, self.fail, self.delay, self.raw = json_ok, list(fail), delay, raw
     self.bodies, self.lock = [], threading.Lock()
     self.inflight = self.max_inflight = 0
@@ -72,8 +72,8 @@ class Server:
                          "model": body["model"], "choices": [{
                              "index": 0, "finish_reason": "stop",
                              "message": {"role": "assistant", "content": answer}}],
-                         "usage": {"prompt_tokens": 90, "completion_tokens": 10,
-                                   "total_tokens": 100}})
+                         **({"usage": {"prompt_tokens": 90, "completion_tokens": 10,
+                                       "total_tokens": 100}} if server.usage else {})})
 
       def _send(self, status, obj):
         data = json.dumps(obj).encode()

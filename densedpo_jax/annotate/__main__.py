@@ -12,6 +12,7 @@ import os
 import secrets
 import sys
 
+from densedpo_jax import console
 from densedpo_jax.annotate import report as report_lib
 from densedpo_jax.annotate.server import is_loopback, make_server
 from densedpo_jax.annotate.store import Store, gold_items, items_from_dataset
@@ -55,6 +56,13 @@ def serve(argv) -> None:
 
 def main(argv=None) -> None:
   argv = sys.argv[1:] if argv is None else argv
+  try:
+    run(argv)
+  except console.JobError as e:  # A label file that cannot be read: one line naming file:line.
+    raise SystemExit(f"error: {e}") from None
+
+
+def run(argv) -> None:
   if argv[:1] == ["report"]:
     parser = argparse.ArgumentParser(description="Report on an annotation label file.")
     parser.add_argument("labels")

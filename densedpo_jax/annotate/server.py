@@ -32,6 +32,7 @@ from typing import Any
 from urllib.parse import parse_qs, urlparse
 
 from densedpo_jax.annotate.store import NotLeased, Store
+from densedpo_jax.data import jsonl
 
 STATIC = {"/": ("index.html", "text/html; charset=utf-8"),
           "/static/app.js": ("app.js", "text/javascript; charset=utf-8"),
@@ -205,7 +206,7 @@ def make_handler(store: Store, token: str | None, hosts: frozenset[str] | None):
       if kind.split(";")[0].strip().lower() != "application/json":
         return self._json(415, {"error": f"Content-Type: expected application/json, got {kind[:80]!r}"})
       length = self.headers.get("Content-Length") or "0"
-      length = int(length) if length.isdigit() and len(length) < 10 else 0
+      length = int(length) if re.fullmatch(r"[0-9]{1,9}", length) else 0
       if not 0 < length <= MAX_BODY:
         return self._json(400, {"error": f"body: expected 1 to {MAX_BODY} bytes of JSON"})
       try:
@@ -230,6 +231,10 @@ def make_handler(store: Store, token: str | None, hosts: frozenset[str] | None):
           return self._json(409, {"error": f"pair: {annotator} already labeled {body['pair']!r}"})
       except NotLeased as e:
         return self._json(409, {"error": f"pair: {body['pair']!r} {e}"})
+      except jsonl.JsonlError as e:  # The file ends in a fragment someone else left.
+        print(f"annotate: ERROR a label by {annotator} was not saved: {e}", flush=True)
+        return self._json(500, {"error": "the server could not save this label (its label file "
+                                         "needs a restart of the server); nothing was recorded"})
       except OSError as e:
         full = e.errno in (errno.ENOSPC, errno.EDQUOT, errno.EFBIG)
         print(f"annotate: ERROR a label by {annotator} was not saved: {e}", flush=True)

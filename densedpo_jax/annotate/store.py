@@ -113,7 +113,8 @@ class Store:
     now = self.clock()
     with self.lock:
       for pid in self.order:
-        if annotator not in self.done[pid] and now - self.leases[pid].get(annotator, -1e18) < LEASE_SECONDS:
+        if (annotator not in self.done[pid] and len(self.done[pid]) < self.wanted(pid)
+            and now - self.leases[pid].get(annotator, -1e18) < LEASE_SECONDS):
           self.leases[pid][annotator] = now
           return self.items[pid]
       for pid in self.order:
@@ -146,6 +147,7 @@ class Store:
       if annotator not in self.leases[pair_id]:
         raise NotLeased(f"was not handed to {annotator} (ask /api/next first)")
       if len(self.done[pair_id]) >= self.wanted(pair_id):
+        self.leases[pair_id].pop(annotator, None)  # So /api/next moves on to another pair.
         raise NotLeased("already has its labels (your lease expired and it went to someone "
                         "else); take the next pair")
       jsonl.append(path, line)

@@ -103,6 +103,15 @@ def set_aside_partial_line(path: str) -> Optional[str]:
       return None
     keep = data.rfind(b"\n") + 1
     line = data.count(b"\n", 0, keep) + 1
+    try:  # A whole record written without its newline (by hand, by another tool): keep it.
+      whole = isinstance(json.loads(data[keep:]), dict)
+    except (ValueError, RecursionError):
+      whole = False
+    if whole:
+      f.write(b"\n")
+      f.flush()
+      os.fsync(f.fileno())
+      return None
     with open(path + ".partial", "ab") as aside:
       aside.write(data[keep:] + b"\n")
       aside.flush()

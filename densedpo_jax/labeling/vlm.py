@@ -176,6 +176,7 @@ class VLMLabeler(Labeler):
     self._tokens_per_call = 0  # The most tokens one call has used.
     self._reserved = 0  # Tokens held by calls in flight.
     self._last_error = ""
+    self._fatal: Optional[VLMError] = None  # The first error that makes every later call futile.
 
   @property
   def params(self) -> dict[str, Any]:
@@ -267,10 +268,18 @@ class VLMLabeler(Labeler):
     the probe ends whatever its outcome; a refusal (400 naming it) switches to free text."""
     s = self.settings
     kw = dict(model=s.model, messages=messages, temperature=s.temperature, max_tokens=s.max_tokens)
-    if s.max_total_tokens and not self._tokens_per_call:  # One call at a time until one reports usage.
-      async with self._calibration_lock:
-        return await self._complete_probed(kw)
-    return await self._complete_probed(kw)
+    try:
+      if self._fatal is not None:  # One call found the server unusable: no more are paid for.
+        raise self._fatal
+      if s.max_total_tokens and not self._tokens_per_call:  # One at a time until usage is known.
+        async with self._calibration_lock:
+          if self._fatal is not None:
+            raise self._fatal
+          return await self._complete_probed(kw)
+      return await self._complete_probed(kw)
+    except VLMError as e:
+      self._fatal = e
+      raise
 
   async def _complete_probed(self, kw) -> Optional[str]:
     if self._json and self.settings.json_schema == "auto" and not self._probed:
@@ -287,23 +296,20 @@ class VLMLabeler(Labeler):
     import openai
     s, failed = self.settings, 0
     while True:
-      reserved = self._reserve()
+      reserved, retry = self._reserve(), False
       try:
         response = await self._create(kw, json_mode=self._json)
       except openai.BadRequestError as e:
-        self._reserved -= reserved
-        if self._json and s.json_schema == "auto" and (
-            "response_format" in str(e) or "json" in str(e).lower()):
-          logging.warning("vlm: %s refused response_format; asking for free text", self._where())
-          self._json = False
-          continue
-        raise VLMError(f"vlm: {self._where()} refused the request (400): {str(e)[:300]}") from e
+        if not (self._json and s.json_schema == "auto" and (
+            "response_format" in str(e) or "json" in str(e).lower())):
+          raise VLMError(f"vlm: {self._where()} refused the request (400): {str(e)[:300]}") from e
+        logging.warning("vlm: %s refused response_format; asking for free text", self._where())
+        self._json = False
+        continue
       except (openai.AuthenticationError, openai.PermissionDeniedError, openai.NotFoundError) as e:
-        self._reserved -= reserved  # A wrong key, model or URL: every call would fail.
         raise VLMError(f"vlm: {self._where()}: {type(e).__name__} ({e.status_code}): "
-                       f"{str(e)[:300]}") from e
+                       f"{str(e)[:300]}") from e  # A wrong key, model or URL: every call fails.
       except (openai.APIStatusError, openai.APIConnectionError) as e:
-        self._reserved -= reserved
         status = getattr(e, "status_code", None)
         if status is not None and status not in (408, 409, 429) and status < 500:
           raise VLMError(f"vlm: {self._where()} answered {status}: {str(e)[:300]}") from e
@@ -316,12 +322,14 @@ class VLMLabeler(Labeler):
                            "written; is the server up and the URL right?") from e
           logging.warning("vlm: a question failed after %d attempts: %s", failed, self._last_error)
           return None
+        retry = True
+      except (openai.APIResponseValidationError, ValueError) as e:  # ValueError: not JSON.
+        raise self._malformed(getattr(e, "body", None) or getattr(e, "doc", None) or str(e)) from e
+      finally:  # Every way out of an attempt (cancellation included) gives its tokens back.
+        self._reserved -= reserved
+      if retry:
         await asyncio.sleep(min(s.retry_backoff_s * 2 ** (failed - 1), 30.0))
         continue
-      except (openai.APIResponseValidationError, ValueError) as e:  # ValueError: not JSON.
-        self._reserved -= reserved
-        raise self._malformed(getattr(e, "body", None) or getattr(e, "doc", None) or str(e)) from e
-      self._reserved -= reserved
       return self._text(response)
 
   def _malformed(self, snippet: Any) -> VLMError:
@@ -338,6 +346,10 @@ class VLMLabeler(Labeler):
       raise self._malformed(response) from None
     if text is not None and not isinstance(text, str):
       raise self._malformed(response)
+    if self.settings.max_total_tokens and not used:
+      raise VLMError(f"vlm: {self._where()} reports no token usage, so max_total_tokens = "
+                     f"{self.settings.max_total_tokens} cannot be kept; set it to 0 and bound the "
+                     "run with max_requests")
     self.stats["tokens"] += used
     self._tokens_per_call = max(self._tokens_per_call, used)
     return text or ""

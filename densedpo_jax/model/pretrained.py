@@ -164,9 +164,9 @@ def _relayout(manager, step: int, stored: Any, target: Any, source: str) -> Any:
   logging.warning("init_from: %s holds %s blocks and the model is %s: converting on load",
                   source, "scanned" if _scanned(stored) else "looped",
                   "scanned" if _scanned(target) else "looped")
-  device = jax.sharding.SingleDeviceSharding(jax.local_devices()[0])
+  host = jax.sharding.SingleDeviceSharding(jax.devices("cpu")[0])  # Host memory, not a GPU's.
   abstract = jax.tree_util.tree_map(
-      lambda m: jax.ShapeDtypeStruct(m.shape, m.dtype, sharding=device), stored)
+      lambda m: jax.ShapeDtypeStruct(m.shape, m.dtype, sharding=host), stored)
   params = manager.restore(step, args=ocp.args.Composite(
       params=ocp.args.StandardRestore(abstract)))["params"]
   params = unstack_blocks(params, depth) if _scanned(stored) else stack_blocks(params, depth)

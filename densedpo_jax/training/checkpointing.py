@@ -94,8 +94,10 @@ class RunCheckpointer:
         space = f"; {_gib(usage.free)} free of {_gib(usage.total)} there"
       except OSError:
         pass
-    kept = sorted(int(p.name) for p in self.directory.iterdir() if p.name.isdigit()) if (
-        self.directory.exists()) else []
+    try:
+      kept = sorted(self.manager.all_steps(read=True))  # Finished saves only.
+    except Exception:  # noqa: BLE001 (a listing error must not hide the write error)
+      kept = []
     when = f" at step {step}" if step is not None else " while finishing the last save"
     resume = (f"complete checkpoints kept: {kept}; free space and rerun to resume from step "
               f"{kept[-1]}" if kept else "no complete checkpoint yet; free space and rerun")
