@@ -37,3 +37,29 @@ def vlm_server():
   yield make
   for s in servers:
     s.close()
+
+
+@pytest.fixture
+def annotation_pairs(tmp_path):
+  """A pair dataset `<dir>/pairs` of 6 pairs (4 frames, 2 segments of 2) for the annotation page."""
+  from tests.helpers import write_pairs
+  return write_pairs(str(tmp_path / "pairs"), n=6)
+
+
+@pytest.fixture
+def annotation_server(annotation_pairs, tmp_path):
+  """`open(items=None, out="labels.jsonl", **store_kw) -> (store, url)`: annotation servers over
+  `annotation_pairs` (or `items`) on 127.0.0.1, labels in `tmp_path / out`; all shut down after."""
+  from densedpo_jax.annotate.store import Store, items_from_dataset
+  from tests.helpers import serve_in_thread
+  servers = []
+
+  def open_server(items=None, out="labels.jsonl", **kw):
+    store = Store(items or items_from_dataset(annotation_pairs, "pairs"), str(tmp_path / out), **kw)
+    server, url = serve_in_thread(store)
+    servers.append(server)
+    return store, url
+  yield open_server
+  for s in servers:
+    s.shutdown()
+    s.server_close()

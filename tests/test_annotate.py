@@ -10,33 +10,14 @@ from densedpo_jax.annotate import report as report_lib
 from densedpo_jax.annotate.server import make_server, to_record_labels
 from densedpo_jax.annotate.store import Store, gold_items, items_from_dataset
 from densedpo_jax.data import labels_io
-from tests.helpers import http_call as call, serve_in_thread as start, write_pairs
+from tests.helpers import http_call as call, serve_in_thread as start
 
 CHROMIUM = "/usr/bin/chromium"
 
 
-@pytest.fixture
-def pairs(tmp_path):
-  return write_pairs(str(tmp_path / "pairs"), n=6)  # 4 frames, 2 segments of 2 frames.
-
-
-@pytest.fixture
-def session(pairs, tmp_path):
-  servers = []
-
-  def open_session(**kw):
-    store = Store(items_from_dataset(pairs, "pairs"), str(tmp_path / "labels.jsonl"), **kw)
-    server, url = start(store)
-    servers.append(server)
-    return store, url
-  yield open_session
-  for s in servers:
-    s.shutdown()
-    s.server_close()
-
-
-def test_a_label_is_written_and_imports_in_the_records_order(session, pairs, tmp_path):
-  store, url = session()
+def test_a_label_is_written_and_imports_in_the_records_order(
+    annotation_server, annotation_pairs, tmp_path):
+  store, url = annotation_server()
   status, nxt = call(f"{url}/api/next?annotator=alice")
   assert status == 200 and nxt["num_segments"] == 2 and nxt["num_frames"] == 4
   status, png = call(f"{url}/api/frames?pair={nxt['pair']}&side=left&annotator=alice")
@@ -53,12 +34,13 @@ def test_a_label_is_written_and_imports_in_the_records_order(session, pairs, tmp
   assert parsed[pid]["global_label"] == want[0]
   line = json.loads(open(tmp_path / "labels.jsonl").read())
   assert line["annotator"] == "alice" and line["swapped"] == swapped and line["seconds"] == 12.5
-  counts = labels_io.import_labels(str(tmp_path / "labels.jsonl"), pairs, "pairs", pairs, "labeled")
+  counts = labels_io.import_labels(str(tmp_path / "labels.jsonl"), annotation_pairs, "pairs",
+                                   annotation_pairs, "labeled")
   assert counts["labeled"] == 1
 
 
-def test_bad_input_is_refused_naming_the_field_and_nothing_is_written(session, tmp_path):
-  store, url = session()
+def test_bad_input_is_refused_naming_the_field_and_nothing_is_written(annotation_server, tmp_path):
+  store, url = annotation_server()
   pid = call(f"{url}/api/next?annotator=bob")[1]["pair"]
   cases = [({"annotator": "b o b", "pair": pid, "segments": ["left", "tie"]}, "annotator"),
            ({"annotator": "bob", "pair": "nope", "segments": ["left", "tie"]}, "pair"),
@@ -79,14 +61,15 @@ def test_bad_input_is_refused_naming_the_field_and_nothing_is_written(session, t
   assert status == 200
 
 
-def test_annotators_get_different_pairs_and_a_restart_resumes(session, pairs, tmp_path):
-  store, url = session()
+def test_annotators_get_different_pairs_and_a_restart_resumes(
+    annotation_server, annotation_pairs, tmp_path):
+  store, url = annotation_server()
   a = call(f"{url}/api/next?annotator=alice")[1]["pair"]
   b = call(f"{url}/api/next?annotator=bob")[1]["pair"]
   assert a != b and call(f"{url}/api/next?annotator=alice")[1]["pair"] == a  # Still hers.
   call(f"{url}/api/label", {"annotator": "alice", "pair": a, "segments": ["left", "right"]})
   # A new server over the same file: alice resumes at her first unlabeled pair, never `a` again.
-  store2, url2 = session()
+  store2, url2 = annotation_server()
   seen = set()
   while True:
     nxt = call(f"{url2}/api/next?annotator=alice")[1]
@@ -104,7 +87,7 @@ def test_annotators_get_different_pairs_and_a_restart_resumes(session, pairs, tm
                                     "segments": ["left", "left"]})[0] == 409
   # With every pair shown to two people, bob gets pairs alice already did; their two lines import
   # as one label per pair: kept where they agree, a tie where they differ.
-  store3, url3 = session(double_share=1.0)
+  store3, url3 = annotation_server(double_share=1.0)
   nxt = call(f"{url3}/api/next?annotator=bob")[1]
   pid = store3.by_public[nxt["pair"]]
   alice = [json.loads(line) for line in open(tmp_path / "labels.jsonl")
@@ -118,8 +101,8 @@ def test_annotators_get_different_pairs_and_a_restart_resumes(session, pairs, tm
   assert parsed[pid]["segment_labels"].tolist() == [alice[0], 0]
 
 
-def test_a_token_is_required_off_loopback_and_no_path_escapes(pairs, tmp_path):
-  store = Store(items_from_dataset(pairs, "pairs"), str(tmp_path / "l.jsonl"))
+def test_a_token_is_required_off_loopback_and_no_path_escapes(annotation_pairs, tmp_path):
+  store = Store(items_from_dataset(annotation_pairs, "pairs"), str(tmp_path / "l.jsonl"))
   with pytest.raises(ValueError, match="token"):
     make_server(store, "0.0.0.0", 0)
   server, url = start(store, host="0.0.0.0", token="s3cret")
@@ -139,8 +122,8 @@ def test_a_token_is_required_off_loopback_and_no_path_escapes(pairs, tmp_path):
     server.server_close()
 
 
-def test_gold_pairs_and_the_report(pairs, tmp_path, capsys):
-  items = items_from_dataset(pairs, "pairs")
+def test_gold_pairs_and_the_report(annotation_pairs, tmp_path, capsys):
+  items = items_from_dataset(annotation_pairs, "pairs")
   gold = gold_items(items, 2)
   assert gold[0].gold == [0, 0] and np.array_equal(gold[0].frames[0], gold[0].frames[1])
   assert sorted(abs(v) for v in gold[1].gold) == [0, 1]
@@ -169,9 +152,9 @@ def test_gold_pairs_and_the_report(pairs, tmp_path, capsys):
 
 @pytest.mark.e2e
 @pytest.mark.skipif(not os.path.exists(CHROMIUM), reason=f"{CHROMIUM} is absent (apt-get install chromium)")
-def test_a_person_labels_a_pair_with_the_keyboard_in_a_real_browser(session, tmp_path):
+def test_a_person_labels_a_pair_with_the_keyboard_in_a_real_browser(annotation_server, tmp_path):
   playwright = pytest.importorskip("playwright.sync_api")
-  store, url = session()
+  store, url = annotation_server()
   with playwright.sync_playwright() as p:
     # A fresh user-data dir; never a downloaded browser.
     context = p.chromium.launch_persistent_context(

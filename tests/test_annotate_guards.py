@@ -13,29 +13,9 @@ import time
 import pytest
 
 from densedpo_jax.annotate import server as server_lib
-from densedpo_jax.annotate.store import Store, gold_items, items_from_dataset
+from densedpo_jax.annotate.store import gold_items, items_from_dataset
 from densedpo_jax.data import jsonl, labels_io
-from tests.helpers import http_call as call, serve_in_thread, write_pairs
-
-
-@pytest.fixture
-def pairs(tmp_path):
-  return write_pairs(str(tmp_path / "pairs"), n=6)  # 2 segments a pair.
-
-
-@pytest.fixture
-def serve(pairs, tmp_path):
-  servers = []
-
-  def open_server(items=None, out="labels.jsonl", **kw):
-    store = Store(items or items_from_dataset(pairs, "pairs"), str(tmp_path / out), **kw)
-    server, url = serve_in_thread(store)
-    servers.append(server)
-    return store, url
-  yield open_server
-  for s in servers:
-    s.shutdown()
-    s.server_close()
+from tests.helpers import http_call as call
 
 
 def label(url, annotator):
@@ -57,9 +37,10 @@ server.serve_forever()
 """
 
 
-def test_a_full_disk_mid_line_loses_no_accepted_label(pairs, tmp_path):
+def test_a_full_disk_mid_line_loses_no_accepted_label(annotation_pairs, tmp_path):
   out = str(tmp_path / "labels.jsonl")
-  proc = subprocess.Popen([sys.executable, "-c", SERVER, pairs, out], stdout=subprocess.PIPE,
+  proc = subprocess.Popen([sys.executable, "-c", SERVER, annotation_pairs, out],
+                          stdout=subprocess.PIPE,
                           text=True, cwd=os.getcwd())
   try:
     url = f"http://127.0.0.1:{proc.stdout.readline().strip()}"
@@ -86,18 +67,19 @@ def test_a_full_disk_mid_line_loses_no_accepted_label(pairs, tmp_path):
   assert sorted(parsed) == sorted(d["id"] for d in lines)
 
 
-def test_a_cut_short_last_line_is_set_aside_at_start_and_the_server_starts(serve, tmp_path):
+def test_a_cut_short_last_line_is_set_aside_at_start_and_the_server_starts(
+    annotation_server, tmp_path):
   out = tmp_path / "labels.jsonl"
   whole = json.dumps({"id": "p0", "annotator": "ann", "segment_labels": [1, 0]}) + "\n"
   out.write_text(whole + '{"id": "p1", "annotator": "ann", "segm')  # A crash mid-write.
-  store, url = serve()
+  store, url = annotation_server()
   assert len(store.notes) == 1 and store.notes[0].startswith(f"{out}:2: an incomplete last line")
   assert (tmp_path / "labels.jsonl.partial").read_text() == '{"id": "p1", "annotator": "ann", "segm\n'
   assert out.read_text() == whole
   assert store.done["p0"] == {"ann"} and store.done["p1"] == set()
   # A whole record that only lacks its newline (written by hand) is kept, not set aside.
   out.write_text(whole + whole.replace("p0", "p2").rstrip("\n"))
-  kept, _ = serve(out="labels.jsonl")
+  kept, _ = annotation_server(out="labels.jsonl")
   assert kept.notes == [] and kept.done["p2"] == {"ann"} and out.read_text().endswith("}\n")
   out.write_text(whole)
   assert label(url, "ann")[0] == 200
@@ -105,10 +87,10 @@ def test_a_cut_short_last_line_is_set_aside_at_start_and_the_server_starts(serve
   # A bad line in the middle is not a cut-short write: the start stops, naming file and line.
   out.write_text(whole + "{oops\n" + whole)
   with pytest.raises(jsonl.JsonlError, match=re.escape(f"{out}:2: not valid JSON")):
-    serve()
+    annotation_server()
   out.write_bytes(whole.encode() + b'{"id": "p1\xff"}\n')
   with pytest.raises(jsonl.JsonlError, match=re.escape(f"{out}:2: not UTF-8 text (byte 0xff")):
-    serve()
+    annotation_server()
 
 
 def test_a_failed_append_cuts_the_file_back_and_raises_naming_it(tmp_path):
@@ -130,8 +112,8 @@ def test_a_failed_append_cuts_the_file_back_and_raises_naming_it(tmp_path):
     jsonl.append(path, {"c": 3})
 
 
-def test_other_sites_and_foreign_hosts_are_refused(serve, tmp_path):
-  store, url = serve()
+def test_other_sites_and_foreign_hosts_are_refused(annotation_server, tmp_path):
+  store, url = annotation_server()
   port = url.rsplit(":", 1)[1]
   pid = call(f"{url}/api/next?annotator=ann")[1]["pair"]
   body = {"annotator": "ann", "pair": pid, "segments": ["left", "tie"]}
@@ -152,9 +134,10 @@ def test_other_sites_and_foreign_hosts_are_refused(serve, tmp_path):
   assert call(f"{url}/api/label", body, headers={"Origin": url})[0] == 200
 
 
-def test_ids_on_the_wire_tell_nothing_and_only_the_holder_may_label(serve, pairs):
-  items = items_from_dataset(pairs, "pairs")
-  store, url = serve(items=items + gold_items(items, 4))
+def test_ids_on_the_wire_tell_nothing_and_only_the_holder_may_label(
+    annotation_server, annotation_pairs):
+  items = items_from_dataset(annotation_pairs, "pairs")
+  store, url = annotation_server(items=items + gold_items(items, 4))
   seen = set()
   while not (nxt := call(f"{url}/api/next?annotator=ann")[1])["done"]:
     assert re.fullmatch(r"[0-9a-f]{20}", nxt["pair"]), nxt["pair"]
@@ -168,7 +151,7 @@ def test_ids_on_the_wire_tell_nothing_and_only_the_holder_may_label(serve, pairs
   assert status == 409 and "was not handed to bob" in out["error"] and "p0" not in out["error"]
   # A lease that expired and went to someone else: the late submission is refused, once labeled.
   clock = [0.0]
-  store, url = serve(out="other.jsonl", clock=lambda: clock[0])
+  store, url = annotation_server(out="other.jsonl", clock=lambda: clock[0])
   first = call(f"{url}/api/next?annotator=slow")[1]["pair"]
   clock[0] = 10_000.0
   assert call(f"{url}/api/next?annotator=fast")[1]["pair"] == first
@@ -179,9 +162,9 @@ def test_ids_on_the_wire_tell_nothing_and_only_the_holder_may_label(serve, pairs
   assert call(f"{url}/api/next?annotator=slow")[1]["pair"] != first  # Moved on, not stuck.
 
 
-def test_slow_and_malformed_clients_get_a_400_or_are_dropped(serve, monkeypatch):
+def test_slow_and_malformed_clients_get_a_400_or_are_dropped(annotation_server, monkeypatch):
   monkeypatch.setattr(server_lib, "READ_TIMEOUT_S", 0.5)
-  store, url = serve()
+  store, url = annotation_server()
   pid = call(f"{url}/api/next?annotator=ann")[1]["pair"]
   for raw, want in ((b"[" * 60000, "not valid JSON"),
                     (b'{"annotator": "ann", "pair": "%s", "segments": ["left", "tie"], '

@@ -14,7 +14,7 @@ from PIL import Image
 pytest.importorskip("openai")
 
 from densedpo_jax.data import arrayrecord_io  # noqa: E402
-from densedpo_jax.labeling import agreement, vlm  # noqa: E402
+from densedpo_jax.labeling import agreement, vlm, vlm_prompt  # noqa: E402
 from densedpo_jax.labeling.vlm import VLMLabeler  # noqa: E402
 from tests.vlm_server import PER, T, Server, label, make_pair, settings  # noqa: E402
 
@@ -30,7 +30,7 @@ def test_request_shape_and_labels_from_what_the_server_sees(vlm_server):
   assert body["model"] == "scripted-vl" and body["response_format"]["type"] == "json_schema"
   kinds = [p["type"] for p in content]
   assert kinds == ["text"] + ["image_url"] * 4 + ["text"] + ["image_url"] * 4 + ["text"]
-  assert content[0]["text"] == vlm.FIRST_INTRO and content[5]["text"] == vlm.SECOND_INTRO
+  assert content[0]["text"] == vlm_prompt.FIRST_INTRO and content[5]["text"] == vlm_prompt.SECOND_INTRO
   assert "a red circle moves left" in content[-1]["text"] and "tie" in content[-1]["text"]
   first_image = Image.open(io.BytesIO(base64.b64decode(content[1]["image_url"]["url"].split(",")[1])))
   assert first_image.format == "JPEG" and max(first_image.size) == 64
@@ -167,7 +167,7 @@ def test_task_label_with_a_server_that_errs_on_a_known_share(vlm_server, tmp_pat
                                agreement.load_labels(str(reference)))
   nontie = [(pid, k) for pid, v in truth.items() for k, x in enumerate(v) if x != 0]
   erred = 0
-  as_sent = lambda frame: np.asarray(Image.open(io.BytesIO(base64.b64decode(vlm.jpeg_data_url(
+  as_sent = lambda frame: np.asarray(Image.open(io.BytesIO(base64.b64decode(vlm_prompt.jpeg_data_url(
       np.round((np.clip(frame, -1, 1) + 1) * 127.5).astype(np.uint8), 64, 90).split(",")[1]))))
   for pid, k in nontie:
     p = pairs[int(pid[1:])]

@@ -10,7 +10,8 @@ pytest.importorskip("openai")
 
 from densedpo_jax.data import arrayrecord_io  # noqa: E402
 from densedpo_jax.labeling import vlm  # noqa: E402
-from densedpo_jax.labeling.vlm import VLMLabeler, parse_verdict  # noqa: E402
+from densedpo_jax.labeling.vlm import VLMLabeler  # noqa: E402
+from densedpo_jax.labeling.vlm_prompt import parse_verdict  # noqa: E402
 from tests.vlm_server import label, make_pair, settings  # noqa: E402
 
 

@@ -2,7 +2,6 @@
 our converter -> Flax, so these tests exercise the real import and export paths. No download:
 every model is built from a config. Needs the `[interop]` extra (torch, diffusers, peft)."""
 import json
-import os
 import re
 
 import jax
@@ -261,11 +260,16 @@ def test_lora_adapter_off_is_the_base_and_exported_adapter_loads_in_diffusers(tr
   file = str(tmp_path / "adapter.safetensors")
   summary = export_diffusers.export_lora(str(root / "run"), file)
   assert summary["tensors"] == 2 * 2 * 10  # lora_A and lora_B, 2 blocks, 10 targets.
+  assert _rel(ours, _with_lora_file(model, file, x, t, text, mask)) <= 1e-4
+
+
+def _with_lora_file(model, file, x, t, text, mask):
+  """The torch model's output with the LoRA file loaded by diffusers' `load_lora_weights`."""
   pipe = diffusers.WanPipeline(tokenizer=None, text_encoder=None, vae=None, scheduler=None,
                                transformer=model)
   pipe.load_lora_weights(file)
   try:
-    assert _rel(ours, _torch_forward(pipe.transformer, x, t, text, mask)) <= 1e-4
+    return _torch_forward(pipe.transformer, x, t, text, mask)
   finally:
     pipe.unload_lora_weights()
 
@@ -291,13 +295,7 @@ def test_comfyui_layout_export_loads_through_diffusers_own_converter(trained, tm
   x, t, text, mask = _inputs(_fresh())
   ours = build(lora_cfg).apply({"params": base["params"], "lora": state["trainable"]},
                                *map(jnp.asarray, (x, t, text, mask)))
-  pipe = diffusers.WanPipeline(tokenizer=None, text_encoder=None, vae=None, scheduler=None,
-                               transformer=model)
-  pipe.load_lora_weights(file)
-  try:
-    assert _rel(ours, _torch_forward(pipe.transformer, x, t, text, mask)) <= 1e-4
-  finally:
-    pipe.unload_lora_weights()
+  assert _rel(ours, _with_lora_file(model, file, x, t, text, mask)) <= 1e-4
 
 
 def test_merged_export_loads_in_diffusers(trained, tmp_path):

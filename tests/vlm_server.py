@@ -12,7 +12,7 @@ import numpy as np
 from PIL import Image
 
 from densedpo_jax.data import schema
-from densedpo_jax.labeling import vlm
+from densedpo_jax.labeling import vlm_prompt
 from densedpo_jax.labeling.vlm import VLMSettings
 
 T, SIDE, PER = 16, 16, 4  # 16 frames of 16 x 16 at 8 fps, 4-frame segments: 4 segments.
@@ -65,7 +65,7 @@ class Server:
                                             "type": "invalid_request_error"}})
         first, second = server.blocks(body)
         answer = server.policy(marked(first), marked(second), body)
-        if answer in vlm.VERDICTS:
+        if answer in vlm_prompt.VERDICTS:
           answer = (json.dumps({"verdict": answer, "reason": "marker"})
                     if "response_format" in body else f"{answer.capitalize()}: the other has a blob")
         self._send(200, {"id": "x", "object": "chat.completion", "created": 0,
@@ -97,7 +97,7 @@ class Server:
     blocks, current = [[], []], None
     for part in body["messages"][0]["content"]:
       if part["type"] == "text":
-        current = {vlm.FIRST_INTRO: 0, vlm.SECOND_INTRO: 1}.get(part["text"], current)
+        current = {vlm_prompt.FIRST_INTRO: 0, vlm_prompt.SECOND_INTRO: 1}.get(part["text"], current)
       else:
         data = base64.b64decode(part["image_url"]["url"].split(",", 1)[1])
         blocks[current].append(np.asarray(Image.open(io.BytesIO(data)).convert("RGB")))

@@ -53,7 +53,7 @@ def export_lora(workdir: str, out: str, step: int | None = None, layout: str = "
   lora = state.get("ema") or state["trainable"]
   tensors, metadata = wan_weights.lora_to_peft(lora, cfg)
   if layout == "wan":
-    tensors = wan_weights.lora_to_wan_original(lora, cfg)
+    tensors = wan_weights.peft_to_wan_original(tensors, metadata)
     _save_safetensors(tensors, out, {"format": "pt"})
   else:
     _save_safetensors(tensors, out, {"format": "pt",

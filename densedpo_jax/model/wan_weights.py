@@ -256,12 +256,12 @@ WAN_ORIGINAL_MODULES = {
 assert set(WAN_ORIGINAL_MODULES) == set(LORA_MODULES.values())
 
 
-def lora_to_wan_original(lora: Any, cfg: WanConfig) -> dict[str, np.ndarray]:
-  """Our `'lora'` tree -> a LoRA state dict in the original Wan key layout, which ComfyUI and
-  musubi-tuner load: `diffusion_model.blocks.N.self_attn.q.lora_down.weight` `[r, in]`,
-  `.lora_up.weight` `[out, r]` and `.alpha` (a float32 scalar; the update is
+def peft_to_wan_original(peft: dict[str, np.ndarray], metadata: dict[str, Any]
+                         ) -> dict[str, np.ndarray]:
+  """`lora_to_peft`'s output (prefix 'transformer') -> a LoRA state dict in the original Wan key
+  layout, which ComfyUI and musubi-tuner load: `diffusion_model.blocks.N.self_attn.q.lora_down
+  .weight` `[r, in]`, `.lora_up.weight` `[out, r]` and `.alpha` (a float32 scalar; the update is
   `(alpha / r) up @ down`)."""
-  peft, metadata = lora_to_peft(lora, cfg, prefix="transformer")
   alpha = np.asarray(metadata["transformer.lora_alpha"], np.float32)
   out = {}
   for target in metadata["transformer.target_modules"]:
