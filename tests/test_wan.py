@@ -166,14 +166,17 @@ def test_the_trainer_never_imports_torch_or_interop():
   assert result.returncode == 0, result.stdout + result.stderr
 
 
-def test_forward_flops_match_xla_cost_analysis():
-  cfg = tiny_wan(lora=LoRAConfig(rank=4), width=64, ffn_dim=96)
+@pytest.mark.parametrize("variant", [{}, dict(in_channels=36, out_channels=16, image_dim=48)])
+def test_forward_flops_match_xla_cost_analysis(variant):
+  cfg = tiny_wan(lora=LoRAConfig(rank=4), width=64, ffn_dim=96, **variant)
   x, t, text, mask = _inputs(0, cfg, f=4, h=8, w=8)
+  kw = {"image_emb": jnp.ones((2, 9, cfg.image_dim))} if cfg.image_dim else {}
   variables = build(cfg).init(jax.random.key(0), x, t, text, mask)
-  compiled = jax.jit(lambda v: build(cfg).apply(v, x, t, text, mask)).lower(variables).compile()
+  compiled = jax.jit(lambda v: build(cfg).apply(v, x, t, text, mask, **kw)).lower(
+      variables).compile()
   cost = compiled.cost_analysis()
   cost = cost[0] if isinstance(cost, (list, tuple)) else cost
-  ours = forward_flops(cfg, 2, 4, 8, 8, text_len=5)  # Counts the 8 padded text tokens itself.
+  ours = forward_flops(cfg, 2, 4, 8, 8, text_len=5, image_tokens=9)  # Pads the text to 8 itself.
   # XLA also counts elementwise work, which our matmul-only count leaves out.
   assert 0.85 * cost["flops"] < ours <= 1.0 * cost["flops"]
 

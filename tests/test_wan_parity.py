@@ -108,7 +108,7 @@ def test_condition_embedder_and_one_block_equal_diffusers(tiny):
   module, variables = load_pretrained(folder, text_len=TEXT_LEN)
   cfg, params = module.cfg, variables["params"]
   _, t, text, _ = _inputs(_fresh())
-  temb, proj, context = WanConditionEmbedder(cfg).apply(
+  temb, proj, context, _ = WanConditionEmbedder(cfg).apply(
       {"params": params["condition_embedder"]}, jnp.asarray(t), jnp.asarray(text))
   with torch.no_grad():
     temb_ref, proj_ref, ctx_ref, _ = model.condition_embedder(torch.from_numpy(t * 1000),
@@ -121,7 +121,7 @@ def test_condition_embedder_and_one_block_equal_diffusers(tiny):
   x = rng.normal(size=(2, 60, cfg.width)).astype(np.float32)
   enc = rng.normal(size=(2, TEXT_LEN, cfg.width)).astype(np.float32)
   cos, sin = rope_3d((3, 4, 5), cfg.head_dim)
-  out, _ = WanBlock(cfg).apply({"params": params["block_0"]}, jnp.asarray(x), proj,
+  out, _ = WanBlock(cfg).apply({"params": params["block_0"]}, jnp.asarray(x), proj[:, None],
                                jnp.asarray(enc), jnp.ones((2, TEXT_LEN), bool), cos, sin)
   with torch.no_grad():
     rotary = model.rope(torch.zeros(1, 16, 3, 8, 10))
@@ -163,7 +163,7 @@ def test_real_sizes_key_and_shape_lists_match_the_presets(preset, tensors):
     model = diffusers.WanTransformer3DModel(**diffusers_cfg)
   state = {k: tuple(v.shape) for k, v in model.state_dict().items()}
   assert len(state) == tensors
-  table = wan_weights.rules(cfg.depth)
+  table = wan_weights.rules(cfg)
   assert set(state) == set(table)
   ours = {"/".join(k): v.shape for k, v in
           traverse_util.flatten_dict(nn.unbox(abstract_params(cfg))).items()}

@@ -28,7 +28,7 @@ def convert_wan(src: str, dst: str, dtype: str = "float32", scan_layers: bool = 
   params = wan_weights.load_diffusers(src, cfg)
   pretrained.save_params(dst, params, cfg)
   leaves = list(traverse_util.flatten_dict(params).values())
-  return {"tensors": len(wan_weights.rules(cfg.depth)),
+  return {"tensors": len(wan_weights.rules(cfg)),
           "parameters": int(sum(np.prod(v.shape) for v in leaves)),
           "bytes": int(sum(v.nbytes for v in leaves)), "seconds": time.time() - start,
           "config": cfg}

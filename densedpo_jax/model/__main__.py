@@ -14,6 +14,10 @@ TYPICAL_INPUT = {
     "paper": ((13, 60, 104), 226),
     "wan2.1-t2v-1.3b": ((21, 60, 104), 512),  # 81 frames of 480x832 through the Wan VAE.
     "wan2.1-t2v-14b": ((21, 60, 104), 512),
+    "wan2.1-i2v-14b": ((21, 60, 104), 512),  # 480P; the image branch adds 257 CLIP tokens.
+    "wan2.2-ti2v-5b": ((31, 44, 80), 512),   # 121 frames of 704x1280 through the Wan 2.2 VAE.
+    "wan2.2-t2v-a14b": ((21, 60, 104), 512),  # One expert of the pair.
+    "wan2.2-i2v-a14b": ((21, 60, 104), 512),
 }
 
 

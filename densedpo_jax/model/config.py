@@ -1,7 +1,7 @@
 """Model configurations (VideoDiT, Wan 2.1, LoRA) and their size presets: one place for all of them.
 
 Two families share one interface: `family='dit'` (the project's VideoDiT) and `family='wan'`
-(Wan 2.1's transformer, numerically equal to diffusers' `WanTransformer3DModel`).
+(the Wan 2.1 / 2.2 transformers, numerically equal to diffusers' `WanTransformer3DModel`).
 """
 from __future__ import annotations
 
@@ -95,6 +95,15 @@ class DiTConfig:
     pt, ph, pw = self.patch_size
     return pt * ph * pw * self.in_channels
 
+  @property
+  def latent_channels(self) -> int:
+    """Channels of the latent video the model predicts (its output)."""
+    return self.in_channels
+
+  @property
+  def out_patch_dim(self) -> int:
+    return self.patch_dim
+
   def replace(self, **kw: Any) -> "DiTConfig":
     if isinstance(kw.get("lora"), dict):
       kw["lora"] = LoRAConfig(**kw["lora"])
@@ -122,14 +131,22 @@ def get_dit_config(preset: str, **overrides: Any) -> DiTConfig:
 
 @dataclasses.dataclass(frozen=True)
 class WanConfig:
-  """Wan 2.1 text-to-video transformer (diffusers `WanTransformer3DModel`, T2V: no image branch).
+  """A Wan transformer (diffusers `WanTransformer3DModel`): Wan 2.1 / 2.2, text- or image-to-video.
 
-  Field names match `DiTConfig` where the concept is the same; `ffn_dim`, `eps`, `text_len` and
-  `cross_attn_mask` are Wan's own. Inputs are latents `[B, F, H, W, in_channels]` (16 channels of
-  the Wan VAE: 4x temporal, 8x spatial compression) and umT5 embeddings `[B, L, text_dim]`.
+  Field names match `DiTConfig` where the concept is the same; `ffn_dim`, `eps`, `text_len`,
+  `cross_attn_mask`, `out_channels` and `image_dim` are Wan's own. Inputs are latents
+  `[B, F, H, W, in_channels]` and umT5 embeddings `[B, L, text_dim]`:
+
+    text-to-video (Wan 2.1, Wan 2.2 A14B)  in 16 = out (the Wan 2.1 VAE: 4x time, 8x space)
+    Wan 2.2 TI2V-5B                        in 48 = out (the Wan 2.2 VAE: 4x time, 16x space)
+    image-to-video (Wan 2.1 I2V, 2.2 I2V)  in 36 = 16 noisy + 4 mask + 16 condition, out 16;
+                                           Wan 2.1 I2V also attends to CLIP image features
+                                           `[B, 257, image_dim]` (image_dim 1280)
   """
   patch_size: tuple[int, int, int] = (1, 2, 2)
   in_channels: int = 16
+  out_channels: int = 0  # 0: the same as in_channels (text-to-video, TI2V).
+  image_dim: int = 0  # > 0: the Wan 2.1 I2V image branch (CLIP features of this width).
   width: int = 1536
   depth: int = 30
   num_heads: int = 12
@@ -160,6 +177,9 @@ class WanConfig:
                        f"{ATTENTION_IMPLS}")
     if len(self.patch_size) != 3 or min(self.patch_size) < 1:
       raise ValueError(f"WanConfig.patch_size={self.patch_size}; expected three positive ints")
+    if self.out_channels < 0 or self.image_dim < 0:
+      raise ValueError(f"WanConfig: out_channels={self.out_channels}, image_dim={self.image_dim}; "
+                       "expected >= 0 (0: out_channels = in_channels, no image branch)")
     for name in ("dtype", "param_dtype"):
       jnp.dtype(getattr(self, name))
 
@@ -171,11 +191,28 @@ class WanConfig:
   def mlp_dim(self) -> int:
     return self.ffn_dim
 
+  @property
+  def latent_channels(self) -> int:
+    """Channels of the latent video the model predicts (its output)."""
+    return self.out_channels or self.in_channels
 
+  @property
+  def out_patch_dim(self) -> int:
+    pt, ph, pw = self.patch_size
+    return pt * ph * pw * self.latent_channels
+
+
+_WAN_14B = dict(width=5120, depth=40, num_heads=40, ffn_dim=13824)
 WAN_PRESETS: dict[str, WanConfig] = {
-    # Wan-AI/Wan2.1-T2V-1.3B-Diffusers and Wan-AI/Wan2.1-T2V-14B-Diffusers (transformer/config.json).
+    # The transformer/config.json of the Wan-AI/*-Diffusers checkpoints. Both experts of a Wan 2.2
+    # A14B model (transformer/ and transformer_2/) have the same shape; the 480P and 720P Wan 2.1
+    # I2V models too.
     "wan2.1-t2v-1.3b": WanConfig(width=1536, depth=30, num_heads=12, ffn_dim=8960),
-    "wan2.1-t2v-14b": WanConfig(width=5120, depth=40, num_heads=40, ffn_dim=13824),
+    "wan2.1-t2v-14b": WanConfig(**_WAN_14B),
+    "wan2.1-i2v-14b": WanConfig(in_channels=36, out_channels=16, image_dim=1280, **_WAN_14B),
+    "wan2.2-ti2v-5b": WanConfig(in_channels=48, width=3072, depth=30, num_heads=24, ffn_dim=14336),
+    "wan2.2-t2v-a14b": WanConfig(**_WAN_14B),
+    "wan2.2-i2v-a14b": WanConfig(in_channels=36, out_channels=16, **_WAN_14B),
 }
 FAMILIES: dict[str, tuple[type, dict[str, Any]]] = {"dit": (DiTConfig, PRESETS),
                                                     "wan": (WanConfig, WAN_PRESETS)}

@@ -15,12 +15,13 @@ def param_count(cfg: ModelConfig, collection: str = "params") -> int:
 
 
 def forward_flops(cfg: ModelConfig, batch: int, frames: int, height: int, width: int,
-                  text_len: int, lora_enabled: bool = True) -> float:
+                  text_len: int, lora_enabled: bool = True, image_tokens: int = 257) -> float:
   """Matmul FLOPs (2 per multiply-add) of one forward pass on `[batch, frames, height, width, C]`.
 
   Elementwise work (norms, softmax, RoPE) is left out: it is a few percent at these sizes and
   is not what the MXU / tensor cores run. Backward costs about twice the forward. Wan attends to
-  its text padded to `cfg.text_len` tokens (unless `cross_attn_mask`), so that is its `text_len`.
+  its text padded to `cfg.text_len` tokens (unless `cross_attn_mask`), so that is its `text_len`;
+  a Wan model with an image branch (`image_dim`) also attends to `image_tokens` CLIP tokens.
   """
   wan = family_of(cfg) == "wan"
   if wan and not cfg.cross_attn_mask:
@@ -32,7 +33,10 @@ def forward_flops(cfg: ModelConfig, batch: int, frames: int, height: int, width:
   cross_attn = 2 * n * d * d + 2 * l * d * d + 2 * n * l * d
   mlp = 2 * n * d * m
   adaln = 0 if wan else 6 * d * d  # Wan projects the time embedding to 6 D once, not per block.
-  block = self_attn + cross_attn + mlp + adaln
+  image = wan and cfg.image_dim > 0
+  m_img = image_tokens if image else 0
+  image_attn = 2 * m_img * d * d + 2 * n * m_img * d  # add_k / add_v projections, attention.
+  block = self_attn + cross_attn + mlp + adaln + image_attn
   lora = 0
   if lora_enabled and cfg.lora.rank > 0:
     tokens_io = {"self_q": (n, d, d), "self_k": (n, d, d), "self_v": (n, d, d),
@@ -41,10 +45,11 @@ def forward_flops(cfg: ModelConfig, batch: int, frames: int, height: int, width:
                  "mlp_out": (n, m, d)}
     lora = sum(tok * cfg.lora.rank * (i + o) for tgt, (tok, i, o) in tokens_io.items()
                if cfg.lora.applies_to(tgt))
-  embed = n * p * d + n * d * p + 2 * d * d  # Patch embed, final projection, final adaLN.
+  embed = n * p * d + n * d * cfg.out_patch_dim + 2 * d * d  # Patch embed, output, final adaLN.
   cond = cfg.time_freq_dim * d + d * d + l * (cfg.text_dim * d + d * d)
   if wan:
     cond += 6 * d * d - 2 * d * d  # time_proj; the head's table has no matmul.
+    cond += m_img * (cfg.image_dim * cfg.image_dim + cfg.image_dim * d)  # The image embedder.
   elif cfg.pooled_text_cond:
     cond += cfg.text_dim * d + d * d
   return float(2 * batch * (cfg.depth * (block + lora) + embed + cond))

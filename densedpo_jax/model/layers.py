@@ -133,14 +133,19 @@ class Mlp(nn.Module):
                      name=self.names[1], **kw)(h)
 
 
-def check_inputs(model: str, cfg, x: Array, t: Array, text: Array, text_mask: Array) -> None:
-  """Shape checks shared by the models' calls; errors name the argument and the expected shape."""
+def check_inputs(model: str, cfg, x: Array, t: Array, text: Array, text_mask: Array,
+                 per_frame_t: bool = False) -> None:
+  """Shape checks shared by the models' calls; errors name the argument and the expected shape.
+
+  `per_frame_t`: the model also takes a noise level per latent frame, `t [B, T]`.
+  """
   if x.ndim != 5 or x.shape[-1] != cfg.in_channels:
     raise ValueError(f"{model}: x has shape {x.shape}; expected [B, T, H, W, C] with "
                      f"C = in_channels = {cfg.in_channels}")
   b = x.shape[0]
-  if t.shape != (b,):
-    raise ValueError(f"{model}: t has shape {t.shape}; expected [B] = ({b},)")
+  if t.shape != (b,) and not (per_frame_t and t.shape == (b, x.shape[1])):
+    want = f"[B] = ({b},)" + (f" or [B, T] = ({b}, {x.shape[1]})" if per_frame_t else "")
+    raise ValueError(f"{model}: t has shape {t.shape}; expected {want}")
   if text.ndim != 3 or text.shape[0] != b or text.shape[-1] != cfg.text_dim:
     raise ValueError(f"{model}: text has shape {text.shape}; expected [B, L, text_dim] = "
                      f"({b}, L, {cfg.text_dim})")

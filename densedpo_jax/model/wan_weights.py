@@ -1,4 +1,4 @@
-"""Wan 2.1 weights between diffusers (`WanTransformer3DModel`) and our Flax `WanTransformer`.
+"""Wan weights (2.1 and 2.2, text- and image-to-video) between diffusers (`WanTransformer3DModel`) and our Flax `WanTransformer`.
 
 One rule table maps every diffusers tensor to one Flax parameter and back (t5x's importer style:
 an unmatched key on either side is an error naming it). Transforms:
@@ -44,29 +44,42 @@ def _module_path(module: str) -> str:
   return path.replace("to_out/0", "to_out").replace("net/0/proj", "net_0").replace("net/2", "net_2")
 
 
-def linear_modules(depth: int) -> list[str]:
-  """Every `nn.Linear` of the text-to-video transformer, by diffusers module name."""
+IMAGE_EMBEDDER = "condition_embedder.image_embedder"  # Wan 2.1 I2V's image branch.
+
+
+def linear_modules(cfg: WanConfig) -> list[str]:
+  """Every `nn.Linear` of the transformer of `cfg`, by diffusers module name."""
   top = ["condition_embedder.time_embedder.linear_1", "condition_embedder.time_embedder.linear_2",
          "condition_embedder.time_proj", "condition_embedder.text_embedder.linear_1",
          "condition_embedder.text_embedder.linear_2", "proj_out"]
-  return top + [f"blocks.{i}.{m}" for i in range(depth) for m in LORA_MODULES.values()]
+  block = list(LORA_MODULES.values())
+  if cfg.image_dim:
+    top += [f"{IMAGE_EMBEDDER}.ff.net.0.proj", f"{IMAGE_EMBEDDER}.ff.net.2"]
+    block += ["attn2.add_k_proj", "attn2.add_v_proj"]
+  return top + [f"blocks.{i}.{m}" for i in range(cfg.depth) for m in block]
 
 
-def rules(depth: int) -> dict[str, tuple[str, str]]:
-  """`{diffusers key: (Flax param path, transform)}` for a `depth`-block model (looped layout)."""
+def rules(cfg: WanConfig) -> dict[str, tuple[str, str]]:
+  """`{diffusers key: (Flax param path, transform)}` for the model of `cfg` (looped layout)."""
   table = {"patch_embedding.weight": ("patch_embedding/kernel", "conv"),
            "patch_embedding.bias": ("patch_embedding/bias", "copy"),
            "scale_shift_table": ("scale_shift_table", "copy")}
-  for module in linear_modules(depth):
+  for module in linear_modules(cfg):
     table[f"{module}.weight"] = (f"{_module_path(module)}/kernel", "linear")
     table[f"{module}.bias"] = (f"{_module_path(module)}/bias", "copy")
-  for i in range(depth):
-    for attn in ("attn1", "attn2"):
-      for norm in ("norm_q", "norm_k"):
-        table[f"blocks.{i}.{attn}.{norm}.weight"] = (f"block_{i}/{attn}/{norm}/scale", "copy")
+  norms = ["attn1.norm_q", "attn1.norm_k", "attn2.norm_q", "attn2.norm_k"]
+  norms += ["attn2.norm_added_k"] if cfg.image_dim else []
+  for i in range(cfg.depth):
+    for norm in norms:
+      table[f"blocks.{i}.{norm}.weight"] = (f"block_{i}/{norm.replace('.', '/')}/scale", "copy")
     table[f"blocks.{i}.norm2.weight"] = (f"block_{i}/norm2/scale", "copy")
     table[f"blocks.{i}.norm2.bias"] = (f"block_{i}/norm2/bias", "copy")
     table[f"blocks.{i}.scale_shift_table"] = (f"block_{i}/scale_shift_table", "copy")
+  if cfg.image_dim:
+    for norm in ("norm1", "norm2"):
+      path = f"{_module_path(IMAGE_EMBEDDER)}/{norm}"
+      table[f"{IMAGE_EMBEDDER}.{norm}.weight"] = (f"{path}/scale", "copy")
+      table[f"{IMAGE_EMBEDDER}.{norm}.bias"] = (f"{path}/bias", "copy")
   return table
 
 
@@ -99,20 +112,26 @@ def read_config(path: str) -> WanConfig:
     raise ValueError(f"{file}: cannot read a diffusers config: {e}") from e
   if c.get("_class_name", "WanTransformer3DModel") != "WanTransformer3DModel":
     raise ValueError(f"{file}: _class_name is {c['_class_name']!r}; expected "
-                     "'WanTransformer3DModel' (the transformer/ folder of a Wan 2.1 checkpoint)")
-  unsupported = {"image_dim": None, "added_kv_proj_dim": None, "cross_attn_norm": True,
-                 "qk_norm": "rms_norm_across_heads", "pos_embed_seq_len": None}
+                     "'WanTransformer3DModel' (the transformer/ folder of a Wan 2.1 or 2.2 "
+                     "checkpoint)")
+  unsupported = {"cross_attn_norm": True, "qk_norm": "rms_norm_across_heads",
+                 "pos_embed_seq_len": None}
   for key, want in unsupported.items():
     if c.get(key, want) != want:
-      raise ValueError(f"{file}: {key}={c[key]!r} is not supported (text-to-video Wan 2.1 has "
-                       f"{key}={want!r}; image-to-video and Wan 2.2 variants are not)")
-  if c.get("out_channels") not in (None, c.get("in_channels", 16)):
-    raise ValueError(f"{file}: out_channels={c['out_channels']} differs from in_channels; "
-                     "not supported")
+      raise ValueError(f"{file}: {key}={c[key]!r} is not supported (the Wan 2.1 / 2.2 text- and "
+                       f"image-to-video models have {key}={want!r}; FLF2V has pos_embed_seq_len)")
   try:
-    return WanConfig(patch_size=tuple(c.get("patch_size", (1, 2, 2))),
-                     in_channels=c.get("in_channels", 16),
-                     width=c["num_attention_heads"] * c["attention_head_dim"],
+    width = c["num_attention_heads"] * c["attention_head_dim"]
+    image_dim = c.get("image_dim") or 0
+    if (c.get("added_kv_proj_dim") or 0) != (width if image_dim else 0):
+      raise ValueError(f"{file}: added_kv_proj_dim={c.get('added_kv_proj_dim')!r} with "
+                       f"image_dim={c.get('image_dim')!r}; supported: both None, or image_dim "
+                       f"with added_kv_proj_dim = the width {width} (Wan 2.1 I2V)")
+    in_channels = c.get("in_channels", 16)
+    out_channels = c.get("out_channels") or in_channels
+    return WanConfig(patch_size=tuple(c.get("patch_size", (1, 2, 2))), in_channels=in_channels,
+                     out_channels=0 if out_channels == in_channels else out_channels,
+                     image_dim=image_dim, width=width,
                      depth=c["num_layers"], num_heads=c["num_attention_heads"],
                      ffn_dim=c["ffn_dim"], text_dim=c.get("text_dim", 4096),
                      time_freq_dim=c.get("freq_dim", 256), eps=c.get("eps", 1e-6))
@@ -124,10 +143,11 @@ def diffusers_config(cfg: WanConfig) -> dict[str, Any]:
   """The `config.json` of a diffusers `WanTransformer3DModel` equal to `cfg`."""
   return {"_class_name": "WanTransformer3DModel", "patch_size": list(cfg.patch_size),
           "num_attention_heads": cfg.num_heads, "attention_head_dim": cfg.head_dim,
-          "in_channels": cfg.in_channels, "out_channels": cfg.in_channels,
+          "in_channels": cfg.in_channels, "out_channels": cfg.latent_channels,
           "text_dim": cfg.text_dim, "freq_dim": cfg.time_freq_dim, "ffn_dim": cfg.ffn_dim,
           "num_layers": cfg.depth, "cross_attn_norm": True, "qk_norm": "rms_norm_across_heads",
-          "eps": cfg.eps, "image_dim": None, "added_kv_proj_dim": None, "rope_max_seq_len": 1024,
+          "eps": cfg.eps, "image_dim": cfg.image_dim or None,
+          "added_kv_proj_dim": cfg.width if cfg.image_dim else None, "rope_max_seq_len": 1024,
           "pos_embed_seq_len": None}
 
 
@@ -170,14 +190,15 @@ def load_diffusers(path: str, cfg: WanConfig) -> dict[str, Any]:
   Every tensor must match one rule and every parameter must be filled, with the expected shape;
   errors name the key, its file and the expected shape.
   """
-  table = rules(cfg.depth)
+  table = rules(cfg)
   expected = {"/".join(k): v.shape for k, v in traverse_util.flatten_dict(
       nn.unbox(abstract_params(cfg.replace(scan_layers=False, lora=LoRAConfig())))).items()}
   flat, seen = {}, {}
   for file, key, value in iter_tensors(path):
     if key not in table:
       raise ValueError(f"{file}: unexpected tensor {key!r} of shape {value.shape}: not a key of "
-                       f"a text-to-video WanTransformer3DModel with {cfg.depth} layers")
+                       f"a WanTransformer3DModel with {cfg.depth} layers, in_channels "
+                       f"{cfg.in_channels}, image_dim {cfg.image_dim}")
     if key in seen:
       raise ValueError(f"{file}: tensor {key!r} appears twice (also in {seen[key]})")
     seen[key] = file
@@ -210,7 +231,7 @@ def to_diffusers(params: Any, cfg: WanConfig) -> dict[str, np.ndarray]:
   flat = {"/".join(k): np.asarray(v) for k, v in
           traverse_util.flatten_dict(_looped(params, cfg)).items()}
   out = {}
-  for key, (path, transform) in rules(cfg.depth).items():
+  for key, (path, transform) in rules(cfg).items():
     if path not in flat:
       raise KeyError(f"to_diffusers: params lack {path} (for {key})")
     out[key] = np.ascontiguousarray(from_flax(flat.pop(path), transform, cfg))
