@@ -80,7 +80,11 @@ def base() -> ml_collections.ConfigDict:
   # folder).
   c.decoder = ml_collections.ConfigDict({"kind": "none", "weights": "", "format": "mp4", "scale": 1})
 
-  c.t_sampler = ml_collections.ConfigDict({"kind": "logit_normal", "mean": 0.0, "std": 1.0})
+  # Training noise levels; `range` truncates them (set from the expert's levels by `expert`).
+  c.t_sampler = ml_collections.ConfigDict({"kind": "logit_normal", "mean": 0.0, "std": 1.0,
+                                           "range": (0.0, 1.0)})
+  # A two-expert (Wan 2.2 A14B) pipeline in init_from: adapt its 'high' or 'low' noise expert.
+  c.expert = ""
 
   c.mesh = ml_collections.ConfigDict()
   c.mesh.shape = (-1, 1, 1)  # (data, fsdp, tensor); -1 = the remaining devices.

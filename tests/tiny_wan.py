@@ -39,3 +39,40 @@ def build_wan_folder(root: str, seed: int = 0) -> str:
                         qk_norm="rms_norm_across_heads", rope_max_seq_len=32).save_pretrained(
                             os.path.join(root, "transformer"))
   return root
+
+
+def tiny_transformer(seed: int, **config):
+  """A tiny `WanTransformer3DModel` (2 blocks, width 24) whose every tensor is moved off its
+  initial value (norm weights start at 1, biases at 0)."""
+  import torch
+  from diffusers import WanTransformer3DModel
+  torch.manual_seed(seed)
+  kw = dict(patch_size=(1, 2, 2), num_attention_heads=2, attention_head_dim=12, in_channels=16,
+            out_channels=16, text_dim=TEXT_DIM, freq_dim=256, ffn_dim=32, num_layers=2,
+            cross_attn_norm=True, qk_norm="rms_norm_across_heads", rope_max_seq_len=32)
+  model = WanTransformer3DModel(**{**kw, **config}).eval()
+  with torch.no_grad():
+    for p in model.parameters():
+      p.add_(0.1 * torch.randn_like(p))
+  return model
+
+
+def build_a14b_folder(root: str, boundary_ratio: float = 0.875, shift: float = 3.0,
+                      seed: int = 0) -> str:
+  """A Wan 2.2 A14B-layout pipeline folder of tiny random models, written by diffusers'
+  `WanPipeline.save_pretrained`: `model_index.json` (with `boundary_ratio`), `transformer/` (the
+  high-noise expert), `transformer_2/` (the low-noise one), `vae/`, `text_encoder/`,
+  `tokenizer/`, `scheduler/` (flow-matching Euler). Returns `root`."""
+  import tempfile
+  from diffusers import (AutoencoderKLWan, FlowMatchEulerDiscreteScheduler, WanPipeline)
+  from transformers import AutoTokenizer, UMT5EncoderModel
+  with tempfile.TemporaryDirectory() as parts:
+    build_wan_folder(parts, seed)
+    pipe = WanPipeline(tokenizer=AutoTokenizer.from_pretrained(f"{parts}/tokenizer"),
+                       text_encoder=UMT5EncoderModel.from_pretrained(f"{parts}/text_encoder"),
+                       vae=AutoencoderKLWan.from_pretrained(f"{parts}/vae"),
+                       scheduler=FlowMatchEulerDiscreteScheduler(shift=shift),
+                       transformer=tiny_transformer(seed + 1),
+                       transformer_2=tiny_transformer(seed + 2), boundary_ratio=boundary_ratio)
+    pipe.save_pretrained(root)
+  return root

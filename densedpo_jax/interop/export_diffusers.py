@@ -10,6 +10,10 @@ layout (`diffusion_model.blocks.N.self_attn.q.lora_down.weight`, `lora_up`, `alp
 ComfyUI's LoRA loader and musubi-tuner read; diffusers' `load_lora_weights` reads it too. DIR
 loads with `WanTransformer3DModel.from_pretrained(DIR)`. The adapter is the run's EMA when it kept
 one, else its trained LoRA, as in its exported params.
+
+A run that adapted one expert of a Wan 2.2 A14B pipeline (`config.expert`) exports that expert's
+adapter; the low-noise one loads with `load_lora_weights(FILE, load_into_transformer_2=True)`
+(in ComfyUI: on the low-noise model). Both files have the same key layout.
 """
 from __future__ import annotations
 
@@ -20,7 +24,7 @@ import os
 import numpy as np
 
 from densedpo_jax.interop import require_safetensors
-from densedpo_jax.model import WanConfig, family_of, pretrained, wan_weights
+from densedpo_jax.model import WanConfig, experts, family_of, pretrained, wan_weights
 
 FORMATS = ("diffusers-lora", "comfyui-lora", "diffusers")
 WEIGHTS_NAME = "diffusion_pytorch_model"
@@ -58,8 +62,20 @@ def export_lora(workdir: str, out: str, step: int | None = None, layout: str = "
   else:
     _save_safetensors(tensors, out, {"format": "pt",
                                      "lora_adapter_metadata": json.dumps(metadata, sort_keys=True)})
+  record = experts.read_run_expert(workdir) or {}
   return {"step": step, "tensors": len(tensors), "rank": cfg.lora.rank,
-          "alpha": metadata["transformer.lora_alpha"], "out": out}
+          "alpha": metadata["transformer.lora_alpha"], "out": out,
+          "expert": record.get("expert", "")}
+
+
+def loading_hint(summary: dict, layout: str) -> str:
+  """How to load an exported adapter, for the expert it belongs to."""
+  expert = summary["expert"]
+  if layout == "peft":
+    second = ", load_into_transformer_2=True" if expert == "low" else ""
+    return f"load with pipe.load_lora_weights({summary['out']!r}{second})"
+  model = {"high": " on the high-noise model", "low": " on the low-noise model"}.get(expert, "")
+  return f"load with ComfyUI's LoRA loader{model}"
 
 
 def export_merged(workdir: str, out: str, step: int | None = None, dtype: str = "float32",
@@ -108,8 +124,10 @@ def main(argv=None) -> None:
   if args.format in ("diffusers-lora", "comfyui-lora"):
     s = export_lora(args.workdir, args.out, args.step,
                     layout="peft" if args.format == "diffusers-lora" else "wan")
-    print(f"step {s['step']}: {s['tensors']} LoRA tensors (rank {s['rank']}, alpha {s['alpha']}) "
-          f"-> {s['out']}")
+    layout = "peft" if args.format == "diffusers-lora" else "wan"
+    print(f"step {s['step']}: {s['tensors']} LoRA tensors (rank {s['rank']}, alpha {s['alpha']})"
+          f"{' of the ' + s['expert'] + '-noise expert' if s['expert'] else ''} -> {s['out']}; "
+          f"{loading_hint(s, layout)}")
   else:
     s = export_merged(args.workdir, args.out, args.step, args.dtype)
     print(f"step {s['step']}: {s['tensors']} tensors in {s['files']} file(s) -> {s['out']}")

@@ -25,7 +25,7 @@ from flax import traverse_util
 from absl import logging
 
 from densedpo_jax.model.config import LoRAConfig, ModelConfig, family_of
-from densedpo_jax.model import wan_weights
+from densedpo_jax.model import experts, wan_weights
 from densedpo_jax.model.layout import stack_blocks, unstack_blocks
 from densedpo_jax.model.registry import (abstract_params, build, config_from_dict,
                                          config_to_dict)
@@ -119,8 +119,21 @@ def read_params(path: str, target: Any, cfg: ModelConfig | None = None,
 
 
 def weights_config(path: str) -> ModelConfig | None:
-  """The model config stored with the weights at `path`: a diffusers folder's `config.json`, or
-  the `model.json` of a params directory or run; None when `path` holds neither."""
+  """The model config stored with the weights at `path`: a diffusers folder's `config.json`, a
+  pipeline folder's transformer (both experts of an A14B pipeline, which must agree), the
+  `model.json` of a params directory or run (of the first of `HIGH_RUN+LOW_RUN`); None when
+  `path` holds none of them."""
+  pair = experts.run_pair(path)
+  if pair is not None:  # HIGH_RUN+LOW_RUN: the adapted experts of one pipeline.
+    return read_model_json(pair[0])
+  pipeline = experts.read_pipeline(path)
+  if pipeline is not None:
+    configs = {name: wan_weights.read_config(folder)
+               for name, folder in pipeline.transformers.items()}
+    if len(set(configs.values())) > 1:
+      raise ValueError(f"{path}: the experts' config.json files describe different models "
+                       f"({configs}); both experts of a pipeline must have one shape")
+    return configs["high"]
   if is_diffusers_folder(path):
     return wan_weights.read_config(path)
   try:

@@ -17,6 +17,8 @@ bound inside, not closed over as constants:
 Every sampler takes one PRNG key per video (`keys [B]`, e.g. `jax.random.split(key, B)`); noise
 is drawn per key, so a video depends on its own key only, never on its batch neighbours.
 """
+import math
+
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -49,13 +51,31 @@ def uniform_t(key, shape):
   return jax.random.uniform(key, shape, jnp.float32)
 
 
-def sample_t(key, shape, kind="logit_normal", mean=0.0, std=1.0):
-  """Training timesteps by name: `kind` is 'logit_normal' (uses mean, std) or 'uniform'."""
-  if kind == "logit_normal":
-    return logit_normal_t(key, shape, mean, std)
+def sample_t(key, shape, kind="logit_normal", mean=0.0, std=1.0, t_range=(0.0, 1.0)):
+  """Training timesteps by name: `kind` is 'logit_normal' (uses mean, std) or 'uniform'.
+
+  `t_range = (lo, hi)` restricts t to `[lo, hi)` (`hi = 1` included; one expert's levels of a
+  two-expert model, where the level `hi` is the other expert's): the
+  distribution truncated to it, drawn by its inverse CDF, `t = F^-1(F(lo) + u (F(hi) - F(lo)))`,
+  `u ~ U(0, 1)`; for the logit-normal `F(t) = Phi((logit t - mean) / std)`. The full range draws
+  as before.
+  """
+  if kind not in ("logit_normal", "uniform"):
+    raise ValueError(f"kind must be 'logit_normal' or 'uniform', got {kind!r}")
+  lo, hi = float(t_range[0]), float(t_range[1])
+  if not 0.0 <= lo < hi <= 1.0:
+    raise ValueError(f"t_range={tuple(t_range)}: expected 0 <= lo < hi <= 1")
+  if (lo, hi) == (0.0, 1.0):
+    return logit_normal_t(key, shape, mean, std) if kind == "logit_normal" else uniform_t(key, shape)
+  below_hi = hi if hi == 1.0 else float(np.nextafter(np.float32(hi), np.float32(0)))
+  u = jax.random.uniform(key, shape, jnp.float32)
   if kind == "uniform":
-    return uniform_t(key, shape)
-  raise ValueError(f"kind must be 'logit_normal' or 'uniform', got {kind!r}")
+    return jnp.clip(lo + (hi - lo) * u, lo, below_hi)
+  cdf = lambda t: 0.0 if t == 0 else 1.0 if t == 1 else 0.5 * math.erfc(
+      -(math.log(t / (1 - t)) - mean) / (std * math.sqrt(2)))  # Float64, at trace time.
+  p = cdf(lo) + u * (cdf(hi) - cdf(lo))
+  t = jax.nn.sigmoid(mean + std * jax.scipy.special.ndtri(p))
+  return jnp.clip(t, lo, below_hi)
 
 
 def shift_time(t, shift=None):

@@ -1,4 +1,8 @@
-"""Sampling a plain (LoRA folded in) model from exported params: previews and evaluation."""
+"""Sampling a plain (LoRA folded in) model from exported params: previews, pairs and evaluation.
+
+The params are one tree, or `experts.ExpertParams` for a two-expert (Wan 2.2 A14B) pipeline,
+whose steps each run the expert of their noise level.
+"""
 from __future__ import annotations
 
 import functools
@@ -6,7 +10,16 @@ import functools
 import jax
 
 from densedpo_jax.objectives import flow
-from densedpo_jax.model import LoRAConfig, ModelConfig, build, pretrained
+from densedpo_jax.model import LoRAConfig, ModelConfig, build, experts, pretrained
+
+
+def velocity_fn(model, params):
+  """`(x, t, text, text_mask, null_text) -> v` of `model` with `params` (one tree, or both
+  experts routed by the noise level)."""
+  if isinstance(params, experts.ExpertParams):
+    bind = lambda p: functools.partial(model.apply, {"params": p})
+    return experts.routed_velocity(bind(params.high), bind(params.low), params.boundary_ratio)
+  return functools.partial(model.apply, {"params": params})
 
 
 def make_video_sampler(cfg: ModelConfig, shape: tuple[int, ...], num_steps: int,
@@ -20,12 +33,24 @@ def make_video_sampler(cfg: ModelConfig, shape: tuple[int, ...], num_steps: int,
 
   @jax.jit
   def run(params, keys, text, text_mask):
-    velocity_fn = functools.partial(model.apply, {"params": params})
-    return flow.sample(velocity_fn, keys, tuple(shape), text, text_mask, num_steps=num_steps,
+    return flow.sample(velocity_fn(model, params), keys, tuple(shape), text, text_mask, num_steps=num_steps,
                        shift=shift or None, cfg_scale=cfg_scale)
   return run
 
 
 def load_exported_params(path: str, cfg: ModelConfig):
-  """Exported weights of a run (or converted pretrained weights) onto the first local device."""
-  return pretrained.read_params_on_device(path, cfg)
+  """Exported weights of a run, converted pretrained weights, a transformer folder or a pipeline
+  folder onto the first local device; both experts (`experts.ExpertParams`) of a two-expert
+  pipeline, or of `HIGH_RUN+LOW_RUN`, the runs that adapted them."""
+  pair = experts.run_pair(path)
+  if pair is not None:
+    boundary = experts.read_run_expert(pair[0])["boundary_ratio"]
+    high, low = (pretrained.read_params_on_device(p, cfg) for p in pair)
+    return experts.ExpertParams(high, low, boundary)
+  pipeline = experts.read_pipeline(path)
+  if pipeline is None:
+    return pretrained.read_params_on_device(path, cfg)
+  read = lambda name: pretrained.read_params_on_device(pipeline.transformers[name], cfg)
+  if pipeline.two_experts:
+    return experts.ExpertParams(read("high"), read("low"), pipeline.boundary_ratio)
+  return read("high")

@@ -15,7 +15,6 @@ parts once every process has committed its own (a barrier; `out_dir` must be sha
 """
 from __future__ import annotations
 
-import functools
 import math
 import os
 import time
@@ -66,7 +65,7 @@ def make_pair_sampler(model, spec: ml_collections.ConfigDict, mode: str,
 
   @jax.jit
   def run(params, keys_a, keys_b, x_gt, eta, text, mask):
-    velocity_fn = functools.partial(model.apply, {"params": params})
+    velocity_fn = sampling.velocity_fn(model, params)
     if mode == "vanilla":
       return flow.vanilla_pairs(velocity_fn, keys_a, keys_b, x_gt.shape[1:], text, mask, **kw)
     return flow.guided_pairs(velocity_fn, x_gt, keys_a, keys_b,
@@ -166,7 +165,6 @@ def main(config: ml_collections.ConfigDict) -> dict:
   cfg = model_config(config).replace(lora=LoRAConfig())
   model = build(cfg)
   source = make_source(config.data)
-  first = arrayrecord_io.decode_raw(source[0])
   params = sampling.load_exported_params(config.init_from, cfg)
   side = generate_pairs(config, source, params, model)
   if distributed.is_main():

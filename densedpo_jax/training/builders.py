@@ -10,7 +10,7 @@ import ml_collections
 from absl import logging
 
 from densedpo_jax.model.attention import check_platform
-from densedpo_jax.model import LoRAConfig, ModelConfig, get_model_config, pretrained
+from densedpo_jax.model import LoRAConfig, ModelConfig, experts, get_model_config, pretrained
 
 
 def model_config(config: ml_collections.ConfigDict, portable_attention: bool = True) -> ModelConfig:
@@ -47,6 +47,25 @@ def model_config(config: ml_collections.ConfigDict, portable_attention: bool = T
       logging.warning("%s; using 'blockwise' instead", str(e).split(":")[0])
       cfg = cfg.replace(attention_impl="blockwise")
   return cfg
+
+
+def training_weights(config: ml_collections.ConfigDict) -> ml_collections.ConfigDict:
+  """`config` with `init_from` resolved to the transformer folder a training run reads (a pipeline
+  folder's `transformer/`; with `config.expert`, that expert's of a two-expert pipeline) and, for
+  one expert, `t_sampler.range` set to the noise levels that expert runs at. A range set by hand
+  that is not inside the expert's is an error naming both."""
+  init_from, expert = config.get("init_from"), config.get("expert", "")
+  folder = experts.weights_folder(init_from, expert)
+  if not expert:
+    return with_overrides(config, init_from=folder) if folder != init_from else config
+  lo, hi = experts.t_range(experts.read_pipeline(init_from), expert)
+  want = tuple(float(v) for v in config.t_sampler.range)
+  if want != (0.0, 1.0) and not lo <= want[0] < want[1] <= hi:
+    raise ValueError(f"config.t_sampler.range={want}, but the {expert!r} expert of {init_from} "
+                     f"runs at t in [{lo}, {hi}): leave the range unset or keep it inside")
+  t_range = want if want != (0.0, 1.0) else (lo, hi)
+  logging.info("Adapting the %s-noise expert %s: t in [%.4g, %.4g)", expert, folder, *t_range)
+  return with_overrides(config, init_from=folder, **{"t_sampler.range": t_range})
 
 
 def make_source(data: ml_collections.ConfigDict):

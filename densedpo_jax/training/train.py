@@ -24,9 +24,9 @@ from jax.sharding import NamedSharding, PartitionSpec as P
 from densedpo_jax import console, distributed, previews
 from densedpo_jax.training import checkpointing, sharding, train_step
 from densedpo_jax.objectives import sampling
-from densedpo_jax.training.builders import make_source, model_config
+from densedpo_jax.training.builders import make_source, model_config, training_weights
 from densedpo_jax.data import arrayrecord_io, pipeline
-from densedpo_jax.model import build, merge_lora, pretrained
+from densedpo_jax.model import build, experts, merge_lora, pretrained
 
 
 class NonFiniteLossError(console.JobError, FloatingPointError):
@@ -107,7 +107,12 @@ def _install_sigterm_flag() -> dict[str, bool]:
 
 def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[int, dict[str, float]]:
   """Trains up to `config.total_steps` steps in `workdir`; returns `{step: metrics}` as logged."""
+  pipeline_root, expert = config.get("init_from"), config.get("expert", "")
+  config = training_weights(config)  # A pipeline folder -> its (expert's) transformer folder.
   distributed.makedirs(workdir)
+  if expert and distributed.is_main():  # Which expert this run adapts: for export and evaluate.
+    distributed.write_json(distributed.path(workdir) / experts.RUN_EXPERT_JSON, experts.run_record(
+        pipeline_root, expert, tuple(config.t_sampler.range)))
   checkpointing.check_resumable(workdir)  # Before anything is compiled.
   stop = _install_sigterm_flag()
   writer = metric_writers.create_default_writer(workdir, just_logging=jax.process_index() > 0)

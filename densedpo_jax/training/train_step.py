@@ -69,7 +69,8 @@ def ema_decay(step: jax.Array, max_decay: float) -> jax.Array:
 
 def _t_sampler(config) -> Callable:
   return functools.partial(flow.sample_t, kind=config.t_sampler.kind, mean=config.t_sampler.mean,
-                           std=config.t_sampler.std)
+                           std=config.t_sampler.std,
+                           t_range=tuple(config.t_sampler.get("range", (0.0, 1.0))))
 
 
 def to_compute_floats(batch: dict[str, Any]) -> dict[str, Any]:
