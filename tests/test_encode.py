@@ -48,7 +48,8 @@ class Counting:
 
   def __init__(self, inner, fail_at=None):
     self.inner, self.fail_at = inner, fail_at
-    self.temporal_factor = inner.temporal_factor
+    self.temporal_factor, self.spatial_factor = inner.temporal_factor, inner.spatial_factor
+    self.latent_channels = inner.latent_channels
     self.encode_calls, self.prompts = 0, []
 
   def token_lengths(self, prompts):
@@ -232,6 +233,41 @@ def test_the_command_checks_every_input_before_any_model_loads(wan, tmp_path):
       encode_videos.main(base + args)
     assert time.monotonic() - start < 5.0
   assert not os.path.exists(tmp_path / "out")
+
+
+def test_the_wan22_vae_encodes_48_channels_at_16x_and_decodes_back(tmp_path):
+  """The Wan 2.2 VAE (TI2V-5B): records carry its normalised 48-channel latents at 1/16 of the
+  frame size; frame sizes must be multiples of 32 (16x compression times the patch), said
+  before any model loads; decode(encode(video)) keeps frames and size."""
+  folder = build_wan_folder(str(tmp_path / "wan22"), vae="2.2")
+  manifest = _videos(tmp_path, n=1)
+  base = ["--out", str(tmp_path / "out22"), "--name", "v", "--num_frames=9", "--fps=16",
+          f"--weights={folder}", f"--manifest={manifest}"]
+  with pytest.raises(SystemExit, match=r"--height=32 --width=48: must be multiples of 32"):
+    encode_videos.main(base + ["--height=32", "--width=48"])
+  with pytest.raises(SystemExit, match=r"--model=wan2.1, but .*/vae is the wan2.2 VAE \(48"):
+    encode_videos.main(base + ["--height=32", "--width=64", "--model=wan2.1"])
+  encode_videos.main(base + ["--height=32", "--width=64", "--model=wan2.2"])
+  side = arrayrecord_io.read_sidecar(str(tmp_path / "out22"), "v")
+  assert side["signature"]["latent_shape"] == [3, 2, 4, 48]
+  assert side["metadata"]["model"] == "wan2.2"
+  rec = next(arrayrecord_io.iter_records(str(tmp_path / "out22"), "v"))
+
+  # Independent reference: the VAE's mode, normalised by its config's 48 means and stds (float64).
+  frames, fps = video_io.read_video(str(tmp_path / "clip0.mp4"))
+  clip = video_io.conform(frames, fps, fps=16.0, height=32, width=64, num_frames=9)
+  vae = WanEncoders(folder, text=False).vae
+  with torch.no_grad():
+    x = torch.from_numpy(clip[None]).permute(0, 4, 1, 2, 3).float() / 127.5 - 1
+    mode = vae.encode(x).latent_dist.mode()[0].permute(1, 2, 3, 0).double().numpy()
+  want = (mode - np.asarray(vae.config.latents_mean)) / np.asarray(vae.config.latents_std)
+  # bfloat16 storage: 8 significant bits, a relative error of at most 2^-8 of each value.
+  np.testing.assert_allclose(np.asarray(rec.latent, np.float64), want, rtol=2 ** -8, atol=1e-6)
+
+  index = decode_records.decode_dataset(str(tmp_path / "out22"), "v", str(tmp_path / "dec22"),
+                                        kind="wan", weights=folder, log=lambda s: None)
+  video, fps = video_io.read_video(str(tmp_path / "dec22" / index[0]["files"]["video"]))
+  assert video.shape == clip.shape and fps == 16.0
 
 
 @pytest.mark.e2e

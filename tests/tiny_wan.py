@@ -21,15 +21,34 @@ def build_tokenizer(path: str):
   return len(vocab)
 
 
-def build_wan_folder(root: str, seed: int = 0) -> str:
-  """Writes the folder and returns its path."""
+def tiny_vae(version: str = "2.1", seed: int = 0):
+  """A tiny `AutoencoderKLWan`: the Wan 2.1 layout (16 channels, 8x spatial; diffusers' own test
+  config) or the Wan 2.2 one (48 channels, 16x spatial: a residual VAE over 2x2 pixel patches),
+  with its own per-channel latent mean and std."""
+  import numpy as np
   import torch
-  from diffusers import AutoencoderKLWan, WanTransformer3DModel
+  from diffusers import AutoencoderKLWan
+  torch.manual_seed(seed)
+  if version == "2.1":
+    return AutoencoderKLWan(base_dim=3, z_dim=16, dim_mult=[1, 1, 1, 1], num_res_blocks=1,
+                            temperal_downsample=[False, True, True])
+  rng = np.random.default_rng(seed)
+  return AutoencoderKLWan(base_dim=8, decoder_base_dim=8, z_dim=48, dim_mult=[1, 1, 1, 1],
+                          num_res_blocks=1, temperal_downsample=[False, True, True],
+                          is_residual=True, in_channels=12, out_channels=12, patch_size=2,
+                          scale_factor_spatial=16,
+                          latents_mean=[float(v) for v in rng.normal(scale=0.1, size=48)],
+                          latents_std=[float(v) for v in rng.uniform(0.5, 2.0, size=48)])
+
+
+def build_wan_folder(root: str, seed: int = 0, vae: str = "2.1") -> str:
+  """Writes the folder (with the Wan `vae` version's VAE) and returns its path."""
+  import torch
+  from diffusers import WanTransformer3DModel
   from transformers import UMT5Config, UMT5EncoderModel
   torch.manual_seed(seed)
   vocab = build_tokenizer(os.path.join(root, "tokenizer"))
-  AutoencoderKLWan(base_dim=3, z_dim=16, dim_mult=[1, 1, 1, 1], num_res_blocks=1,
-                   temperal_downsample=[False, True, True]).save_pretrained(os.path.join(root, "vae"))
+  tiny_vae(vae, seed).save_pretrained(os.path.join(root, "vae"))
   UMT5EncoderModel(UMT5Config(vocab_size=vocab, d_model=TEXT_DIM, d_kv=8, d_ff=64, num_layers=2,
                               num_heads=4, relative_attention_num_buckets=8)).save_pretrained(
                                   os.path.join(root, "text_encoder"))

@@ -11,8 +11,8 @@ Output (what the VLM labeler and the annotation page read):
                                        OUT), num_frames, fps, frames_per_segment, labels if any
 
 Decoders: `pixels` for records whose latent is the video itself (ShapesWorld: identity
-autoencoder, RGB in [-1, 1]); `wan` runs the Wan 2.1 VAE of `--weights` (PyTorch, GPU when there
-is one). `auto` picks `pixels` for 3-channel records with temporal factor 1, else `wan`. Files that
+autoencoder, RGB in [-1, 1]); `wan` runs the Wan VAE (2.1 or 2.2) of `--weights` (PyTorch, GPU
+when there is one). `auto` picks `pixels` for 3-channel records with temporal factor 1, else `wan`. Files that
 exist are kept, so an interrupted run resumes; the index is rewritten at the end.
 """
 from __future__ import annotations
@@ -40,7 +40,7 @@ def make_decoder(kind: str, weights: str = "") -> Decoder:
     return lambda latents: video_io.to_uint8(np.asarray(latents, np.float32))
   if kind == "wan":
     if not weights:
-      raise ValueError("the 'wan' decoder needs the Wan 2.1 diffusers folder (--weights / "
+      raise ValueError("the 'wan' decoder needs the Wan diffusers folder (--weights / "
                        "config.decoder.weights)")
     from densedpo_jax.interop.wan_encoders import WanEncoders
     return WanEncoders(weights, text=False).decode_latents
@@ -121,7 +121,7 @@ def main(argv=None) -> None:
   parser.add_argument("--records", required=True, help="DIR/NAME of a record dataset")
   parser.add_argument("--out", required=True)
   parser.add_argument("--decoder", default="auto", choices=DECODERS)
-  parser.add_argument("--weights", default="", help="Wan 2.1 diffusers folder (its vae/)")
+  parser.add_argument("--weights", default="", help="Wan diffusers folder (its vae/)")
   parser.add_argument("--format", default="mp4", choices=("mp4", "gif"))
   parser.add_argument("--scale", type=int, default=1, help="nearest-neighbour upscaling factor")
   args = parser.parse_args(argv)

@@ -1,9 +1,11 @@
-"""Encode videos and prompts into the project's latent records (Wan 2.1 VAE + umT5).
+"""Encode videos and prompts into the project's latent records (a Wan VAE + umT5).
 
-    python -m densedpo_jax.encode --model=wan2.1 --weights=WAN_DIR --manifest=FILE.jsonl \\
+    python -m densedpo_jax.encode --weights=WAN_DIR --manifest=FILE.jsonl \\
         --out=DIR --name=NAME [--num_frames=81 --height=480 --width=832 --fps=16]
 
-WAN_DIR is a Wan 2.1 diffusers folder (its `vae/`, `text_encoder/`, `tokenizer/`). Manifest lines:
+WAN_DIR is a Wan diffusers folder (its `vae/`, `text_encoder/`, `tokenizer/`): the Wan 2.1 VAE
+(16 channels, 8x spatial: every Wan 2.1 model and Wan 2.2 A14B) or the Wan 2.2 VAE (48 channels,
+16x spatial: TI2V-5B), read from `vae/config.json`. Manifest lines:
 
     {"id": "clip1", "prompt": "...", "video": "clip1.mp4"}                      -> VideoRecords
     {"id": "pair1", "prompt": "...", "video_a": "a.mp4", "video_b": "b.mp4",     -> PairRecords
@@ -11,7 +13,7 @@ WAN_DIR is a Wan 2.1 diffusers folder (its `vae/`, `text_encoder/`, `tokenizer/`
 
 Relative paths are relative to the manifest. Every clip is resampled to `fps`, its first
 `num_frames` frames (1 + 4k) kept, resized and centre-cropped to `height` x `width` (multiples of
-16). `frames_per_segment` counts frames at `fps` (default: one second). Each distinct prompt is
+16 for the Wan 2.1 VAE, 32 for the Wan 2.2 VAE: its 16x compression times the transformer's patch). `frames_per_segment` counts frames at `fps` (default: one second). Each distinct prompt is
 embedded once; text is stored at the longest prompt's token count (the model zero-pads to 512, so
 nothing is lost), latents and text in bfloat16.
 
@@ -37,7 +39,7 @@ import numpy as np
 from densedpo_jax import console
 from densedpo_jax.data import jsonl, schema, segments
 from densedpo_jax.data.parts import Parts
-from densedpo_jax.interop import video_io
+from densedpo_jax.interop import video_io, wan_encoders
 
 LATENT_DTYPE = "bfloat16"
 
@@ -115,11 +117,12 @@ class Settings:
   fps: float = 16.0
   records_per_part: int = 32
 
-  def check(self, temporal_factor: int) -> None:
+  def check(self, temporal_factor: int, size_multiple: int = 16) -> None:
     if (self.num_frames - 1) % temporal_factor or self.num_frames < 1 + temporal_factor:
       raise ValueError(f"--num_frames={self.num_frames}: must be 1 + {temporal_factor} k, k >= 1")
-    if self.height % 16 or self.width % 16:
-      raise ValueError(f"--height={self.height} --width={self.width}: must be multiples of 16")
+    if self.height % size_multiple or self.width % size_multiple:
+      raise ValueError(f"--height={self.height} --width={self.width}: must be multiples of "
+                       f"{size_multiple} for this VAE")
 
 
 def _load_clip(entry: Entry, index: int, settings: Settings, manifest: str) -> np.ndarray:
@@ -172,7 +175,8 @@ def encode_dataset(encoders, manifest: str, out: str, name: str, settings: Setti
                    batch_size: int = 4, skip_bad: bool = False, log=print) -> dict[str, Any]:
   """Encodes `manifest` into the dataset `out/name` with `encoders` (a `WanEncoders`); returns the
   sidecar. Resumes committed parts; see the module docstring."""
-  settings.check(encoders.temporal_factor)
+  spatial = getattr(encoders, "spatial_factor", 8)
+  settings.check(encoders.temporal_factor, spatial * wan_encoders.PATCH)
   kind, entries = read_manifest(manifest)
   for e in entries:
     _check_labels(e, settings, manifest)
@@ -222,7 +226,8 @@ def encode_dataset(encoders, manifest: str, out: str, name: str, settings: Setti
   if len(skipped) == len(entries):
     raise ValueError(f"encode: every entry of {manifest} was skipped (see {skipped_file})")
   side = parts.merge(out, name, drop_empty=True, metadata={
-      "model": "wan2.1", "manifest": os.path.abspath(manifest), "text_len": text_len,
+      "model": wan_encoders.VAE_FAMILIES[getattr(encoders, "latent_channels", 16)],
+      "manifest": os.path.abspath(manifest), "text_len": text_len,
       "skipped": len(skipped), **dataclasses.asdict(settings)})
   log(f"encode: {side['num_records']} {kind} records in {out}/{name} ({len(skipped)} skipped)")
   return side
@@ -230,8 +235,9 @@ def encode_dataset(encoders, manifest: str, out: str, name: str, settings: Setti
 
 def main(argv=None) -> None:
   parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-  parser.add_argument("--model", default="wan2.1", choices=("wan2.1",))
-  parser.add_argument("--weights", required=True, help="Wan 2.1 diffusers folder (vae/, "
+  parser.add_argument("--model", default="auto", choices=("auto", "wan2.1", "wan2.2"),
+                      help="the VAE family the folder must have (auto: whichever it has)")
+  parser.add_argument("--weights", required=True, help="Wan diffusers folder (vae/, "
                       "text_encoder/, tokenizer/)")
   parser.add_argument("--manifest", required=True)
   parser.add_argument("--out", required=True)
@@ -242,14 +248,17 @@ def main(argv=None) -> None:
   parser.add_argument("--skip_bad", action="store_true",
                       help="skip and count bad videos instead of stopping")
   args = parser.parse_args(argv)
-  from densedpo_jax.interop import wan_encoders
   settings = Settings(**{f.name: getattr(args, f.name) for f in dataclasses.fields(Settings)})
   try:  # Every input checked before the models load (minutes for umT5): one line each.
-    settings.check(wan_encoders.TEMPORAL_FACTOR)
+    wan_encoders.check_weights_folder(args.weights)
+    vae = wan_encoders.vae_geometry(args.weights)
+    if args.model not in ("auto", vae["family"]):
+      raise ValueError(f"--model={args.model}, but {args.weights}/vae is the {vae['family']} VAE "
+                       f"({vae['latent_channels']} channels)")
+    settings.check(vae["temporal_factor"], vae["spatial_factor"] * wan_encoders.PATCH)
     _, entries = read_manifest(args.manifest)
     for e in entries:
       _check_labels(e, settings, args.manifest)
-    wan_encoders.check_weights_folder(args.weights)
   except (ValueError, OSError) as e:
     raise SystemExit(f"error: {e}") from None
   encode_dataset(wan_encoders.WanEncoders(args.weights), args.manifest, args.out, args.name,

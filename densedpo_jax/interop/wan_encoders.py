@@ -1,11 +1,12 @@
-"""The Wan 2.1 VAE and umT5 text encoder (PyTorch, from a diffusers checkpoint folder).
+"""The Wan VAEs (2.1 and 2.2) and umT5 text encoder (PyTorch, from a diffusers checkpoint folder).
 
     encoders = WanEncoders("Wan2.1-T2V-1.3B-Diffusers")      # its vae/, text_encoder/, tokenizer/
-    latents = encoders.encode_videos(videos)     # uint8 [B, F, H, W, 3] -> [B, 1 + (F-1)/4, H/8, W/8, 16]
+    latents = encoders.encode_videos(videos)     # uint8 [B, F, H, W, 3] -> [B, 1 + (F-1)/4, H/s, W/s, C]
     videos = encoders.decode_latents(latents)    # the inverse, uint8
     emb, lengths = encoders.embed_prompts(prompts)   # [B, 512, 4096] zero-padded past each length
 
-Latents are normalised as the Wan pipeline expects them: `(mode - latents_mean) / latents_std`,
+The Wan 2.1 VAE (every Wan 2.1 model and Wan 2.2 A14B) has C = 16 channels and s = 8; the Wan 2.2
+VAE (TI2V-5B) C = 48 and s = 16. Latents are normalised as the Wan pipeline expects them: `(mode - latents_mean) / latents_std`,
 per channel, with the mean/std of the VAE's config (the published values). Prompts are cleaned,
 tokenised to 512 tokens and embedded exactly as `WanPipeline._get_t5_prompt_embeds` does. The VAE
 and umT5 stay in PyTorch (maxdiffusion keeps umT5 there as well); they run on the GPU when there is
@@ -17,8 +18,28 @@ import os
 
 import numpy as np
 
+import json
+
 MAX_TEXT_TOKENS = 512  # The Wan pipeline's max_sequence_length.
-TEMPORAL_FACTOR = 4  # Wan 2.1's VAE: 1 + 4 k frames -> 1 + k latent frames.
+VAE_FAMILIES = {16: "wan2.1", 48: "wan2.2"}  # Latent channels -> the VAE's model family.
+PATCH = 2  # The Wan transformers' spatial patch: frame sizes are multiples of 2 s.
+
+
+def vae_geometry(weights: str) -> dict:
+  """`{'family', 'latent_channels', 'temporal_factor', 'spatial_factor'}` of the VAE in
+  `weights/vae/config.json`, read without loading it; errors name the file."""
+  file = os.path.join(weights, "vae", "config.json")
+  try:
+    with open(file) as f:
+      c = json.load(f)
+  except (OSError, json.JSONDecodeError) as e:
+    raise FileNotFoundError(f"{file}: cannot read the VAE config: {e}") from e
+  z = c.get("z_dim", 16)
+  if z not in VAE_FAMILIES:
+    raise ValueError(f"{file}: z_dim={z}; expected a Wan VAE ({sorted(VAE_FAMILIES)} channels)")
+  return {"family": VAE_FAMILIES[z], "latent_channels": z,
+          "temporal_factor": c.get("scale_factor_temporal") or 4,
+          "spatial_factor": c.get("scale_factor_spatial") or 8}
 
 
 def check_weights_folder(weights: str, vae: bool = True, text: bool = True) -> None:
@@ -26,12 +47,12 @@ def check_weights_folder(weights: str, vae: bool = True, text: bool = True) -> N
   would take a wrong local path for a hub id and try to download it)."""
   need = (["vae"] if vae else []) + (["text_encoder", "tokenizer"] if text else [])
   if not os.path.isdir(weights):
-    raise FileNotFoundError(f"--weights={weights}: no such folder; expected a Wan 2.1 diffusers "
+    raise FileNotFoundError(f"--weights={weights}: no such folder; expected a Wan diffusers "
                             f"folder with {', '.join(f'{d}/' for d in need)} (nothing is downloaded)")
   missing = [f"{d}/" for d in need if not os.path.isdir(os.path.join(weights, d))]
   if missing:
     raise FileNotFoundError(f"--weights={weights}: no {', '.join(missing)} in it; expected a Wan "
-                            "2.1 diffusers folder (nothing is downloaded)")
+                            "diffusers folder (nothing is downloaded)")
 
 
 class WanEncoders:
@@ -53,6 +74,7 @@ class WanEncoders:
       self.vae.to(self.device).eval()
       c = self.vae.config
       self.temporal_factor, self.spatial_factor = c.scale_factor_temporal, c.scale_factor_spatial
+      self.latent_channels = c.z_dim
       self.mean = torch.tensor(c.latents_mean, dtype=torch.float32).view(1, -1, 1, 1, 1)
       self.std = torch.tensor(c.latents_std, dtype=torch.float32).view(1, -1, 1, 1, 1)
     if text:
@@ -66,8 +88,8 @@ class WanEncoders:
   # Video.
 
   def encode_videos(self, videos: np.ndarray) -> np.ndarray:
-    """uint8 `[B, F, H, W, 3]` (F = 1 + 4k; H, W multiples of 16) -> normalised float32 latents
-    `[B, 1 + k, H/8, W/8, 16]`, channels last."""
+    """uint8 `[B, F, H, W, 3]` (F = 1 + 4k; H, W multiples of 2 s) -> normalised float32 latents
+    `[B, 1 + k, H/s, W/s, C]`, channels last."""
     torch = self.torch
     x = torch.from_numpy(np.ascontiguousarray(videos)).permute(0, 4, 1, 2, 3)
     x = (x.float() / 127.5 - 1.0).to(self.device, self.dtype)
@@ -77,7 +99,7 @@ class WanEncoders:
     return z.permute(0, 2, 3, 4, 1).numpy()
 
   def decode_latents(self, latents: np.ndarray) -> np.ndarray:
-    """Normalised latents `[B, T', h, w, 16]` -> uint8 videos `[B, 1 + 4 (T'-1), 8h, 8w, 3]`."""
+    """Normalised latents `[B, T', h, w, C]` -> uint8 videos `[B, 1 + 4 (T'-1), s h, s w, 3]`."""
     torch = self.torch
     z = torch.from_numpy(np.asarray(latents, np.float32)).permute(0, 4, 1, 2, 3)
     z = (z * self.std + self.mean).to(self.device, self.dtype)
