@@ -79,9 +79,9 @@ params, records, spec, cfg = evaluation_setup({data!r})
 calls, make = [], sampling.make_video_sampler
 def counted(*args, **kwargs):
   run = make(*args, **kwargs)
-  def counted_run(params, keys, text, mask):
+  def counted_run(params, keys, text, mask, cond=None):
     calls.append(len(keys))
-    return run(params, keys, text, mask)
+    return run(params, keys, text, mask, cond)
   return counted_run
 sampling.make_video_sampler = counted
 np.save({out!r} + f"/videos{{pid}}.npy", evaluate.sample_model(params, records, spec, cfg))

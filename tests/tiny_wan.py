@@ -95,3 +95,45 @@ def build_a14b_folder(root: str, boundary_ratio: float = 0.875, shift: float = 3
                        transformer_2=tiny_transformer(seed + 2), boundary_ratio=boundary_ratio)
     pipe.save_pretrained(root)
   return root
+
+
+IMAGE_DIM = 20  # The tiny CLIP vision model's width (Wan 2.1 I2V's image_dim).
+
+
+def tiny_clip():
+  """`(CLIPImageProcessor, CLIPVisionModel)`: 32 x 32 inputs, 8 x 8 patches (17 tokens), width
+  IMAGE_DIM; the Wan 2.1 I2V pipeline takes its second-to-last hidden states."""
+  from transformers import CLIPImageProcessor, CLIPVisionConfig, CLIPVisionModel
+  processor = CLIPImageProcessor(size={"shortest_edge": 32}, crop_size={"height": 32, "width": 32})
+  model = CLIPVisionModel(CLIPVisionConfig(hidden_size=IMAGE_DIM, intermediate_size=32,
+                                           num_hidden_layers=2, num_attention_heads=2,
+                                           image_size=32, patch_size=8)).eval()
+  return processor, model
+
+
+def build_i2v_pipeline(root: str, kind: str, seed: int = 0, shift: float = 3.0):
+  """A tiny image-to-video pipeline written by diffusers to `root` and returned: kind 'wan2.1'
+  (WanImageToVideoPipeline: 36 -> 16 channels, the CLIP image branch) or 'ti2v' (Wan 2.2 TI2V:
+  the Wan 2.2 VAE, 48 channels, `expand_timesteps`)."""
+  import tempfile
+  from diffusers import FlowMatchEulerDiscreteScheduler, WanImageToVideoPipeline
+  from diffusers import AutoencoderKLWan
+  from transformers import AutoTokenizer, UMT5EncoderModel
+  with tempfile.TemporaryDirectory() as parts:
+    build_wan_folder(parts, seed, vae="2.1" if kind == "wan2.1" else "2.2")
+    shared = dict(tokenizer=AutoTokenizer.from_pretrained(f"{parts}/tokenizer"),
+                  text_encoder=UMT5EncoderModel.from_pretrained(f"{parts}/text_encoder"),
+                  vae=AutoencoderKLWan.from_pretrained(f"{parts}/vae"),
+                  scheduler=FlowMatchEulerDiscreteScheduler(shift=shift))
+    if kind == "wan2.1":
+      processor, clip = tiny_clip()
+      pipe = WanImageToVideoPipeline(
+          image_processor=processor, image_encoder=clip, transformer=tiny_transformer(
+              seed + 1, in_channels=36, out_channels=16, image_dim=IMAGE_DIM, added_kv_proj_dim=24),
+          **shared)
+    else:
+      pipe = WanImageToVideoPipeline(transformer=tiny_transformer(seed + 1, in_channels=48,
+                                                                  out_channels=48),
+                                     expand_timesteps=True, **shared)
+    pipe.save_pretrained(root)
+  return pipe

@@ -37,7 +37,9 @@ Batch of pairs (B = batch_size, T' latent frames, S segments):
   segment_ids         int32 [B, T']  segment of each latent frame, -1 if it straddles two
   eta                 float32 [B]  (NaN for vanilla pairs)
   id                  str [B]
-Batch of videos: latent [B, T', H, W, C] and text_emb in their stored dtypes, text_mask, id.
+  cond_latent         [B, T' or 1, H, W, C], image_emb [B, N, D_img]: image-to-video records only
+Batch of videos: latent [B, T', H, W, C] and text_emb in their stored dtypes, text_mask, id (and
+the condition of image-to-video records).
 
 Resuming: `it = iter(ds)`; `state = it.get_state()` (a small JSON-able dict);
 later `it2 = iter(ds); it2.set_state(state)` yields exactly the batches `it`
@@ -179,7 +181,13 @@ def pair_example(rec: schema.PairRecord, mode: str = "dense") -> dict[str, Any]:
                                                   rec.temporal_factor, rec.causal, s).astype(np.int32),
       "eta": np.float32(rec.eta),
       "id": np.asarray(rec.id),
+      **_condition(rec),
   }
+
+
+def _condition(rec: schema.Record) -> dict[str, Any]:
+  """An image-to-video record's `cond_latent` (and `image_emb`) for its example; {} else."""
+  return {k: getattr(rec, k) for k in ("cond_latent", "image_emb") if getattr(rec, k) is not None}
 
 
 def video_example(rec: schema.VideoRecord) -> dict[str, Any]:
@@ -192,6 +200,7 @@ def video_example(rec: schema.VideoRecord) -> dict[str, Any]:
       "text_emb": rec.text_emb,
       "text_mask": np.asarray(rec.text_mask, bool),
       "id": np.asarray(rec.id),
+      **_condition(rec),
   }
 
 

@@ -13,6 +13,11 @@ Shapes:
                      -1: `latent_b` wins, 0: tie. S is ceil or floor of
                      num_frames / frames_per_segment (segments.py).
   global_label       int in {-1, 0, +1}, same sign convention.
+  cond_latent [T' or 1, H, W, C] floating, optional: an image-to-video record's condition, the
+                     normalised VAE latent of its first frame (followed by black frames: T'
+                     frames; alone: 1 frame), shared by both members of a pair
+                     (model/conditioning.py)
+  image_emb  [N, D_img] floating, optional: the first frame's CLIP features (Wan 2.1 I2V)
 
 `latent_dtype` ('float32' | 'bfloat16' | 'float16') is the dtype the latents are
 stored in; encoding casts to it and decoding returns arrays of exactly that dtype.
@@ -71,8 +76,9 @@ class VideoRecord:
     fps: pixel frames a second.
     temporal_factor: r of the video autoencoder (1: pixel space / identity).
     causal: causal autoencoder (latent 0 covers pixel frame 0 alone).
-    latent_dtype: storage dtype of `latent`, a key of LATENT_DTYPES.
+    latent_dtype: storage dtype of `latent` (and `cond_latent`), a key of LATENT_DTYPES.
     metadata: free-form JSON-serialisable extras (e.g. ShapesWorld scene).
+    cond_latent, image_emb: the image-to-video condition (module doc), or None.
   """
   id: str
   prompt: str
@@ -85,9 +91,11 @@ class VideoRecord:
   causal: bool = True
   latent_dtype: str = "float32"
   metadata: Mapping[str, Any] = dataclasses.field(default_factory=dict)
+  cond_latent: Optional[np.ndarray] = None
+  image_emb: Optional[np.ndarray] = None
 
   KIND = "video"
-  ARRAYS = ("text_emb", "text_mask", "latent")
+  ARRAYS = ("text_emb", "text_mask", "latent", "cond_latent", "image_emb")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -108,6 +116,7 @@ class PairRecord:
     gt_video_id: id of the ground-truth VideoRecord (guided pairs), else None.
     labeler: name of who labeled it (e.g. 'shapesworld_oracle', 'human'), or None.
     labeler_params: labeler version and parameters (JSON-serialisable).
+    cond_latent, image_emb: the image-to-video condition both members share, or None.
   """
   id: str
   prompt: str
@@ -131,9 +140,12 @@ class PairRecord:
   labeler_params: Mapping[str, Any] = dataclasses.field(default_factory=dict)
   latent_dtype: str = "float32"
   metadata: Mapping[str, Any] = dataclasses.field(default_factory=dict)
+  cond_latent: Optional[np.ndarray] = None
+  image_emb: Optional[np.ndarray] = None
 
   KIND = "pair"
-  ARRAYS = ("text_emb", "text_mask", "latent_a", "latent_b", "segment_labels")
+  ARRAYS = ("text_emb", "text_mask", "latent_a", "latent_b", "segment_labels", "cond_latent",
+            "image_emb")
 
   @property
   def num_segments(self) -> int:
@@ -225,6 +237,22 @@ def _check_common(rec: Record, latent_fields, path, index) -> None:
                  f"temporal_factor={rec.temporal_factor}, causal={rec.causal}", path, index)
   if not isinstance(rec.metadata, Mapping):
     raise _err("metadata", f"must be a mapping, got {type(rec.metadata).__name__}", path, index)
+  _check_condition(rec, getattr(rec, latent_fields[0]).shape, path, index)
+
+
+def _check_condition(rec: Record, shape: tuple[int, ...], path, index) -> None:
+  """`cond_latent` `[T' or 1, H, W, C]` of the latent's `H, W, C`; `image_emb` `[N, D]` only
+  with a `cond_latent`."""
+  if rec.cond_latent is not None:
+    cond = _check_array(rec, "cond_latent", 4, path, index, "float")
+    if cond.shape[1:] != shape[1:] or cond.shape[0] not in (1, shape[0]):
+      raise _err("cond_latent", f"has shape {cond.shape}; expected [{shape[0]} or 1, "
+                 f"{', '.join(map(str, shape[1:]))}] (the latent is {shape})", path, index)
+  if rec.image_emb is not None:
+    _check_array(rec, "image_emb", 2, path, index, "float")
+    if rec.cond_latent is None:
+      raise _err("image_emb", "given without a cond_latent (the image-to-video condition)",
+                 path, index)
 
 
 def validate_video(rec: VideoRecord, path: Optional[str] = None, index: Optional[int] = None) -> VideoRecord:
@@ -309,4 +337,8 @@ def shape_signature(rec: Record) -> dict[str, Any]:
   }
   if isinstance(rec, PairRecord):
     sig["frames_per_segment"] = int(rec.frames_per_segment)
+  if rec.cond_latent is not None:  # Image-to-video records: every record has the same condition.
+    sig["cond_shape"] = list(rec.cond_latent.shape)
+  if rec.image_emb is not None:
+    sig["image_emb_shape"] = list(rec.image_emb.shape)
   return sig

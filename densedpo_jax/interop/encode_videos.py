@@ -11,7 +11,10 @@ WAN_DIR is a Wan diffusers folder (its `vae/`, `text_encoder/`, `tokenizer/`): t
     {"id": "pair1", "prompt": "...", "video_a": "a.mp4", "video_b": "b.mp4",     -> PairRecords
      "segment_labels": [1, 0, -1], "global_label": 1, "frames_per_segment": 16}
 
-Relative paths are relative to the manifest. Every clip is resampled to `fps`, its first
+`--condition=first_frame` stores each clip's image-to-video condition (its first frame's VAE
+latent as the pipelines build it, and with an `image_encoder/` in WAN_DIR, Wan 2.1 I2V's, its CLIP
+features); a pair's condition is its `video_a`'s first frame. Relative paths are relative to the
+manifest. Every clip is resampled to `fps`, its first
 `num_frames` frames (1 + 4k) kept, resized and centre-cropped to `height` x `width` (multiples of
 16 for the Wan 2.1 VAE, 32 for the Wan 2.2 VAE: its 16x compression times the transformer's patch). `frames_per_segment` counts frames at `fps` (default: one second). Each distinct prompt is
 embedded once; text is stored at the longest prompt's token count (the model zero-pads to 512, so
@@ -108,6 +111,9 @@ def read_manifest(path: str) -> tuple[str, list[Entry]]:
   return kind, entries
 
 
+CONDITIONS = ("none", "first_frame")
+
+
 @dataclasses.dataclass(frozen=True)
 class Settings:
   """What shapes a dataset: a resumed run must use the same."""
@@ -116,8 +122,11 @@ class Settings:
   width: int = 832
   fps: float = 16.0
   records_per_part: int = 32
+  condition: str = "none"  # 'first_frame': store the image-to-video condition of each clip.
 
   def check(self, temporal_factor: int, size_multiple: int = 16) -> None:
+    if self.condition not in CONDITIONS:
+      raise ValueError(f"--condition={self.condition}; expected one of {CONDITIONS}")
     if (self.num_frames - 1) % temporal_factor or self.num_frames < 1 + temporal_factor:
       raise ValueError(f"--num_frames={self.num_frames}: must be 1 + {temporal_factor} k, k >= 1")
     if self.height % size_multiple or self.width % size_multiple:
@@ -148,12 +157,14 @@ def _check_labels(entry: Entry, settings: Settings, manifest: str) -> int:
   return fps_seg
 
 
-def _records(kind, entries, clips, latents, texts, settings, temporal_factor):
+def _records(kind, entries, clips, latents, texts, settings, temporal_factor, conds=None):
   to_bf16 = lambda x: np.asarray(x, np.float32).astype(ml_dtypes.bfloat16)
   common = lambda e: dict(id=e.id, prompt=e.prompt, text_emb=to_bf16(texts[e.prompt][0]),
                           text_mask=texts[e.prompt][1], num_frames=settings.num_frames,
                           fps=settings.fps, temporal_factor=temporal_factor, causal=True,
-                          latent_dtype=LATENT_DTYPE)
+                          latent_dtype=LATENT_DTYPE, **condition(k))
+  condition = lambda k: {} if conds is None else dict(
+      cond_latent=to_bf16(conds[0][k]), image_emb=None if conds[1] is None else to_bf16(conds[1][k]))
   out, k = [], 0
   for e in entries:
     if kind == "video":
@@ -210,7 +221,14 @@ def encode_dataset(encoders, manifest: str, out: str, name: str, settings: Setti
     latents = [encoders.encode_videos(np.stack(clips[i:i + batch_size]))
                for i in range(0, len(clips), batch_size)]
     latents = np.concatenate(latents) if latents else np.zeros((0,))
-    records = _records(kind, chunk, clips, latents, texts, settings, encoders.temporal_factor)
+    conds = None
+    if settings.condition == "first_frame" and clips:  # A pair's is its video_a's first frame.
+      encoded = [encoders.encode_conditions(np.stack(clips[i:i + batch_size]))
+                for i in range(0, len(clips), batch_size)]
+      conds = (np.concatenate([c for c, _ in encoded]),
+               None if encoded[0][1] is None else np.concatenate([e for _, e in encoded]))
+    records = _records(kind, chunk, clips, latents, texts, settings, encoders.temporal_factor,
+                       conds)
     with parts.writer(k, metadata={"skipped": bad}) as writer:
       for rec in records:
         writer.write(rec)
@@ -261,8 +279,9 @@ def main(argv=None) -> None:
       _check_labels(e, settings, args.manifest)
   except (ValueError, OSError) as e:
     raise SystemExit(f"error: {e}") from None
-  encode_dataset(wan_encoders.WanEncoders(args.weights), args.manifest, args.out, args.name,
-                 settings, args.batch_size, args.skip_bad)
+  encoders = wan_encoders.WanEncoders(args.weights, image=settings.condition != "none")
+  encode_dataset(encoders, args.manifest, args.out, args.name, settings, args.batch_size,
+                 args.skip_bad)
 
 
 if __name__ == "__main__":

@@ -58,8 +58,10 @@ def check_weights_folder(weights: str, vae: bool = True, text: bool = True) -> N
 class WanEncoders:
   """Loads whichever of the VAE and the text encoder are asked for; float32 by default."""
 
-  def __init__(self, weights: str, *, vae: bool = True, text: bool = True,
+  def __init__(self, weights: str, *, vae: bool = True, text: bool = True, image: bool = False,
                device: str | None = None, dtype: str = "float32"):
+    """`image`: also the CLIP image encoder of the folder's `image_encoder/` (Wan 2.1 I2V), when
+    it has one."""
     check_weights_folder(weights, vae, text)
     import torch
     from diffusers import AutoencoderKLWan
@@ -67,7 +69,7 @@ class WanEncoders:
     self.torch = torch
     self.device = device or ("cuda" if torch.cuda.is_available() else "cpu")
     self.dtype = getattr(torch, dtype)
-    self.vae = self.tokenizer = self.text_encoder = None
+    self.vae = self.tokenizer = self.text_encoder = self.image_encoder = None
     if vae:
       self.vae = AutoencoderKLWan.from_pretrained(weights, subfolder="vae", torch_dtype=self.dtype,
                                                   local_files_only=True)
@@ -84,19 +86,50 @@ class WanEncoders:
                                                            torch_dtype=self.dtype,
                                                            local_files_only=True)
       self.text_encoder.to(self.device).eval()
+    if image and os.path.isdir(os.path.join(weights, "image_encoder")):
+      from transformers import CLIPImageProcessor, CLIPVisionModel
+      self.image_processor = CLIPImageProcessor.from_pretrained(
+          weights, subfolder="image_processor", local_files_only=True)
+      self.image_encoder = CLIPVisionModel.from_pretrained(
+          weights, subfolder="image_encoder", torch_dtype=self.dtype, local_files_only=True)
+      self.image_encoder.to(self.device).eval()
 
   # Video.
+
+  def _encode(self, x) -> np.ndarray:
+    """`[B, 3, F, H, W]` in [-1, 1] -> normalised latents `[B, F', h, w, C]`, channels last."""
+    with self.torch.no_grad():
+      mode = self.vae.encode(x.to(self.device, self.dtype)).latent_dist.mode().float().cpu()
+    return ((mode - self.mean) / self.std).permute(0, 2, 3, 4, 1).numpy()
+
+  def encode_conditions(self, videos: np.ndarray) -> tuple[np.ndarray, np.ndarray | None]:
+    """The image-to-video condition of each clip's first frame, as `WanImageToVideoPipeline`
+    builds it (model/conditioning.py): with the Wan 2.1 VAE (16 channels: Wan 2.1 I2V, Wan 2.2
+    I2V-A14B) the latent of the first frame followed by zero (mid-grey) frames, `[B, 1 + k, h, w,
+    16]`; with the Wan 2.2 VAE (TI2V) the first frame's latent alone, `[B, 1, h, w, 48]`. Plus its
+    CLIP features (the second-to-last hidden states, `[B, 257, 1280]` for ViT-H) when the folder
+    has an image encoder, else None."""
+    torch = self.torch
+    first = torch.from_numpy(np.ascontiguousarray(videos[:, :1])).permute(0, 4, 1, 2, 3)
+    first = first.float() / 127.5 - 1.0
+    if self.latent_channels == 16:  # The rest of the clip as zeros in [-1, 1] (the pipeline's).
+      rest = first.new_zeros(first.shape[:2] + (videos.shape[1] - 1,) + first.shape[3:])
+      first = torch.cat([first, rest], dim=2)
+    latents = self._encode(first)
+    image_emb = None
+    if self.image_encoder is not None:
+      inputs = self.image_processor(images=list(videos[:, 0]), return_tensors="pt")
+      with torch.no_grad():
+        out = self.image_encoder(pixel_values=inputs.pixel_values.to(self.device, self.dtype),
+                                 output_hidden_states=True)
+      image_emb = out.hidden_states[-2].float().cpu().numpy()
+    return latents, image_emb
 
   def encode_videos(self, videos: np.ndarray) -> np.ndarray:
     """uint8 `[B, F, H, W, 3]` (F = 1 + 4k; H, W multiples of 2 s) -> normalised float32 latents
     `[B, 1 + k, H/s, W/s, C]`, channels last."""
-    torch = self.torch
-    x = torch.from_numpy(np.ascontiguousarray(videos)).permute(0, 4, 1, 2, 3)
-    x = (x.float() / 127.5 - 1.0).to(self.device, self.dtype)
-    with torch.no_grad():
-      mode = self.vae.encode(x).latent_dist.mode().float().cpu()
-    z = (mode - self.mean) / self.std
-    return z.permute(0, 2, 3, 4, 1).numpy()
+    x = self.torch.from_numpy(np.ascontiguousarray(videos)).permute(0, 4, 1, 2, 3)
+    return self._encode(x.float() / 127.5 - 1.0)
 
   def decode_latents(self, latents: np.ndarray) -> np.ndarray:
     """Normalised latents `[B, T', h, w, C]` -> uint8 videos `[B, 1 + 4 (T'-1), s h, s w, 3]`."""

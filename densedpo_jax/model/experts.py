@@ -157,12 +157,14 @@ def routed_velocity(high_fn: Callable, low_fn: Callable, boundary_ratio: float) 
   expert on the samples at or above the boundary and the low-noise one below. A batch on one
   side (every step of a shared time grid) runs one expert (`lax.cond`); a mixed batch runs both
   and picks per sample."""
-  def velocity(x, t, text, text_mask, null_text=None):
+  def velocity(x, t, text, text_mask, null_text=None, **kwargs):
     high = is_high_noise(t, boundary_ratio)
     args = (x, t, text, text_mask, null_text)
-    mixed = lambda a: jnp.where(high.reshape((-1,) + (1,) * (x.ndim - 1)), high_fn(*a), low_fn(*a))
+    run = lambda fn: lambda a: fn(*a[0], **a[1])
+    mixed = lambda a: jnp.where(high.reshape((-1,) + (1,) * (x.ndim - 1)), run(high_fn)(a),
+                                run(low_fn)(a))
     branch = jnp.where(jnp.all(high), 0, jnp.where(jnp.any(high), 2, 1))
-    return jax.lax.switch(branch, [lambda a: high_fn(*a), lambda a: low_fn(*a), mixed], args)
+    return jax.lax.switch(branch, [run(high_fn), run(low_fn), mixed], (args, kwargs))
   return velocity
 
 

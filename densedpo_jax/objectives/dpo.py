@@ -15,6 +15,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from densedpo_jax.model import conditioning
 from densedpo_jax.objectives import flow, losses
 
 _BATCH_KEYS = ("latent_a", "latent_b", "text_emb", "text_mask")
@@ -51,7 +52,7 @@ def draw_noise(batch, key, *, share_noise=True, t_sampler=flow.logit_normal_t):
 
 
 def dpo_errors(apply_fn, params, lora, batch, key, *, share_noise=True,
-               t_sampler=flow.logit_normal_t):
+               t_sampler=flow.logit_normal_t, cond_kind=None):
   """Per-frame flow-matching errors of policy and reference on both pair members.
 
   Args:
@@ -63,8 +64,12 @@ def dpo_errors(apply_fn, params, lora, batch, key, *, share_noise=True,
     key: PRNG key for `t` and `eps`.
     share_noise: the same `eps` for a and b (else independent noises). `t` is always shared.
     t_sampler: `(key, shape) -> t` in [0, 1], e.g. `flow.logit_normal_t` or `flow.uniform_t`.
+    cond_kind: the image-to-video conditioning of the model (`conditioning.kind_of`), taken from
+      the batch's `cond_latent` (and `image_emb`), which both members share; None for
+      text-to-video.
   Returns:
-    dict of `err_theta_a, err_ref_a, err_theta_b, err_ref_b`, each `[B, T]`.
+    dict of `err_theta_a, err_ref_a, err_theta_b, err_ref_b`, each `[B, T]` over the frames that
+    carry loss (`T` latent frames; TI2V's conditioning frame 0 is left out).
   """
   _check_batch(batch)
   x0_a, x0_b = batch["latent_a"].astype(jnp.float32), batch["latent_b"].astype(jnp.float32)
@@ -80,32 +85,40 @@ def dpo_errors(apply_fn, params, lora, batch, key, *, share_noise=True,
   x_t = flow.add_noise(x0, eps, t2)
   v_target = flow.velocity_target(x0, eps)
   text, text_mask = twice(batch["text_emb"]), twice(batch["text_mask"])
-  call = lambda variables, lora_enabled: apply_fn(variables, x_t, t2, text, text_mask,
-                                                  lora_enabled=lora_enabled)
+  cond = conditioning.from_batch(batch, cond_kind)
+  x_in, t_in, extra = ((x_t, t2, {}) if cond is None
+                       else conditioning.model_inputs(cond.repeat(2), x_t, t2))
+  call = lambda variables, lora_enabled: apply_fn(variables, x_in, t_in, text, text_mask,
+                                                  lora_enabled=lora_enabled, **extra)
 
   variables = {"params": params, "lora": lora}
   v_theta = call(variables, lora_enabled=True)
   v_ref = jax.lax.stop_gradient(call(jax.lax.stop_gradient(variables), lora_enabled=False))
 
-  err_theta = losses.per_frame_error(v_theta, v_target)
-  err_ref = losses.per_frame_error(v_ref, v_target)
+  frames = conditioning.trained_frames(cond)
+  err_theta = losses.per_frame_error(v_theta, v_target)[:, frames]
+  err_ref = losses.per_frame_error(v_ref, v_target)[:, frames]
   return {"err_theta_a": err_theta[:b], "err_ref_a": err_ref[:b],
           "err_theta_b": err_theta[b:], "err_ref_b": err_ref[b:]}
 
 
 def dpo_loss(apply_fn, params, lora, batch, key, *, beta, dense=True, granularity="frame",
-             share_noise=True, t_sampler=flow.logit_normal_t):
+             share_noise=True, t_sampler=flow.logit_normal_t, cond_kind=None):
   """DPO loss of one step: `dpo_errors` then `dense_dpo_loss` or `flow_dpo_loss`.
 
   `batch` is as for `dpo_errors` plus `labels`: `[B, T]` latent-frame labels when `dense`, else
   `[B]` pair labels (errors averaged over T first); and `segment_ids [B, T]` for
   `granularity='segment'`. Returns `(loss, metrics)`; differentiate with respect to `lora`.
+  With `cond_kind='first_frame'` (TI2V) latent frame 0 is the condition and carries no loss.
   """
   errs = dpo_errors(apply_fn, params, lora, batch, key, share_noise=share_noise,
-                    t_sampler=t_sampler)
+                    t_sampler=t_sampler, cond_kind=cond_kind)
   if dense:
-    return losses.dense_dpo_loss(**errs, labels=batch["labels"], beta=beta,
-                                 granularity=granularity, segment_ids=batch.get("segment_ids"))
+    frames = slice(batch["labels"].shape[-1] - errs["err_theta_a"].shape[-1], None)
+    segment_ids = batch.get("segment_ids")
+    return losses.dense_dpo_loss(**errs, labels=batch["labels"][:, frames], beta=beta,
+                                 granularity=granularity,
+                                 segment_ids=None if segment_ids is None else segment_ids[:, frames])
   errs = {k: v.mean(-1) for k, v in errs.items()}
   return losses.flow_dpo_loss(**errs, labels=batch["labels"], beta=beta)
 

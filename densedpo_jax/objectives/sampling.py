@@ -10,7 +10,7 @@ import functools
 import jax
 
 from densedpo_jax.objectives import flow
-from densedpo_jax.model import LoRAConfig, ModelConfig, build, experts, pretrained
+from densedpo_jax.model import LoRAConfig, ModelConfig, build, conditioning, experts, pretrained
 
 
 def velocity_fn(model, params):
@@ -24,17 +24,21 @@ def velocity_fn(model, params):
 
 def make_video_sampler(cfg: ModelConfig, shape: tuple[int, ...], num_steps: int,
                        cfg_scale: float | None = None, shift: float | None = None):
-  """Jitted `run(params, keys [N], text [N, L, D], text_mask [N, L]) -> videos [N, *shape]`.
+  """Jitted `run(params, keys [N], text [N, L, D], text_mask [N, L], cond=None) -> videos
+  [N, *shape]`.
 
   `params` are exported weights (`'params'` only; any adapter already merged), so the model
-  runs without LoRA; `shape` is one latent `(T, H, W, C)`. Deterministic given the keys.
+  runs without LoRA; `shape` is one latent `(T, H, W, C)`; `cond` an image-to-video model's
+  `conditioning.Condition` of the N videos. Deterministic given the keys.
   """
   model = build(cfg.replace(lora=LoRAConfig()))
 
   @jax.jit
-  def run(params, keys, text, text_mask):
-    return flow.sample(velocity_fn(model, params), keys, tuple(shape), text, text_mask, num_steps=num_steps,
-                       shift=shift or None, cfg_scale=cfg_scale)
+  def run(params, keys, text, text_mask, cond=None):
+    velocity = conditioning.conditioned(velocity_fn(model, params), cond)
+    out = flow.sample(velocity, keys, tuple(shape), text, text_mask, num_steps=num_steps,
+                      shift=shift or None, cfg_scale=cfg_scale)
+    return conditioning.finish(cond, out)
   return run
 
 

@@ -23,6 +23,7 @@ import numpy as np
 from absl import logging
 
 from densedpo_jax import distributed, previews
+from densedpo_jax.model import conditioning
 from densedpo_jax.objectives import sampling
 from densedpo_jax.training.builders import make_source, model_config, with_overrides
 from densedpo_jax.data import arrayrecord_io
@@ -65,12 +66,14 @@ def sample_model(params, records, spec, cfg) -> np.ndarray:
   reps = spec.seeds_per_prompt
   text = np.repeat(np.stack([r.text_emb for r in records]).astype(np.float32), reps, axis=0)
   mask = np.repeat(np.stack([np.asarray(r.text_mask, bool) for r in records]), reps, axis=0)
+  cond = conditioning.from_records(records, cfg, reps)  # Image-to-video: each prompt's frame.
   n, size = len(text), spec.batch_size
   keys = jax.random.split(jax.random.key(spec.seed), n)
   num_batches, mine = -(-n // size), {}
   for b in distributed.my_items(num_batches):
     sl = slice(b * size, (b + 1) * size)
-    videos = np.asarray(run(params, keys[sl], text[sl], mask[sl]), np.float32)
+    part = None if cond is None else jax.tree_util.tree_map(lambda a: a[sl], cond)
+    videos = np.asarray(run(params, keys[sl], text[sl], mask[sl], part), np.float32)
     mine[b] = np.concatenate([videos, np.zeros((size - len(videos),) + shape, np.float32)])
   videos = distributed.join_items(mine, num_batches, (size,) + shape, np.float32)
   return videos.reshape((-1,) + shape)[:n]  # The last batch's zero rows dropped.

@@ -31,7 +31,7 @@ from densedpo_jax.objectives import flow, sampling
 from densedpo_jax.data import arrayrecord_io, schema
 from densedpo_jax.data.parts import Parts
 from densedpo_jax.training.builders import make_source, model_config
-from densedpo_jax.model import LoRAConfig, build
+from densedpo_jax.model import LoRAConfig, build, conditioning
 
 MODES = ("vanilla", "guided")
 
@@ -60,16 +60,19 @@ def draw_eta(base_seed: int, index: int, eta_range) -> float:
 
 def make_pair_sampler(model, spec: ml_collections.ConfigDict, mode: str,
                       fixed_eta: float | None):
-  """Jitted `run(params, keys_a, keys_b, x_gt, eta, text, mask) -> (a, b)` for one batch."""
+  """Jitted `run(params, keys_a, keys_b, x_gt, eta, text, mask, cond=None) -> (a, b)` for one
+  batch; `cond`, an image-to-video model's `conditioning.Condition`, is shared by a and b."""
   kw = dict(num_steps=spec.num_steps, shift=spec.shift or None, cfg_scale=spec.cfg_scale)
 
   @jax.jit
-  def run(params, keys_a, keys_b, x_gt, eta, text, mask):
-    velocity_fn = sampling.velocity_fn(model, params)
+  def run(params, keys_a, keys_b, x_gt, eta, text, mask, cond=None):
+    velocity_fn = conditioning.conditioned(sampling.velocity_fn(model, params), cond)
     if mode == "vanilla":
-      return flow.vanilla_pairs(velocity_fn, keys_a, keys_b, x_gt.shape[1:], text, mask, **kw)
-    return flow.guided_pairs(velocity_fn, x_gt, keys_a, keys_b,
-                             fixed_eta if fixed_eta is not None else eta, text, mask, **kw)
+      a, b = flow.vanilla_pairs(velocity_fn, keys_a, keys_b, x_gt.shape[1:], text, mask, **kw)
+    else:
+      a, b = flow.guided_pairs(velocity_fn, x_gt, keys_a, keys_b,
+                               fixed_eta if fixed_eta is not None else eta, text, mask, **kw)
+    return conditioning.finish(cond, a), conditioning.finish(cond, b)
   return run
 
 
@@ -82,7 +85,8 @@ def _pair_record(video: schema.VideoRecord, a, b, mode, eta, seeds, spec) -> sch
       eta=eta if mode == "guided" else math.nan, seed_a=seeds[0], seed_b=seeds[1],
       temporal_factor=video.temporal_factor, causal=video.causal,
       gt_video_id=video.id if mode == "guided" else None, latent_dtype=spec.latent_dtype,
-      metadata={"gt_metadata": dict(video.metadata)})
+      metadata={"gt_metadata": dict(video.metadata)}, cond_latent=video.cond_latent,
+      image_emb=video.image_emb)
 
 
 def generate_pairs(config: ml_collections.ConfigDict, source, params, model) -> dict:
@@ -145,9 +149,11 @@ def generate_pairs(config: ml_collections.ConfigDict, source, params, model) -> 
         put = lambda x: jax.device_put(np.stack(x), split)
         keys_a = jax.device_put(jnp.stack([jax.random.key(s[0]) for s in seeds]), split)
         keys_b = jax.device_put(jnp.stack([jax.random.key(s[1]) for s in seeds]), split)
+        cond = conditioning.from_records(videos_in, model.cfg)  # Image-to-video: frame 0.
+        cond = None if cond is None else jax.tree_util.tree_map(lambda a: put(list(a)), cond)
         a, b = run(params, keys_a, keys_b, put([v.latent.astype(np.float32) for v in videos_in]),
                    put(np.asarray(etas, np.float32)), put([v.text_emb for v in videos_in]),
-                   put([np.asarray(v.text_mask, bool) for v in videos_in]))
+                   put([np.asarray(v.text_mask, bool) for v in videos_in]), cond)
         a, b = np.asarray(a), np.asarray(b)
         for n, (video, j) in enumerate(zip(videos, chunk)):
           writer.write(_pair_record(video, a[n], b[n], spec.mode, etas[n], seeds[n], spec))

@@ -26,7 +26,7 @@ from densedpo_jax.training import checkpointing, sharding, train_step
 from densedpo_jax.objectives import sampling
 from densedpo_jax.training.builders import make_source, model_config, training_weights
 from densedpo_jax.data import arrayrecord_io, pipeline
-from densedpo_jax.model import build, experts, merge_lora, pretrained
+from densedpo_jax.model import build, conditioning, experts, merge_lora, pretrained
 
 
 class NonFiniteLossError(console.JobError, FloatingPointError):
@@ -48,17 +48,20 @@ def make_dataset(config: ml_collections.ConfigDict, source):
   return pipeline.pair_dataset(source, mode=mode, min_nontie_frac=data.min_nontie_frac, **common)
 
 
-def _sample_inputs(batch: dict[str, Any]):
-  """Model inputs of one video, shaped like the batch (for init and eval_shape)."""
+def _sample_inputs(batch: dict[str, Any], cfg):
+  """Model inputs of one video, shaped like the batch (for init and eval_shape); the model's
+  own input channels (an image-to-video model takes more than the latent has)."""
   latent = batch["latent"] if "latent" in batch else batch["latent_a"]
-  return (jnp.zeros((1,) + latent.shape[1:], jnp.float32), jnp.zeros((1,), jnp.float32),
+  return (jnp.zeros((1,) + latent.shape[1:-1] + (cfg.in_channels,), jnp.float32),
+          jnp.zeros((1,), jnp.float32),
           jnp.zeros((1,) + batch["text_emb"].shape[1:], jnp.float32),
           jnp.ones((1,) + batch["text_mask"].shape[1:], bool))
 
 
-def preview_prompts(source, n: int) -> tuple[np.ndarray, np.ndarray]:
-  """`(text_emb [n, L, D], text_mask [n, L])` of the first `n` readable records of `source`: the
-  same preview prompts on every process (each process reads another share of the data)."""
+def preview_prompts(source, n: int, cfg):
+  """`(text_emb [n, L, D], text_mask [n, L], condition or None)` of the first `n` readable
+  records of `source`: the same preview prompts (and, for an image-to-video model of `cfg`, first
+  frames) on every process (each process reads another share of the data)."""
   recs = []
   for i in range(len(source)):
     rec = arrayrecord_io.decode_raw(source[i])
@@ -66,8 +69,8 @@ def preview_prompts(source, n: int) -> tuple[np.ndarray, np.ndarray]:
       recs.append(rec)
     if len(recs) == n:
       break
-  return (np.stack([np.asarray(r.text_emb, np.float32) for r in recs]),
-          np.stack([np.asarray(r.text_mask, bool) for r in recs]))
+  stack = lambda field, dtype: np.stack([np.asarray(getattr(r, field), dtype) for r in recs])
+  return stack("text_emb", np.float32), stack("text_mask", bool), conditioning.from_records(recs, cfg)
 
 
 def make_sampler(cfg, batch: dict[str, Any], source, sample: ml_collections.ConfigDict):
@@ -76,11 +79,11 @@ def make_sampler(cfg, batch: dict[str, Any], source, sample: ml_collections.Conf
 
   `params` are exported ones (LoRA folded in), so the sampler runs the plain model.
   """
-  text, mask = preview_prompts(source, sample.num_videos)
+  text, mask, cond = preview_prompts(source, sample.num_videos, cfg)
   latent = batch["latent"] if "latent" in batch else batch["latent_a"]
   keys = jax.random.split(jax.random.key(sample.seed), len(text))
   run = sampling.make_video_sampler(cfg, latent.shape[1:], sample.num_steps, sample.cfg_scale)
-  return lambda params: run(params, keys, text, mask)
+  return lambda params: run(params, keys, text, mask, cond)
 
 
 def write_samples(writer, workdir: str, step: int, videos: np.ndarray, fps: float) -> None:
@@ -149,7 +152,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
   lora_trained = config.loss != "flow_matching" or cfg.lora.rank > 0
   if lora_trained and cfg.lora.rank == 0:
     raise ValueError(f"config.loss={config.loss!r} trains a LoRA adapter: set config.lora.rank > 0")
-  inputs = _sample_inputs(first_batch)
+  inputs = _sample_inputs(first_batch, cfg)
   init_vars = lambda key: model.init(key, *inputs)
 
   def init_state(key):

@@ -18,6 +18,7 @@ import jax.numpy as jnp
 import optax
 from clu import metrics as clu_metrics
 
+from densedpo_jax.model import conditioning
 from densedpo_jax.objectives import dpo, flow, losses
 
 LOSSES = ("flow_matching", "flow_dpo", "dense_dpo")
@@ -103,12 +104,20 @@ def make_loss_fn(model, config) -> Callable:
   def variables(trainable, frozen):
     return {"params": frozen, "lora": trainable} if lora_trained else {"params": trainable}
 
+  def cond_kind(batch):  # The model's image-to-video conditioning, from static shapes.
+    cond = batch.get("cond_latent")
+    return conditioning.kind_of(model.cfg, None if cond is None else cond.shape[1])
+
   def flow_matching(trainable, frozen, batch, key):
     x0, t, eps = batch["latent"], batch["t"], batch["eps"]
     key_drop = jax.random.split(key, 3)[2]
-    v = model.apply(variables(trainable, frozen), flow.add_noise(x0, eps, t), t,
-                    batch["text_emb"], batch["text_mask"], train=True, rngs={"dropout": key_drop})
-    loss, metrics = losses.flow_matching_loss(v, flow.velocity_target(x0, eps))
+    cond = conditioning.from_batch(batch, cond_kind(batch))
+    x_t = flow.add_noise(x0, eps, t)
+    x_in, t_in, extra = (x_t, t, {}) if cond is None else conditioning.model_inputs(cond, x_t, t)
+    v = model.apply(variables(trainable, frozen), x_in, t_in, batch["text_emb"],
+                    batch["text_mask"], train=True, rngs={"dropout": key_drop}, **extra)
+    frames = conditioning.trained_frames(cond)
+    loss, metrics = losses.flow_matching_loss(v[:, frames], flow.velocity_target(x0, eps)[:, frames])
     return loss, (metrics, jnp.float32(x0.shape[0]))
 
   def dpo_objective(trainable, frozen, batch, key):
@@ -118,7 +127,8 @@ def make_loss_fn(model, config) -> Callable:
       batch["labels"] = batch["global_label"]
     loss, metrics = dpo.dpo_loss(model.apply, frozen, trainable, batch, key, beta=config.dpo.beta,
                                  dense=dense, granularity=config.dpo.granularity,
-                                 share_noise=config.dpo.share_noise, t_sampler=t_sampler)
+                                 share_noise=config.dpo.share_noise, t_sampler=t_sampler,
+                                 cond_kind=cond_kind(batch))
     return loss, ({k: metrics[k] for k in DPO_METRICS}, metrics["num_pairs"])
 
   if config.loss not in LOSSES:
