@@ -96,7 +96,30 @@ def base() -> ml_collections.ConfigDict:
 
 # Model presets the training-only config args name: `dense.py:paper`, `:wan1.3b`, `:wan14b`.
 SCALED_MODELS = {"paper": ("dit", "paper"), "wan1.3b": ("wan", "wan2.1-t2v-1.3b"),
-                 "wan14b": ("wan", "wan2.1-t2v-14b")}
+                 "wan14b": ("wan", "wan2.1-t2v-14b"),
+                 **{name: ("wan", name) for name in ("wan2.1-i2v-14b", "wan2.2-ti2v-5b",
+                                                     "wan2.2-t2v-a14b", "wan2.2-i2v-a14b")}}
+FOURTEEN_B = ("wan14b", "wan2.1-i2v-14b", "wan2.2-t2v-a14b", "wan2.2-i2v-a14b")
+TWO_EXPERTS = ("wan2.2-t2v-a14b", "wan2.2-i2v-a14b")  # Trained one expert a run: ARG-high, ARG-low.
+
+
+def split_expert(arg: str | None) -> tuple[str | None, str]:
+  """`'wan2.2-t2v-a14b-low'` -> `('wan2.2-t2v-a14b', 'low')`; other args -> `(arg, '')`."""
+  for expert in ("high", "low"):
+    if arg and arg.endswith(f"-{expert}") and arg[:-len(expert) - 1] in TWO_EXPERTS:
+      return arg[:-len(expert) - 1], expert
+  return arg, ""
+
+
+def training_model(c: ml_collections.ConfigDict, arg: str, job: str) -> str:
+  """The model of a training config's `arg` (`SCALED_MODELS`, A14B ones with `-high` / `-low`),
+  with `c.expert` set; an A14B arg without its expert is an error saying how to pick one."""
+  model, expert = split_expert(arg)
+  if model in TWO_EXPERTS and not expert:
+    raise ValueError(f"configs/{job}.py:{arg} trains one expert a run: use :{arg}-high or "
+                     f":{arg}-low")
+  c.expert = expert
+  return model
 
 
 def accelerator_model(c: ml_collections.ConfigDict, model: str) -> ml_collections.ConfigDict:
@@ -112,7 +135,7 @@ def accelerator_model(c: ml_collections.ConfigDict, model: str) -> ml_collection
   c.model.attention_impl = "cudnn"  # GPU flash attention; 'splash' on TPU, 'blockwise' anywhere.
   if c.model.family == "wan":
     c.sample.num_steps = 50
-  if model == "wan14b":
+  if model in FOURTEEN_B:
     c.model.param_dtype = "bfloat16"  # The frozen base; the LoRA adapter is trained in float32.
   return c
 
@@ -137,8 +160,9 @@ def paper_scale(c: ml_collections.ConfigDict, model: str = "paper") -> ml_collec
   accelerator_model(c, model)
   # Planned for 8 x 80 GB (python -m densedpo_jax.plan; docs/scaling.md): pairs per device
   # and micro-step so that activations fit.
-  c.optim.accum_steps = {"paper": 16, "wan1.3b": 16, "wan14b": 64}[model]
-  if model == "wan14b":
+  c.optim.accum_steps = 64 if model in FOURTEEN_B else {"paper": 16, "wan1.3b": 16,
+                                                        "wan2.2-ti2v-5b": 32}[model]
+  if model in FOURTEEN_B:
     # FSDP over 4 devices x each video's 32,760 tokens over 2 (context parallelism): one pair a
     # micro-step on 8 GPUs; without the sequence axis one pair's activations do not fit 80 GB.
     c.mesh.shape = (1, 4, 1, 2)

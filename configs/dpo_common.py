@@ -6,6 +6,9 @@
                          you provide (--config.data.path, --config.init_from)
   wan1.3b, wan14b        the same on Wan 2.1 T2V 1.3B / 14B (init_from: a diffusers transformer/
                          folder or its `python -m densedpo_jax.convert` output)
+  wan2.1-i2v-14b, wan2.2-ti2v-5b, wan2.2-t2v-a14b-high / -low, wan2.2-i2v-a14b-high / -low
+                         the same on those models (init_from: the diffusers pipeline folder;
+                         an A14B run adapts the expert its arg names)
 """
 import ml_collections
 
@@ -32,9 +35,9 @@ def dpo_config(loss: str, pair_mode: str, labeler: str, arg=None):
   c.total_steps = 100
   c.log_every = 10
   c.checkpoint_every = 50
-  if arg in common.SCALED_MODELS:
+  if common.split_expert(arg)[0] in common.SCALED_MODELS:
     c.init_from = ""
-    common.paper_scale(c, arg)
+    common.paper_scale(c, common.training_model(c, arg, loss.split("_")[0]))
     return c
   if arg != "shapesworld":
     raise ValueError(f"unknown config arg {arg!r}; expected 'shapesworld' or one of "

@@ -7,7 +7,10 @@
 decoded to MP4 for VBench or people (judge none); only paths to set:
 
     python -m densedpo_jax.main --config=configs/evaluate.py:wan1.3b --config.decoder.weights=$WAN \
-        --config.evaluate.models=base=$WAN/transformer,dense=workdirs/dense_wan1.3b/train
+        --config.evaluate.models=base=$WAN/transformer,dense=workdirs/dense_wan1.3b
+
+The other models' args (wan2.1-i2v-14b, wan2.2-ti2v-5b, wan2.2-t2v-a14b, wan2.2-i2v-a14b) work
+the same; an adapted A14B model is named by its two runs, `dense=HIGH_RUN+LOW_RUN`.
 """
 import ml_collections
 
@@ -16,8 +19,8 @@ from configs import common
 
 def get_config(arg=None):
   if arg is not None and (arg not in common.SCALED_MODELS or arg == "paper"):
-    raise ValueError(f"configs/evaluate.py: unknown arg {arg!r}; expected none, 'wan1.3b' or "
-                     "'wan14b'")
+    raise ValueError(f"configs/evaluate.py: unknown arg {arg!r}; expected none or a model of "
+                     f"{sorted(set(common.SCALED_MODELS) - {'paper'})}")
   c = common.base()
   c.task = "evaluate"
   c.data.kind = "shapesworld"

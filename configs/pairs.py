@@ -7,6 +7,10 @@
 
     python -m densedpo_jax.main --config=configs/pairs.py:wan1.3b --config.init_from=$WAN/transformer \
         --config.decoder.weights=$WAN
+
+  wan2.1-i2v-14b, wan2.2-ti2v-5b, wan2.2-t2v-a14b, wan2.2-i2v-a14b   the same for those models
+                    (init_from: the pipeline folder; both A14B experts sample; image-to-video
+                    records carry their first frame: encode with --condition=first_frame)
 """
 import ml_collections
 
@@ -17,8 +21,8 @@ def get_config(arg=None):
   model = arg if arg in common.SCALED_MODELS and arg != "paper" else None
   mode = "guided" if model else (arg or "guided")
   if mode not in ("guided", "vanilla"):
-    raise ValueError(f"configs/pairs.py: unknown arg {arg!r}; expected 'guided', 'vanilla', "
-                     "'wan1.3b' or 'wan14b'")
+    raise ValueError(f"configs/pairs.py: unknown arg {arg!r}; expected 'guided', 'vanilla' or "
+                     f"a model of {sorted(set(common.SCALED_MODELS) - {'paper'})}")
   c = common.base()
   c.task = "pairs"
   c.init_from = "workdirs/pretrain"
@@ -42,6 +46,6 @@ def get_config(arg=None):
     common.accelerator_model(c, model)
     common.real_videos(c)
     c.init_from = ""
-    c.pairs.update(num_steps=50, frames_per_segment=16, latent_dtype="bfloat16", out_dir="data",
-                   batch_size=8)
+    c.pairs.update(num_steps=50, frames_per_segment=24 if model == "wan2.2-ti2v-5b" else 16,
+                   latent_dtype="bfloat16", out_dir="data", batch_size=8)  # 1 s segments.
   return c

@@ -12,8 +12,8 @@ def get_config(arg=None):
   c.lora.rank, c.lora.alpha = 16, 16.0
   c.optim.lr = 1e-4
   c.total_steps = 200
-  if arg in common.SCALED_MODELS:
-    common.paper_scale(c, arg)
+  if common.split_expert(arg)[0] in common.SCALED_MODELS:
+    common.paper_scale(c, common.training_model(c, arg, "sft"))
     c.total_steps = 5000
   elif arg != "shapesworld":
     raise ValueError(f"configs/sft.py: unknown arg {arg!r}; expected 'shapesworld' or one of "

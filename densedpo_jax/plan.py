@@ -19,6 +19,7 @@ from typing import Any
 import numpy as np
 
 GIB = 2 ** 30
+IMAGE_TOKENS = 257  # CLIP ViT-H features of Wan 2.1 I2V's conditioning frame.
 
 
 def _bytes(dtype) -> int:
@@ -46,6 +47,7 @@ def plan(config, cfg, latent: tuple[int, int, int], text_len: int, mesh_shape: d
   d, m, heads = cfg.width, cfg.mlp_dim, cfg.num_heads
   act = _bytes(cfg.dtype)
   l = getattr(cfg, "text_len", text_len) if not getattr(cfg, "cross_attn_mask", True) else text_len
+  l += IMAGE_TOKENS if getattr(cfg, "image_dim", 0) else 0  # Wan 2.1 I2V also attends to CLIP.
   # Saved per token and layer without remat: ~14 D-wide tensors (norms, q/k/v, attention and
   # cross-attention in and out, residuals) and 2 MLP-wide ones, plus the attention probabilities
   # (xla: heads x N per query token; blockwise: one log-sum-exp per head) and cross-attention's.
@@ -98,15 +100,20 @@ def compiled(config, latent: tuple[int, int, int], text_len: int, num_devices: i
   batch_sh = sharding.batch_sharding(mesh)
   spec = lambda shape, dtype: jax.ShapeDtypeStruct((b,) + shape, dtype, sharding=batch_sh)
   t_lat = latent[0]
+  c = cfg.latent_channels
   if config.loss == "flow_matching":
-    batch = {"latent": spec(latent + (cfg.in_channels,), jnp.bfloat16)}
+    batch = {"latent": spec(latent + (c,), jnp.bfloat16)}
   else:
-    batch = {"latent_a": spec(latent + (cfg.in_channels,), jnp.bfloat16),
-             "latent_b": spec(latent + (cfg.in_channels,), jnp.bfloat16),
+    batch = {"latent_a": spec(latent + (c,), jnp.bfloat16),
+             "latent_b": spec(latent + (c,), jnp.bfloat16),
              "labels": spec((t_lat,), jnp.int8), "global_label": spec((), jnp.int8),
              "segment_ids": spec((t_lat,), jnp.int32)}
   batch.update(text_emb=spec((text_len, cfg.text_dim), jnp.bfloat16),
                text_mask=spec((text_len,), jnp.bool_))
+  if cfg.in_channels != c:  # Image-to-video (concat): the records' first-frame condition.
+    batch["cond_latent"] = spec(latent + (c,), jnp.bfloat16)
+    if getattr(cfg, "image_dim", 0):
+      batch["image_emb"] = spec((IMAGE_TOKENS, cfg.image_dim), jnp.bfloat16)
   shards = mesh.shape["data"] * mesh.shape["fsdp"]
   step = jax.jit(train_step.make_train_step(model, config, tx, shards,
                                             NamedSharding(mesh, P(None, sharding.BATCH_AXES))),

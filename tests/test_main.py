@@ -165,7 +165,7 @@ def test_the_wan_recipes_bundle_everything_but_paths():
     assert (c.data.kind, c.decoder.kind, c.decoder.weights) == ("videos", "wan", "")
   assert pairs.get_config("wan1.3b").pairs.frames_per_segment == 16  # 1 s at 16 fps.
   assert evaluate.get_config("wan14b").model.param_dtype == "bfloat16"
-  with pytest.raises(ValueError, match="expected 'guided', 'vanilla', 'wan1.3b' or 'wan14b'"):
+  with pytest.raises(ValueError, match="expected 'guided', 'vanilla' or a model of"):
     pairs.get_config("wan2.2")
-  with pytest.raises(ValueError, match="expected none, 'wan1.3b' or 'wan14b'"):
+  with pytest.raises(ValueError, match="expected none or a model of"):
     evaluate.get_config("paper")

@@ -213,14 +213,23 @@ def test_guided_pairs_from_a_tiny_wan_through_task_pairs(tmp_path):
   assert np.abs(record.latent_a - noised).max() > 1e-2
 
 
-@pytest.mark.parametrize("arg,preset", [("wan1.3b", "wan2.1-t2v-1.3b"), ("wan14b", "wan2.1-t2v-14b")])
-def test_shipped_wan_configs(arg, preset):
+SHIPPED = [("wan1.3b", "wan2.1-t2v-1.3b", (21, 60, 104)), ("wan14b", "wan2.1-t2v-14b", (21, 60, 104)),
+           ("wan2.1-i2v-14b", "wan2.1-i2v-14b", (21, 60, 104)),
+           ("wan2.2-ti2v-5b", "wan2.2-ti2v-5b", (31, 44, 80)),  # 121 frames of 704 x 1280.
+           ("wan2.2-t2v-a14b-high", "wan2.2-t2v-a14b", (21, 60, 104)),
+           ("wan2.2-i2v-a14b-low", "wan2.2-i2v-a14b", (21, 60, 104))]
+
+
+@pytest.mark.parametrize("arg,preset,latent", SHIPPED)
+def test_shipped_wan_configs(arg, preset, latent):
   from configs import dense
   c = dense.get_config(arg)
   cfg = model_config(c, portable_attention=False)  # As shipped (a CPU would run blockwise).
+  big = get_model_config("wan", preset).width == 5120
   assert isinstance(cfg, WanConfig) and cfg == get_model_config("wan", preset).replace(
       dtype="bfloat16", scan_layers=True, remat_policy="full", attention_impl="cudnn",
-      lora=cfg.lora, param_dtype="bfloat16" if arg == "wan14b" else "float32")
+      lora=cfg.lora, param_dtype="bfloat16" if big else "float32")
+  assert c.expert == (arg.rsplit("-", 1)[1] if "a14b" in arg else "")
   assert (cfg.lora.rank, cfg.lora.alpha, c.data.batch_size, c.total_steps) == (128, 128.0, 256, 1000)
   # The shipped mesh and accumulation fit 8 x 80 GB at 81 frames by the memory plan
   # (docs/scaling.md), one pair a micro-step at least.
@@ -228,5 +237,13 @@ def test_shipped_wan_configs(arg, preset):
   from densedpo_jax.training.sharding import MESH_AXES, resolve_mesh_shape
   mesh = dict(zip(MESH_AXES, resolve_mesh_shape(c.mesh.shape, 8)))
   assert plan.videos_per_device(c, mesh) >= 2
-  assert plan.plan(c, cfg, (21, 60, 104), 512, mesh)["total"] < 0.9 * 80 * 2 ** 30
+  assert plan.plan(c, cfg, latent, 512, mesh)["total"] < 0.9 * 80 * 2 ** 30
   assert c.task == "train" and c.loss == "dense_dpo"
+
+
+def test_an_a14b_recipe_names_its_expert():
+  from configs import dense, sft
+  for job in (dense, sft):
+    with pytest.raises(ValueError, match=r":wan2.2-t2v-a14b trains one expert a run: use "
+                                         r":wan2.2-t2v-a14b-high or :wan2.2-t2v-a14b-low"):
+      job.get_config("wan2.2-t2v-a14b")
