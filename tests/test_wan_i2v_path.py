@@ -18,6 +18,7 @@ from densedpo_jax.training.builders import with_overrides  # noqa: E402
 from tests.tiny_wan import build_i2v_pipeline  # noqa: E402
 
 SIZES = {"wan2.1": (32, 48), "ti2v": (32, 64)}
+RECIPES = {"wan2.1": "wan2.1-i2v-14b", "ti2v": "wan2.2-ti2v-5b"}  # The docs' config arguments.
 NUM_FRAMES = 9
 PROMPTS = ("a red circle moves left", "the dog runs in the park")
 
@@ -81,34 +82,43 @@ def test_records_carry_the_condition_the_pipeline_builds(encoded, tmp_path):
 
 @pytest.mark.e2e
 def test_pairs_share_the_condition_and_the_trained_adapter_loads_in_diffusers(encoded, tmp_path):
-  from configs import dense, pairs as pairs_config
-  from densedpo_jax.data import schema
+  """The docs' recipe path (models.md), with only paths and tiny sizes set: pairs, labels from a
+  JSONL file, DenseDPO, export."""
+  from configs import dense, label as label_config, pairs as pairs_config
   from densedpo_jax.interop import export_diffusers
+  from densedpo_jax.labeling import task as label_task
   from densedpo_jax.tasks import pairs
   from densedpo_jax.training import train
   kind, folder, pipe, data = encoded
-  c = with_overrides(pairs_config.get_config("wan1.3b"), init_from=folder, **{
+  c = with_overrides(pairs_config.get_config(RECIPES[kind]), init_from=folder, **{
       "decoder.kind": "none", "data.path": data, "pairs.out_dir": str(tmp_path / "pairs"),
       "data.read_threads": 0, "pairs.num_pairs": 4, "pairs.pairs_per_part": 2,
       "pairs.batch_size": 2, "pairs.num_steps": 4, "pairs.eta_range": (0.5, 0.5)})
   assert pairs.main(c)["num_records"] == 4
   videos = {r.id: r for r in arrayrecord_io.iter_records(data, "videos")}
-  labeled = []
-  for p in arrayrecord_io.iter_records(str(tmp_path / "pairs"), "pairs"):
+  made = list(arrayrecord_io.iter_records(str(tmp_path / "pairs"), "pairs"))
+  for p in made:
     video = videos[p.gt_video_id]
     np.testing.assert_array_equal(np.asarray(p.cond_latent), np.asarray(video.cond_latent))
     if kind == "ti2v":  # The clean first frame: both members keep the condition.
       for member in (p.latent_a, p.latent_b):
         np.testing.assert_allclose(np.asarray(member[:1], np.float32),
                                    np.asarray(video.cond_latent, np.float32), rtol=2 ** -7, atol=1e-2)
-    labeled.append(schema.PairRecord(**{**p.__dict__, "segment_labels": np.asarray([1], np.int8),
-                                         "global_label": 1, "labeler": "test"}))
-  arrayrecord_io.write_records(labeled, str(tmp_path / "pairs"), "labeled", num_shards=1)
+  labels = tmp_path / "labels.jsonl"
+  labels.write_text("".join(json.dumps({"id": p.id, "segment_labels": [1]}) + "\n" for p in made))
+  c = label_config.get_config("jsonl")
+  c.label.update(file=str(labels), in_dir=str(tmp_path / "pairs"), in_name="pairs",
+                 out_dir=str(tmp_path / "pairs"), out_name="labeled")
+  assert label_task.main(c)["labeled"] == 4
+  labeled = list(arrayrecord_io.iter_records(str(tmp_path / "pairs"), "labeled"))
 
-  c = with_overrides(dense.get_config("wan1.3b"), init_from=folder, total_steps=3, log_every=1, **{
-      "data.path": str(tmp_path / "pairs"), "data.name": "labeled", "data.batch_size": 4,
-      "optim.accum_steps": 1, "data.read_threads": 0, "mesh.num_devices": 1,
-      "lora.rank": 4, "lora.alpha": 8.0})
+  # The 14B recipe keeps its base in bf16; this comparison with diffusers' float32 model needs a
+  # float32 one.
+  c = with_overrides(dense.get_config(RECIPES[kind]), init_from=folder, total_steps=3, log_every=1,
+                     **{"data.path": str(tmp_path / "pairs"), "data.name": "labeled",
+                        "data.batch_size": 4, "optim.accum_steps": 1, "data.read_threads": 0,
+                        "mesh.num_devices": 1, "mesh.shape": (-1, 1, 1),
+                        "model.param_dtype": "float32"})
   history = train.train_and_evaluate(c, str(tmp_path / "dense"))
   assert abs(history[1]["loss"] - np.log(2)) < 1e-3 and history[3]["loss"] != history[1]["loss"]
 
