@@ -249,3 +249,21 @@ def _diffusers_v(transformer, level):
     out = transformer(torch.from_numpy(x).permute(0, 4, 1, 2, 3), torch.from_numpy(t * 1000),
                       torch.from_numpy(text), return_dict=False)[0]
   return out.permute(0, 2, 3, 4, 1).numpy()
+
+
+def test_a_converted_pipeline_reads_as_the_pipeline(a14b, tmp_path):
+  """`convert wan PIPELINE DST` converts both experts and keeps the boundary: DST samples and
+  trains as the diffusers folder does, with the same weights."""
+  from densedpo_jax.interop import convert_wan
+  root, _, _, params = a14b
+  convert_wan.main(["wan", root, str(tmp_path / "converted")])
+  converted = str(tmp_path / "converted")
+  cfg = pretrained.weights_config(converted)
+  again = sampling.load_exported_params(converted, cfg)
+  assert again.boundary_ratio == BOUNDARY
+  for a, b in zip(jax.tree_util.tree_leaves(params), jax.tree_util.tree_leaves(again)):
+    np.testing.assert_array_equal(a, b)
+  config = with_overrides(common.base(), init_from=converted, expert="low")
+  assert training_weights(config).init_from == os.path.join(converted, "transformer_2")
+  with pytest.raises(ValueError, match=r"holds two experts: load .*transformer \(high noise\)"):
+    pretrained.load_pretrained(root)

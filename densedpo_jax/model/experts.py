@@ -67,9 +67,10 @@ def read_pipeline(path: str) -> Pipeline | None:
   transformers = {}
   for name in names:
     folder = os.path.join(path, EXPERTS[name])
-    if not os.path.isfile(os.path.join(folder, "config.json")):
+    if not any(os.path.isfile(os.path.join(folder, f)) for f in ("config.json", "model.json")):
       raise FileNotFoundError(f"{folder}: missing ({MODEL_INDEX} lists {EXPERTS[name]}; "
-                              "the folder with its config.json and weights is not there)")
+                              "the folder with its config.json (or a converted one's "
+                              "model.json) and weights is not there)")
     transformers[name] = folder
   return Pipeline(path, transformers, None if boundary is None else float(boundary))
 

@@ -128,8 +128,7 @@ def weights_config(path: str) -> ModelConfig | None:
     return read_model_json(pair[0])
   pipeline = experts.read_pipeline(path)
   if pipeline is not None:
-    configs = {name: wan_weights.read_config(folder)
-               for name, folder in pipeline.transformers.items()}
+    configs = {name: weights_config(folder) for name, folder in pipeline.transformers.items()}
     if len(set(configs.values())) > 1:
       raise ValueError(f"{path}: the experts' config.json files describe different models "
                        f"({configs}); both experts of a pipeline must have one shape")
@@ -226,9 +225,16 @@ def load_pretrained(path: str, **overrides: Any) -> tuple[nn.Module, dict[str, A
 
   Args:
     path: a diffusers `transformer/` folder, a folder written by `python -m densedpo_jax.convert`,
-      or a run's workdir (its exported params: LoRA already folded in).
+      a run's workdir (its exported params: LoRA already folded in), or a one-transformer
+      pipeline folder.
     **overrides: config fields to change, e.g. `dtype='bfloat16'`, `scan_layers=True`.
   """
+  pipeline = experts.read_pipeline(path)
+  if pipeline is not None:
+    if pipeline.two_experts:
+      raise ValueError(f"{path} holds two experts: load {pipeline.transformers['high']} (high "
+                       f"noise) or {pipeline.transformers['low']} (low noise)")
+    path = pipeline.transformers["high"]
   if is_diffusers_folder(path):
     cfg = wan_weights.read_config(path)
   else:
