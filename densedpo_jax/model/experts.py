@@ -121,7 +121,7 @@ def run_pair(path: str) -> tuple[str, str] | None:
   """`(high run, low run)` of a model named `RUN_A+RUN_B` (the two runs that adapted the two
   experts of one pipeline, in either order), or None for any other path. Errors name the run
   that is not an expert's, or the mismatch."""
-  if "+" not in path:
+  if "+" not in path or os.path.exists(path):  # A folder whose name has a '+' is itself.
     return None
   parts = path.split("+")
   records = [read_run_expert(p) for p in parts]
@@ -161,11 +161,11 @@ def routed_velocity(high_fn: Callable, low_fn: Callable, boundary_ratio: float) 
   def velocity(x, t, text, text_mask, null_text=None, **kwargs):
     high = is_high_noise(t, boundary_ratio)
     args = (x, t, text, text_mask, null_text)
-    run = lambda fn: lambda a: fn(*a[0], **a[1])
+    run = lambda fn: lambda a: fn(*a, **kwargs)  # Keyword arguments may be static (flags).
     mixed = lambda a: jnp.where(high.reshape((-1,) + (1,) * (x.ndim - 1)), run(high_fn)(a),
                                 run(low_fn)(a))
     branch = jnp.where(jnp.all(high), 0, jnp.where(jnp.any(high), 2, 1))
-    return jax.lax.switch(branch, [run(high_fn), run(low_fn), mixed], (args, kwargs))
+    return jax.lax.switch(branch, [run(high_fn), run(low_fn), mixed], args)
   return velocity
 
 
