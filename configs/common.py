@@ -111,15 +111,20 @@ def split_expert(arg: str | None) -> tuple[str | None, str]:
   return arg, ""
 
 
-def training_model(c: ml_collections.ConfigDict, arg: str, job: str) -> str:
+def training_model(c: ml_collections.ConfigDict, arg: str) -> str:
   """The model of a training config's `arg` (`SCALED_MODELS`, A14B ones with `-high` / `-low`),
   with `c.expert` set; an A14B arg without its expert is an error saying how to pick one."""
   model, expert = split_expert(arg)
   if model in TWO_EXPERTS and not expert:
-    raise ValueError(f"configs/{job}.py:{arg} trains one expert a run: use :{arg}-high or "
-                     f":{arg}-low")
+    raise ValueError(f"config arg :{arg} trains one expert a run: use :{arg}-high or :{arg}-low")
   c.expert = expert
   return model
+
+
+def training_args() -> list[str]:
+  """The model args a training config takes (A14B ones with their expert)."""
+  return sorted([m for m in SCALED_MODELS if m not in TWO_EXPERTS]
+                + [f"{m}-{e}" for m in TWO_EXPERTS for e in ("high", "low")])
 
 
 def accelerator_model(c: ml_collections.ConfigDict, model: str) -> ml_collections.ConfigDict:

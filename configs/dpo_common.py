@@ -37,11 +37,11 @@ def dpo_config(loss: str, pair_mode: str, labeler: str, arg=None):
   c.checkpoint_every = 50
   if common.split_expert(arg)[0] in common.SCALED_MODELS:
     c.init_from = ""
-    common.paper_scale(c, common.training_model(c, arg, loss.split("_")[0]))
+    common.paper_scale(c, common.training_model(c, arg))
     return c
   if arg != "shapesworld":
     raise ValueError(f"unknown config arg {arg!r}; expected 'shapesworld' or one of "
-                     f"{sorted(common.SCALED_MODELS)}")
+                     f"{common.training_args()}")
   c.task = "pipeline"
   c.videos = ml_collections.ConfigDict({"kind": "shapesworld", "path": "workdirs/tfds",
                                         "split": "train", "split_eval": "heldout",

@@ -13,9 +13,9 @@ def get_config(arg=None):
   c.optim.lr = 1e-4
   c.total_steps = 200
   if common.split_expert(arg)[0] in common.SCALED_MODELS:
-    common.paper_scale(c, common.training_model(c, arg, "sft"))
+    common.paper_scale(c, common.training_model(c, arg))
     c.total_steps = 5000
   elif arg != "shapesworld":
     raise ValueError(f"configs/sft.py: unknown arg {arg!r}; expected 'shapesworld' or one of "
-                     f"{sorted(common.SCALED_MODELS)}")
+                     f"{common.training_args()}")
   return c

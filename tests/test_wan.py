@@ -244,6 +244,8 @@ def test_shipped_wan_configs(arg, preset, latent):
 def test_an_a14b_recipe_names_its_expert():
   from configs import dense, sft
   for job in (dense, sft):
-    with pytest.raises(ValueError, match=r":wan2.2-t2v-a14b trains one expert a run: use "
+    with pytest.raises(ValueError, match=r"arg :wan2.2-t2v-a14b trains one expert a run: use "
                                          r":wan2.2-t2v-a14b-high or :wan2.2-t2v-a14b-low"):
       job.get_config("wan2.2-t2v-a14b")
+    with pytest.raises(ValueError, match=r"'wan2.2-i2v-a14b-high', 'wan2.2-i2v-a14b-low'"):
+      job.get_config("wan2.2")

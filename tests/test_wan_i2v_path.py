@@ -147,3 +147,20 @@ def test_pairs_share_the_condition_and_the_trained_adapter_loads_in_diffusers(en
                            torch.from_numpy(levels), torch.from_numpy(padded),
                            return_dict=False, **kwargs)[0].permute(0, 2, 3, 4, 1).numpy()
   assert np.abs(ours - ref).max() / np.abs(ref).max() <= 1e-4
+
+
+def test_an_i2v_folder_without_its_image_encoder_is_named_before_encoding(encoded, tmp_path):
+  import shutil
+  kind, folder, _, _ = encoded
+  if kind != "wan2.1":
+    return
+  broken = tmp_path / "no_clip"
+  shutil.copytree(folder, broken)
+  shutil.rmtree(broken / "image_encoder")
+  height, width = SIZES[kind]
+  with pytest.raises(SystemExit, match=r"image_dim=20 \(CLIP image features\), but .*no_clip has "
+                                       r"no image_encoder/"):
+    encode_videos.main([f"--weights={broken}", "--manifest=unused.jsonl", f"--out={tmp_path}/o",
+                        "--name=v", f"--num_frames={NUM_FRAMES}", f"--height={height}",
+                        f"--width={width}", "--condition=first_frame"])
+  assert not (tmp_path / "o").exists()

@@ -274,6 +274,8 @@ def main(argv=None) -> None:
       raise ValueError(f"--model={args.model}, but {args.weights}/vae is the {vae['family']} VAE "
                        f"({vae['latent_channels']} channels)")
     settings.check(vae["temporal_factor"], vae["spatial_factor"] * wan_encoders.PATCH)
+    if settings.condition != "none":
+      wan_encoders.check_image_encoder(args.weights)
     _, entries = read_manifest(args.manifest)
     for e in entries:
       _check_labels(e, settings, args.manifest)

@@ -55,6 +55,22 @@ def check_weights_folder(weights: str, vae: bool = True, text: bool = True) -> N
                             "diffusers folder (nothing is downloaded)")
 
 
+def check_image_encoder(weights: str) -> None:
+  """A folder whose transformer reads CLIP image features (`image_dim`, Wan 2.1 I2V) must have
+  the `image_encoder/` and `image_processor/` that make them; FileNotFoundError naming them."""
+  config = os.path.join(weights, "transformer", "config.json")
+  try:
+    with open(config) as f:
+      image_dim = json.load(f).get("image_dim")
+  except (OSError, json.JSONDecodeError):
+    return  # No transformer here: the condition needs only the VAE.
+  missing = [d for d in ("image_encoder", "image_processor")
+             if not os.path.isdir(os.path.join(weights, d))]
+  if image_dim and missing:
+    raise FileNotFoundError(f"{config} has image_dim={image_dim} (CLIP image features), but "
+                            f"{weights} has no {', '.join(d + '/' for d in missing)}")
+
+
 class WanEncoders:
   """Loads whichever of the VAE and the text encoder are asked for; float32 by default."""
 

@@ -143,5 +143,10 @@ def from_records(records, cfg, repeat: int = 1) -> Condition | None:
                      "cond_latent (encode the videos with --condition=first_frame)")
   stack = lambda field: np.repeat(np.stack([np.asarray(getattr(r, field), np.float32)
                                             for r in records]), repeat, axis=0)
-  image = stack("image_emb") if records[0].image_emb is not None else None
+  uses_image = getattr(cfg, "image_dim", 0) > 0
+  if uses_image and records[0].image_emb is None:
+    raise ValueError(f"the model attends to CLIP image features (image_dim {cfg.image_dim}); "
+                     f"record {records[0].id!r} has no image_emb (encode with a Wan 2.1 I2V folder, "
+                     "which has an image_encoder/)")
+  image = stack("image_emb") if uses_image else None
   return Condition(stack("cond_latent"), image, kind)

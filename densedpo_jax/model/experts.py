@@ -17,11 +17,12 @@ from __future__ import annotations
 
 import dataclasses
 import json
-import os
 from typing import Any, Callable
 
 import jax
 import jax.numpy as jnp
+
+from densedpo_jax import distributed  # Paths through epath: local folders and gs:// alike.
 
 MODEL_INDEX = "model_index.json"
 EXPERTS = {"high": "transformer", "low": "transformer_2"}  # Expert name -> pipeline folder.
@@ -47,12 +48,12 @@ def read_pipeline(path: str) -> Pipeline | None:
   transformer the index lists but the folder lacks, `transformer_2` without a boundary or the
   reverse.
   """
-  index_file = os.path.join(path, MODEL_INDEX)
-  if not os.path.isfile(index_file):
+  root = distributed.path(path)
+  index_file = root / MODEL_INDEX
+  if not index_file.is_file():
     return None
   try:
-    with open(index_file) as f:
-      index = json.load(f)
+    index = json.loads(index_file.read_text())
   except (OSError, json.JSONDecodeError) as e:
     raise ValueError(f"{index_file}: cannot read the pipeline index: {e}") from e
   listed = lambda name: isinstance(index.get(name), list) and index[name][0] is not None
@@ -66,13 +67,13 @@ def read_pipeline(path: str) -> Pipeline | None:
   names = ("high", "low") if boundary is not None else ("high",)
   transformers = {}
   for name in names:
-    folder = os.path.join(path, EXPERTS[name])
-    if not any(os.path.isfile(os.path.join(folder, f)) for f in ("config.json", "model.json")):
+    folder = root / EXPERTS[name]
+    if not any((folder / f).is_file() for f in ("config.json", "model.json")):
       raise FileNotFoundError(f"{folder}: missing ({MODEL_INDEX} lists {EXPERTS[name]}; "
                               "the folder with its config.json (or a converted one's "
                               "model.json) and weights is not there)")
-    transformers[name] = folder
-  return Pipeline(path, transformers, None if boundary is None else float(boundary))
+    transformers[name] = str(folder)
+  return Pipeline(str(root), transformers, None if boundary is None else float(boundary))
 
 
 def weights_folder(path: str, expert: str = "") -> str:
@@ -103,25 +104,22 @@ RUN_EXPERT_JSON = "expert.json"  # In a run's workdir: which expert of which pip
 def run_record(pipeline_root: str, expert: str, t_range: tuple[float, float]) -> dict[str, Any]:
   """What a run adapting one expert writes as `<workdir>/expert.json`."""
   pipeline = read_pipeline(pipeline_root)
-  return {"expert": expert, "pipeline": os.path.abspath(pipeline_root),
+  return {"expert": expert, "pipeline": str(distributed.path(pipeline_root)),
           "transformer": EXPERTS[expert], "boundary_ratio": pipeline.boundary_ratio,
           "t_range": list(t_range)}
 
 
 def read_run_expert(workdir: str) -> dict[str, Any] | None:
   """The `expert.json` of a run (None for a run of a one-transformer model)."""
-  file = os.path.join(workdir, RUN_EXPERT_JSON)
-  if not os.path.isfile(file):
-    return None
-  with open(file) as f:
-    return json.load(f)
+  file = distributed.path(workdir) / RUN_EXPERT_JSON
+  return json.loads(file.read_text()) if file.is_file() else None
 
 
 def run_pair(path: str) -> tuple[str, str] | None:
   """`(high run, low run)` of a model named `RUN_A+RUN_B` (the two runs that adapted the two
   experts of one pipeline, in either order), or None for any other path. Errors name the run
   that is not an expert's, or the mismatch."""
-  if "+" not in path or os.path.exists(path):  # A folder whose name has a '+' is itself.
+  if "+" not in path or distributed.path(path).exists():  # A folder named with '+' is itself.
     return None
   parts = path.split("+")
   records = [read_run_expert(p) for p in parts]

@@ -130,7 +130,7 @@ def weights_config(path: str) -> ModelConfig | None:
   if pipeline is not None:
     configs = {name: weights_config(folder) for name, folder in pipeline.transformers.items()}
     if len(set(configs.values())) > 1:
-      raise ValueError(f"{path}: the experts' config.json files describe different models "
+      raise ValueError(f"{path}: the experts' configs describe different models "
                        f"({configs}); both experts of a pipeline must have one shape")
     return configs["high"]
   if is_diffusers_folder(path):

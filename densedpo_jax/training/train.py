@@ -194,6 +194,11 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
 
   export = jax.jit(export_params, out_shardings=params_shardings)
   sampler = make_sampler(cfg, first_batch, source, config.sample) if config.sample.every else None
+  if sampler is not None and expert:
+    logging.warning("config.sample.every=%d: no previews while adapting one expert (it alone would "
+                    "sample every level); sample the pair with task=evaluate and HIGH_RUN+LOW_RUN",
+                    config.sample.every)
+    sampler = None
 
   # Checkpoint.
   ckpt = checkpointing.RunCheckpointer(workdir, keep=config.keep_checkpoints,

@@ -198,6 +198,8 @@ def make_train_step(model, config, tx: optax.GradientTransformation, batch_shard
   def step(state: TrainState, frozen, batch, key):
     key = jax.random.fold_in(key, state.step)
     batch = to_compute_floats(batch)
+    if not getattr(model.cfg, "image_dim", 0):  # CLIP features only reach a model that reads them.
+      batch.pop("image_emb", None)
     batch = dict(batch, **draw_batch_noise(config, batch, key))
     metrics, grads = _accumulated_grads(loss_fn, state.trainable, frozen, batch, key,
                                         config.optim.accum_steps, batch_shards, micro_sharding)
