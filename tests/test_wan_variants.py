@@ -95,6 +95,7 @@ def test_whole_model_equals_diffusers_in_float32(tiny, per_frame_t):
   ours = module.apply(variables, *map(jnp.asarray, (x, t, text, mask)), **kwargs)
   assert ours.shape == x.shape[:4] + (VARIANTS[variant]["out_channels"],)
   ref = _torch_forward(model, cfg, x, t, text, mask, image)
+  print(f"{variant}, {'per-frame' if per_frame_t else 'one'} level: relative gap {_rel(ours, ref):.2e}")
   assert _rel(ours, ref) <= _parity_bound(cfg.depth)
 
 
