@@ -14,7 +14,7 @@ Shapes:
                      num_frames / frames_per_segment (segments.py).
   global_label       int in {-1, 0, +1}, same sign convention.
   cond_latent [T' or 1, H, W, C] floating, optional: an image-to-video record's condition, the
-                     normalised VAE latent of its first frame (followed by black frames: T'
+                     normalised VAE latent of its first frame (followed by mid-grey frames: T'
                      frames; alone: 1 frame), shared by both members of a pair
                      (model/conditioning.py)
   image_emb  [N, D_img] floating, optional: the first frame's CLIP features (Wan 2.1 I2V)

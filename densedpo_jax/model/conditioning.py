@@ -5,9 +5,9 @@ preference pair share it.
     concat       Wan 2.1 I2V, Wan 2.2 I2V-A14B (in_channels = 2 C + 4). Model input: the noisy
                  latent, the mask and the condition latent concatenated over channels,
                  `[x_t (C), mask (4), cond (C)]`. `cond [T', h, w, C]` is the normalised VAE
-                 latent of the first frame followed by black frames; `mask [T', h, w, 4]` is 1 on
-                 latent frame 0 (its 4 mask channels are the 4 video frames a latent frame holds,
-                 the first repeated) and 0 elsewhere. Wan 2.1 I2V also gets the first frame's CLIP
+                 latent of the first frame followed by zero (mid-grey) frames; `mask [T', h, w,
+                 4]` is 1 on latent frame 0 (its 4 mask channels are the 4 video frames a latent
+                 frame holds, the first repeated) and 0 elsewhere. Wan 2.1 I2V also gets the first frame's CLIP
                  features (`image_emb [257, 1280]`). The whole video is generated and trained.
     first_frame  Wan 2.2 TI2V-5B. `cond [1, h, w, C]` is the normalised VAE latent of the first
                  frame alone. The input's latent frame 0 is `cond`, its noise level 0 (`t [B, T']`
