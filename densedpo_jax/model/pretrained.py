@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import dataclasses
 import json
-import os
 from typing import Any
 
 import flax.linen as nn
@@ -24,6 +23,7 @@ from flax import traverse_util
 
 from absl import logging
 
+from densedpo_jax import distributed
 from densedpo_jax.model.config import LoRAConfig, ModelConfig, family_of
 from densedpo_jax.model import experts, wan_weights
 from densedpo_jax.model.layout import stack_blocks, unstack_blocks
@@ -36,14 +36,9 @@ RUN_FIELDS = ("attention_impl", "dtype", "param_dtype", "remat_policy", "scan_la
               "text_dropout", "text_len", "cross_attn_mask", "lora")
 
 
-def _path(p) -> epath.Path:
-  """`p` as an `epath.Path`: local paths absolute, URLs (`gs://bucket/...`) untouched."""
-  return epath.Path(p) if "://" in str(p) else epath.Path(os.path.abspath(p))
-
-
 def is_diffusers_folder(path) -> bool:
   """A diffusers model folder: `config.json` beside one or more `*.safetensors` files."""
-  path = _path(path)
+  path = distributed.path(path)
   return (path.is_dir() and (path / "config.json").is_file()
           and any(f.name.endswith(".safetensors") for f in path.iterdir()))
 
@@ -69,7 +64,7 @@ def _place(params: Any, target: Any, source: str) -> Any:
 
 def _checkpoint_dir(path) -> tuple[epath.Path, int | None]:
   """`(checkpoints folder, step or None)` of a workdir, checkpoints folder or step folder."""
-  path = _path(path)
+  path = distributed.path(path)
   if (path / "params").is_dir() and path.name.isdigit():
     return path.parent, int(path.name)
   if (path / "checkpoints").is_dir():
@@ -188,7 +183,7 @@ def _relayout(manager, step: int, stored: Any, target: Any, source: str) -> Any:
 def write_model_json(directory: str, cfg: ModelConfig) -> None:
   """Records the model config of a run or params directory, LoRA settings included (the adapter
   exporter reads them; exported params have the adapter folded in)."""
-  directory = _path(directory)
+  directory = distributed.path(directory)
   directory.mkdir(parents=True, exist_ok=True)
   (directory / MODEL_JSON).write_text(json.dumps(config_to_dict(cfg), indent=1))
 
@@ -196,7 +191,7 @@ def write_model_json(directory: str, cfg: ModelConfig) -> None:
 def read_model_json(path: str) -> ModelConfig:
   """The config in `model.json` of a params directory (or of the workdir above a step folder)."""
   directory, _ = _checkpoint_dir(path)
-  for candidate in (_path(path), directory.parent):
+  for candidate in (distributed.path(path), directory.parent):
     if (candidate / MODEL_JSON).is_file():
       return config_from_dict(json.loads((candidate / MODEL_JSON).read_text()))
   raise FileNotFoundError(f"{path}: no {MODEL_JSON} (written by runs and by "
@@ -207,8 +202,8 @@ def save_params(directory: str, params: Any, cfg: ModelConfig, step: int = 0) ->
   """Writes `params` as `<directory>/checkpoints/<step>/params` plus `model.json`; returns the
   checkpoints folder. `config.init_from=<directory>` and `load_pretrained` read it. An existing
   params directory is refused: its model.json and weights could disagree after a partial write."""
-  path = _path(directory) / "checkpoints"
-  if path.exists() or (_path(directory) / MODEL_JSON).exists():
+  path = distributed.path(directory) / "checkpoints"
+  if path.exists() or (distributed.path(directory) / MODEL_JSON).exists():
     raise FileExistsError(f"{directory} already holds params ({path}); delete it or choose "
                           "another destination")
   manager = ocp.CheckpointManager(path, options=ocp.CheckpointManagerOptions(create=True),
@@ -256,7 +251,7 @@ def read_item(workdir: str, item: str, step: int | None = None) -> tuple[int, An
   """`(step, tree)` of one item (`'state'` or `'params'`) of a run's checkpoint, restored onto the
   first local device whatever mesh saved it (for tools: export, inspection). Default: latest
   step."""
-  directory = _path(workdir) / "checkpoints"
+  directory = distributed.path(workdir) / "checkpoints"
   if not directory.is_dir():
     raise FileNotFoundError(f"{workdir}: no checkpoints folder (expected {directory})")
   manager = ocp.CheckpointManager(directory, options=ocp.CheckpointManagerOptions(
