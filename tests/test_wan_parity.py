@@ -22,6 +22,7 @@ from densedpo_jax.model.registry import abstract_params  # noqa: E402
 from densedpo_jax.model.layers import rope_3d  # noqa: E402
 from densedpo_jax.model.wan import WanBlock, WanConditionEmbedder  # noqa: E402
 from tests.helpers import forward_gap_bound, gamma, tiny_config, write_pairs  # noqa: E402
+from tests.tiny_wan import tiny_transformer  # noqa: E402
 
 TEXT_LEN = 8
 # diffusers' own tiny test config (tests/models/transformers/test_models_transformer_wan.py), and
@@ -32,22 +33,10 @@ CONFIGS = {
 }
 
 
-def _torch_model(name, seed=0):
-  torch.manual_seed(seed)
-  model = diffusers.WanTransformer3DModel(
-      patch_size=(1, 2, 2), in_channels=16, out_channels=16, text_dim=32, freq_dim=256,
-      cross_attn_norm=True, qk_norm="rms_norm_across_heads", rope_max_seq_len=32,
-      **CONFIGS[name]).eval()
-  with torch.no_grad():  # Norm weights start at 1 and biases at 0: move every tensor.
-    for p in model.parameters():
-      p.add_(0.1 * torch.randn_like(p))
-  return model
-
-
 @pytest.fixture(scope="module", params=sorted(CONFIGS))
 def tiny(request, tmp_path_factory):
   """`(torch model, its diffusers folder)`."""
-  model = _torch_model(request.param)
+  model = tiny_transformer(0, **CONFIGS[request.param])
   folder = str(tmp_path_factory.mktemp(request.param) / "transformer")
   model.save_pretrained(folder)
   return model, folder
@@ -180,7 +169,7 @@ def test_real_sizes_key_and_shape_lists_match_the_presets(preset, tensors):
 def trained(tmp_path_factory):
   """A tiny Wan converted with the CLI, DenseDPO-trained a few steps (rank 4, alpha 8: scale 2)."""
   root = tmp_path_factory.mktemp("trained")
-  model = _torch_model("diffusers_tiny", seed=1)
+  model = tiny_transformer(1, **CONFIGS["diffusers_tiny"])
   model.save_pretrained(str(root / "transformer"))
   convert_wan.main(["wan", str(root / "transformer"), str(root / "converted")])
   data = write_pairs(str(root / "pairs"), channels=16, text_dim=32)
@@ -321,7 +310,7 @@ def test_export_of_a_videodit_run_is_refused(tmp_path):
 # Bad input.
 
 def test_truncated_or_foreign_folders_fail_naming_the_file_and_key(tmp_path):
-  model = _torch_model("diffusers_tiny")
+  model = tiny_transformer(0, **CONFIGS["diffusers_tiny"])
   folder = tmp_path / "t"
   model.save_pretrained(str(folder))
   file = folder / "diffusion_pytorch_model.safetensors"

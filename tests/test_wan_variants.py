@@ -15,31 +15,24 @@ diffusers = pytest.importorskip("diffusers")
 from densedpo_jax.model import get_model_config, load_pretrained, wan_weights  # noqa: E402
 from densedpo_jax.model.registry import abstract_params  # noqa: E402
 from tests.helpers import forward_gap_bound  # noqa: E402
+from tests.tiny_wan import tiny_transformer  # noqa: E402
 
 PIPELINE_TEXT_LEN = 512  # diffusers' Wan attention splits image from text tokens at 512 text tokens.
+# What tests/tiny_wan.tiny_transformer builds (the round trip below expects these values).
 TINY = dict(patch_size=(1, 2, 2), num_attention_heads=2, attention_head_dim=12, text_dim=32,
             freq_dim=256, ffn_dim=32, num_layers=2, cross_attn_norm=True,
             qk_norm="rms_norm_across_heads", rope_max_seq_len=32)
-VARIANTS = {  # diffusers config of a tiny model of each variant.
+VARIANTS = {  # Each variant's diffusers config beyond TINY (tiny_transformer's defaults).
     "i2v_wan2.1": dict(in_channels=36, out_channels=16, image_dim=20, added_kv_proj_dim=24),
     "ti2v_wan2.2": dict(in_channels=48, out_channels=48),
     "i2v_wan2.2": dict(in_channels=36, out_channels=16),
 }
 
 
-def _torch_model(variant, seed=0):
-  torch.manual_seed(seed)
-  model = diffusers.WanTransformer3DModel(**TINY, **VARIANTS[variant]).eval()
-  with torch.no_grad():  # Norm weights start at 1 and biases at 0: move every tensor.
-    for p in model.parameters():
-      p.add_(0.1 * torch.randn_like(p))
-  return model
-
-
 @pytest.fixture(scope="module", params=sorted(VARIANTS))
 def tiny(request, tmp_path_factory):
   """`(variant, torch model, our module, our variables)`, ours read from the saved folder."""
-  model = _torch_model(request.param)
+  model = tiny_transformer(0, **VARIANTS[request.param])
   folder = str(tmp_path_factory.mktemp(request.param) / "transformer")
   model.save_pretrained(folder)
   module, variables = load_pretrained(folder, text_len=PIPELINE_TEXT_LEN)

@@ -115,9 +115,9 @@ def read_run_expert(workdir: str) -> dict[str, Any] | None:
   return json.loads(file.read_text()) if file.is_file() else None
 
 
-def run_pair(path: str) -> tuple[str, str] | None:
-  """`(high run, low run)` of a model named `RUN_A+RUN_B` (the two runs that adapted the two
-  experts of one pipeline, in either order), or None for any other path. Errors name the run
+def run_pair(path: str) -> tuple[str, str, float] | None:
+  """`(high run, low run, boundary_ratio)` of a model named `RUN_A+RUN_B` (the two runs that
+  adapted the two experts of one pipeline, in either order), or None for any other path. Errors name the run
   that is not an expert's, or the mismatch."""
   if "+" not in path or distributed.path(path).exists():  # A folder named with '+' is itself.
     return None
@@ -133,7 +133,8 @@ def run_pair(path: str) -> tuple[str, str] | None:
   if records[0]["boundary_ratio"] != records[1]["boundary_ratio"]:
     raise ValueError(f"{path}: the runs adapted pipelines with boundary_ratio "
                      f"{records[0]['boundary_ratio']} and {records[1]['boundary_ratio']}")
-  return tuple(p for r in ("high", "low") for p, rec in zip(parts, records) if rec["expert"] == r)
+  by_expert = {rec["expert"]: p for p, rec in zip(parts, records)}
+  return by_expert["high"], by_expert["low"], records[0]["boundary_ratio"]
 
 
 def t_range(pipeline: Pipeline, expert: str) -> tuple[float, float]:

@@ -48,8 +48,8 @@ def load_exported_params(path: str, cfg: ModelConfig):
   pipeline, or of `HIGH_RUN+LOW_RUN`, the runs that adapted them."""
   pair = experts.run_pair(path)
   if pair is not None:
-    boundary = experts.read_run_expert(pair[0])["boundary_ratio"]
-    high, low = (pretrained.read_params_on_device(p, cfg) for p in pair)
+    high, low = (pretrained.read_params_on_device(p, cfg) for p in pair[:2])
+    boundary = pair[2]
     return experts.ExpertParams(high, low, boundary)
   pipeline = experts.read_pipeline(path)
   if pipeline is None:
