@@ -83,7 +83,8 @@ def base() -> ml_collections.ConfigDict:
   # Training noise levels; `range` truncates them (set from the expert's levels by `expert`).
   c.t_sampler = ml_collections.ConfigDict({"kind": "logit_normal", "mean": 0.0, "std": 1.0,
                                            "range": (0.0, 1.0)})
-  # A two-expert (Wan 2.2 A14B) pipeline in init_from: adapt its 'high' or 'low' noise expert.
+  # A two-expert (Wan 2.2 A14B) pipeline in init_from: adapt its 'high' or 'low' noise expert,
+  # or 'both' in one run (each pair on the expert of its noise level; holds both bases).
   c.expert = ""
 
   c.mesh = ml_collections.ConfigDict()
@@ -100,23 +101,25 @@ SCALED_MODELS = {"paper": ("dit", "paper"), "wan1.3b": ("wan", "wan2.1-t2v-1.3b"
                  **{name: ("wan", name) for name in ("wan2.1-i2v-14b", "wan2.2-ti2v-5b",
                                                      "wan2.2-t2v-a14b", "wan2.2-i2v-a14b")}}
 FOURTEEN_B = ("wan14b", "wan2.1-i2v-14b", "wan2.2-t2v-a14b", "wan2.2-i2v-a14b")
-TWO_EXPERTS = ("wan2.2-t2v-a14b", "wan2.2-i2v-a14b")  # Trained one expert a run: ARG-high, ARG-low.
+TWO_EXPERTS = ("wan2.2-t2v-a14b", "wan2.2-i2v-a14b")  # Trained as ARG-high, ARG-low or ARG-both.
+EXPERT_ARGS = ("high", "low", "both")
 
 
 def split_expert(arg: str | None) -> tuple[str | None, str]:
   """`'wan2.2-t2v-a14b-low'` -> `('wan2.2-t2v-a14b', 'low')`; other args -> `(arg, '')`."""
-  for expert in ("high", "low"):
+  for expert in EXPERT_ARGS:
     if arg and arg.endswith(f"-{expert}") and arg[:-len(expert) - 1] in TWO_EXPERTS:
       return arg[:-len(expert) - 1], expert
   return arg, ""
 
 
 def training_model(c: ml_collections.ConfigDict, arg: str) -> str:
-  """The model of a training config's `arg` (`SCALED_MODELS`, A14B ones with `-high` / `-low`),
-  with `c.expert` set; an A14B arg without its expert is an error saying how to pick one."""
+  """The model of a training config's `arg` (`SCALED_MODELS`, A14B ones with `-high`, `-low` or
+  `-both`), with `c.expert` set; an A14B arg without its expert is an error saying how to pick."""
   model, expert = split_expert(arg)
   if model in TWO_EXPERTS and not expert:
-    raise ValueError(f"config arg :{arg} trains one expert a run: use :{arg}-high or :{arg}-low")
+    raise ValueError(f"config arg :{arg} names two experts: use :{arg}-high or :{arg}-low (one "
+                     f"a run), or :{arg}-both (both in one run)")
   c.expert = expert
   return model
 
@@ -124,7 +127,7 @@ def training_model(c: ml_collections.ConfigDict, arg: str) -> str:
 def training_args() -> list[str]:
   """The model args a training config takes (A14B ones with their expert)."""
   return sorted([m for m in SCALED_MODELS if m not in TWO_EXPERTS]
-                + [f"{m}-{e}" for m in TWO_EXPERTS for e in ("high", "low")])
+                + [f"{m}-{e}" for m in TWO_EXPERTS for e in EXPERT_ARGS])
 
 
 def accelerator_model(c: ml_collections.ConfigDict, model: str) -> ml_collections.ConfigDict:
@@ -171,6 +174,11 @@ def paper_scale(c: ml_collections.ConfigDict, model: str = "paper") -> ml_collec
     # FSDP over 4 devices x each video's 32,760 tokens over 2 (context parallelism): one pair a
     # micro-step on 8 GPUs; without the sequence axis one pair's activations do not fit 80 GB.
     c.mesh.shape = (1, 4, 1, 2)
+  if c.get("expert") == "both":
+    # Both A14B experts in one run hold two bases and, when a micro-batch's pairs fall on both
+    # sides of the boundary, both experts' activations: planned for 8 x 141 GB (H200), tokens
+    # over 4 devices; on 16 x 80 GB use mesh (1, 4, 1, 4) with accumulation 64.
+    c.mesh.shape, c.optim.accum_steps = (1, 2, 1, 4), 128
   c.lora.rank, c.lora.alpha = 128, 128.0
   c.data.batch_size = 256
   c.total_steps = 1000

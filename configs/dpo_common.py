@@ -6,9 +6,9 @@
                          you provide (--config.data.path, --config.init_from)
   wan1.3b, wan14b        the same on Wan 2.1 T2V 1.3B / 14B (init_from: a diffusers transformer/
                          folder or its `python -m densedpo_jax.convert` output)
-  wan2.1-i2v-14b, wan2.2-ti2v-5b, wan2.2-t2v-a14b-high / -low, wan2.2-i2v-a14b-high / -low
+  wan2.1-i2v-14b, wan2.2-ti2v-5b, wan2.2-t2v-a14b-high / -low / -both, wan2.2-i2v-a14b-(same)
                          the same on those models (init_from: the diffusers pipeline folder;
-                         an A14B run adapts the expert its arg names)
+                         an A14B run adapts the expert its arg names, or both)
 """
 import ml_collections
 

@@ -66,8 +66,12 @@ def plan(config, cfg, latent: tuple[int, int, int], text_len: int, mesh_shape: d
   else:  # Block inputs kept, one block recomputed at a time (needs scan_layers; docs/scaling.md):
     # its tensors twice and their gradients, the attention weights and their gradient.
     activations = v * (cfg.depth * n_local * d * act + 3 * tokens + 2 * probs + gathered)
-  out = {"params": base, "trained": trained_bytes, "optimizer": moments * trained_bytes,
-         "grads": trained_bytes, "activations": activations}
+  # Both A14B experts in one run (config.expert='both'): two bases and adapters; a micro-batch
+  # whose pairs fall on both sides of the boundary runs (and keeps activations for) both.
+  experts = 2 if config.get("expert", "") == "both" else 1
+  out = {"params": experts * base, "trained": experts * trained_bytes,
+         "optimizer": experts * moments * trained_bytes, "grads": experts * trained_bytes,
+         "activations": experts * activations}
   out["total"] = sum(out.values())
   return out
 
@@ -80,9 +84,11 @@ def compiled(config, latent: tuple[int, int, int], text_len: int, num_devices: i
   from jax.sharding import NamedSharding, PartitionSpec as P
   from densedpo_jax.training import checkpointing, sharding, train_step
   from densedpo_jax.training.builders import model_config
-  from densedpo_jax.model import build
+  from densedpo_jax.model import build, experts
   cfg = model_config(config, portable_attention=False)
-  model, tx = build(cfg), train_step.make_optimizer(config.optim)
+  tx = train_step.make_optimizer(config.optim)
+  # Both A14B experts: the step's buffers do not depend on where the boundary lies.
+  model = experts.TwoExperts(cfg, 0.5) if config.get("expert", "") == experts.BOTH else build(cfg)
   mesh = sharding.create_mesh(config.mesh.shape, None, jax.devices()[:num_devices])
   rules = tuple((k, tuple(v) if isinstance(v, list) else v) for k, v in config.mesh.rules)
   lora = config.loss != "flow_matching" or cfg.lora.rank > 0

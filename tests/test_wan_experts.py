@@ -93,6 +93,52 @@ def test_a_mixed_batch_runs_each_sample_on_its_own_expert(a14b):
   assert _rel(mixed[1], np.asarray(low[1])) <= bound < _rel(mixed[1], np.asarray(high[1])) / 100
 
 
+def test_both_experts_as_one_module_run_each_sample_on_diffusers_choice(a14b):
+  """`TwoExperts` (config.expert='both'): a mixed batch, each sample against the diffusers
+  transformer of its level (an independent reader of the same weights)."""
+  _, pipe, module, params = a14b
+  both = experts.TwoExperts(module.cfg, BOUNDARY)
+  rng = np.random.default_rng(3)
+  x = rng.normal(size=(3, 2, 4, 6, 16)).astype(np.float32)
+  text, mask = _text(3, b=3)
+  t = np.asarray([0.95, 0.4, 0.875], np.float32)
+  variables = {"params": {"high": params.high, "low": params.low}}
+  v = np.asarray(both.apply(variables, *map(jnp.asarray, (x, t, text, mask))))
+  bound = forward_gap_bound(1.0, module.cfg.depth, TEXT_LEN)
+  for i, name in enumerate(("transformer", "transformer_2", "transformer")):
+    with torch.no_grad():
+      want = getattr(pipe, name)(torch.from_numpy(x[i:i + 1]).permute(0, 4, 1, 2, 3),
+                                 torch.from_numpy(t[i:i + 1] * 1000),
+                                 torch.from_numpy(text[i:i + 1]), return_dict=False)[0]
+    assert _rel(v[i:i + 1], want.permute(0, 2, 3, 4, 1).numpy()) <= bound
+
+
+def test_each_adapter_of_a_both_expert_module_learns_only_from_its_samples(a14b):
+  """Gradients of a loss over samples on one side of the boundary reach only that expert's
+  adapter (exactly zero on the other); a mixed batch reaches both."""
+  from densedpo_jax.model import LoRAConfig
+  _, _, module, params = a14b
+  both = experts.TwoExperts(module.cfg.replace(lora=LoRAConfig(rank=2, alpha=2.0)), BOUNDARY)
+  rng = np.random.default_rng(4)
+  x = jnp.asarray(rng.normal(size=(2, 2, 4, 6, 16)).astype(np.float32))
+  text, mask = map(jnp.asarray, _text(4))
+  lora = both.init(jax.random.key(0), x, jnp.full((2,), 0.5), text, mask)["lora"]
+  # lora_b starts at zero, where lora_a gets no gradient: move it off zero.
+  lora = jax.tree_util.tree_map(lambda a: a + 0.01, lora)
+  frozen = {"high": params.high, "low": params.low}
+
+  def grad_max(levels):
+    loss = lambda l: jnp.sum(both.apply({"params": frozen, "lora": l}, x,
+                                        jnp.asarray(levels, jnp.float32), text, mask) ** 2)
+    g = jax.grad(loss)(lora)
+    return {e: max(float(jnp.abs(a).max()) for a in jax.tree_util.tree_leaves(g[e]))
+            for e in ("high", "low")}
+  high, low, mixed = grad_max([0.95, 0.9]), grad_max([0.3, 0.5]), grad_max([0.95, 0.3])
+  assert high["low"] == 0.0 < high["high"]
+  assert low["high"] == 0.0 < low["low"]
+  assert mixed["high"] > 0 and mixed["low"] > 0
+
+
 def test_a_sampling_loop_equals_the_diffusers_pipeline_loop(a14b):
   """Euler steps on the pipeline scheduler's own sigmas, from the same latents, with no CFG:
   diffusers switches from `transformer` to `transformer_2` mid-trajectory, and so do we."""
@@ -168,26 +214,30 @@ def test_the_experts_presets_match_the_folder_shape(a14b):
 def _expert_run(root, workdir, expert, data):
   from densedpo_jax.training import train
   from tests.helpers import tiny_config
+  # Levels centred above 0.5, so that in 3 steps of 8 pairs both sides of the boundary are drawn
+  # (P(t >= 0.875) = P(z >= ln 7 - 1.5) = 0.33 a pair) when one run adapts both experts.
   config = tiny_config("dense_dpo", data, total_steps=3, init_from=root, expert=expert, **{
       "model.family": "wan", "model.preset": "wan2.2-t2v-a14b", "model.width": 24,
       "model.depth": 2, "model.num_heads": 2, "model.ffn_dim": 32, "model.text_dim": TEXT_DIM,
-      "lora.rank": 4, "lora.alpha": 8.0, "mesh.num_devices": 1})
+      "lora.rank": 4, "lora.alpha": 8.0, "mesh.num_devices": 1, "t_sampler.mean": 1.5})
   train.train_and_evaluate(config, workdir)
   return workdir
 
 
 @pytest.fixture(scope="module")
 def runs(a14b, tmp_path_factory):
-  """`{expert: workdir}` of a DenseDPO run on each expert of the tiny A14B pipeline."""
+  """`{expert: workdir}` of a DenseDPO run on each expert of the tiny A14B pipeline, and one
+  ('both') adapting the two."""
   from tests.helpers import write_pairs
   work = tmp_path_factory.mktemp("expert_runs")
   data = write_pairs(str(work / "pairs"), channels=16, text_dim=TEXT_DIM)
-  return {e: _expert_run(a14b[0], str(work / e), e, data) for e in ("high", "low")}
+  return {e: _expert_run(a14b[0], str(work / e), e, data) for e in ("high", "low", "both")}
 
 
 def test_each_run_records_its_expert_and_adapts_only_it(a14b, runs):
   root = a14b[0]
-  for expert, workdir in runs.items():
+  for expert in ("high", "low"):
+    workdir = runs[expert]
     record = experts.read_run_expert(workdir)
     assert record["expert"] == expert and record["boundary_ratio"] == BOUNDARY
     assert record["t_range"] == ([BOUNDARY, 1.0] if expert == "high" else [0.0, BOUNDARY])
@@ -234,6 +284,55 @@ def test_two_expert_runs_sample_as_one_model(a14b, runs):
     assert _rel(velocity(x, t, text, mask), want) <= forward_gap_bound(1.0, 2, TEXT_LEN)
   with pytest.raises(ValueError, match="expected one 'high' and one 'low' expert run"):
     experts.run_pair(f"{runs['low']}+{runs['low']}")
+
+
+def test_one_run_adapts_both_experts(a14b, runs):
+  """config.expert='both': the run records it, draws every level, moves both experts' weights,
+  and loads as one routed model (`load_pretrained`, sampling)."""
+  root, _, module, _ = a14b
+  workdir = runs["both"]
+  record = experts.read_run_expert(workdir)
+  assert record["expert"] == "both" and record["t_range"] == [0.0, 1.0]
+  assert record["transformer"] == ["transformer", "transformer_2"]
+  routed, adapted = pretrained.load_pretrained(workdir)
+  assert isinstance(routed, experts.TwoExperts) and routed.boundary_ratio == BOUNDARY
+  for expert, folder in experts.EXPERTS.items():
+    _, base = pretrained.load_pretrained(f"{root}/{folder}")
+    moved = jax.tree_util.tree_map(lambda a, b: float(np.abs(np.asarray(a) - b).max()),
+                                   adapted["params"][expert], base["params"])
+    assert max(jax.tree_util.tree_leaves(moved)) > 0, expert
+  params = sampling.load_exported_params(workdir, pretrained.weights_config(workdir))
+  assert isinstance(params, experts.ExpertParams) and params.boundary_ratio == BOUNDARY
+  x, _, text, mask = map(jnp.asarray, _fixed_inputs(0.5))
+  for level, expert in ((0.95, "high"), (0.4, "low")):
+    t = jnp.full((2,), level)
+    want = np.asarray(module.apply({"params": adapted["params"][expert]}, x, t, text, mask))
+    got = sampling.velocity_fn(module, params)(x, t, text, mask)
+    assert _rel(got, want) <= forward_gap_bound(1.0, 2, TEXT_LEN)
+    assert _rel(routed.apply(adapted, x, t, text, mask), want) <= forward_gap_bound(1.0, 2, TEXT_LEN)
+
+
+@pytest.mark.parametrize("expert", ["high", "low"])
+def test_a_both_expert_run_exports_each_adapter_to_its_transformer(a14b, runs, tmp_path, expert):
+  """`export --expert=E` of a 'both' run: the file loads into E's diffusers transformer and gives
+  the run's own merged output of E there; without --expert the export says to pick one."""
+  from densedpo_jax.interop import export_diffusers
+  root = a14b[0]
+  out = str(tmp_path / f"{expert}.safetensors")
+  with pytest.raises(ValueError, match=r"adapted both experts: pass --expert=high or --expert=low"):
+    export_diffusers.main(["--workdir", runs["both"], "--format", "diffusers-lora", "--out", out])
+  export_diffusers.main(["--workdir", runs["both"], "--format", "diffusers-lora", "--out", out,
+                         "--expert", expert])
+  pipe = diffusers.WanPipeline.from_pretrained(root)
+  pipe.load_lora_weights(out, load_into_transformer_2=expert == "low")
+  routed, adapted = pretrained.load_pretrained(runs["both"])
+  level = 0.95 if expert == "high" else 0.4
+  x, t, text, mask = _fixed_inputs(level)
+  ours = routed.apply(adapted, *map(jnp.asarray, (x, t, text, mask)))
+  theirs = _diffusers_v(pipe.transformer if expert == "high" else pipe.transformer_2, level)
+  assert _rel(ours, theirs) <= 1e-4
+  with pytest.raises(ValueError, match=r"--expert=low, but .* adapted the high-noise expert"):
+    export_diffusers.export_lora(runs["high"], out, expert="low")
 
 
 def _fixed_inputs(level):

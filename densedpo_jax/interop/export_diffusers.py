@@ -13,7 +13,8 @@ one, else its trained LoRA, as in its exported params.
 
 A run that adapted one expert of a Wan 2.2 A14B pipeline (`config.expert`) exports that expert's
 adapter; the low-noise one loads with `load_lora_weights(FILE, load_into_transformer_2=True)`
-(in ComfyUI: on the low-noise model). Both files have the same key layout.
+(in ComfyUI: on the low-noise model). Both files have the same key layout. A run that adapted
+both (`config.expert='both'`) exports one expert a call: `--expert=high` or `--expert=low`.
 """
 from __future__ import annotations
 
@@ -45,16 +46,34 @@ def _save_safetensors(tensors: dict[str, np.ndarray], path: str, metadata: dict[
   os.replace(tmp, path)  # Never a half-written file under the final name.
 
 
-def export_lora(workdir: str, out: str, step: int | None = None, layout: str = "peft") -> dict:
+def _expert_tree(workdir: str, tree, expert: str | None) -> tuple[object, str]:
+  """`(tree of the exported expert, its name)`: a run that adapted both experts nests its trees
+  per expert and needs `expert`; a one-expert run's is its own (`expert`, if given, must match)."""
+  record = experts.read_run_expert(workdir) or {}
+  adapted = record.get("expert", "")
+  if adapted == experts.BOTH:
+    if expert not in experts.EXPERTS:
+      raise ValueError(f"{workdir} adapted both experts: pass --expert=high or --expert=low "
+                       "(one file each)")
+    return tree[expert], expert
+  if expert and expert != adapted:
+    raise ValueError(f"--expert={expert}, but {workdir} adapted "
+                     f"{'the ' + adapted + '-noise expert' if adapted else 'a one-transformer model'}")
+  return tree, adapted
+
+
+def export_lora(workdir: str, out: str, step: int | None = None, layout: str = "peft",
+                expert: str | None = None) -> dict:
   """Writes the run's adapter as a LoRA file, `layout` 'peft' (diffusers) or 'wan' (the
-  original Wan keys: ComfyUI, musubi-tuner); returns a summary."""
+  original Wan keys: ComfyUI, musubi-tuner); returns a summary. `expert`: which of a
+  both-expert run's adapters."""
   if layout not in ("peft", "wan"):
     raise ValueError(f"layout={layout!r}; expected 'peft' or 'wan'")
   cfg = _wan_config(workdir)
   if cfg.lora.rank == 0:
     raise ValueError(f"{workdir}: the run has no LoRA adapter (lora.rank = 0)")
   step, state = pretrained.read_item(workdir, "state", step)
-  lora = state.get("ema") or state["trainable"]
+  lora, expert = _expert_tree(workdir, state.get("ema") or state["trainable"], expert)
   tensors, metadata = wan_weights.lora_to_peft(lora, cfg)
   if layout == "wan":
     tensors = wan_weights.peft_to_wan_original(tensors, metadata)
@@ -62,10 +81,8 @@ def export_lora(workdir: str, out: str, step: int | None = None, layout: str = "
   else:
     _save_safetensors(tensors, out, {"format": "pt",
                                      "lora_adapter_metadata": json.dumps(metadata, sort_keys=True)})
-  record = experts.read_run_expert(workdir) or {}
   return {"step": step, "tensors": len(tensors), "rank": cfg.lora.rank,
-          "alpha": metadata["transformer.lora_alpha"], "out": out,
-          "expert": record.get("expert", "")}
+          "alpha": metadata["transformer.lora_alpha"], "out": out, "expert": expert}
 
 
 def loading_hint(summary: dict, layout: str) -> str:
@@ -79,10 +96,12 @@ def loading_hint(summary: dict, layout: str) -> str:
 
 
 def export_merged(workdir: str, out: str, step: int | None = None, dtype: str = "float32",
-                  max_shard_bytes: int = 5 * 2**30) -> dict:
-  """Writes the run's exported params (adapter folded in) as a diffusers transformer folder."""
+                  max_shard_bytes: int = 5 * 2**30, expert: str | None = None) -> dict:
+  """Writes the run's exported params (adapter folded in) as a diffusers transformer folder
+  (`expert`: which of a both-expert run's)."""
   cfg = _wan_config(workdir)
   step, params = pretrained.read_item(workdir, "params", step)
+  params, _ = _expert_tree(workdir, params, expert)
   state_dict = {k: v.astype(np.dtype(dtype)) for k, v in wan_weights.to_diffusers(params, cfg).items()}
   os.makedirs(out, exist_ok=True)
   for old in os.listdir(out):  # An earlier export's shards or index would shadow these weights.
@@ -119,17 +138,19 @@ def main(argv=None) -> None:
   parser.add_argument("--step", type=int, default=None, help="checkpoint step (default: latest)")
   parser.add_argument("--dtype", default="float32", choices=("float32", "bfloat16"),
                       help="merged weights' dtype (diffusers format)")
+  parser.add_argument("--expert", default=None, choices=tuple(experts.EXPERTS),
+                      help="which expert of a run that adapted both (config.expert='both')")
   args = parser.parse_args(argv)
   require_safetensors("python -m densedpo_jax.export")
   if args.format in ("diffusers-lora", "comfyui-lora"):
     s = export_lora(args.workdir, args.out, args.step,
-                    layout="peft" if args.format == "diffusers-lora" else "wan")
+                    layout="peft" if args.format == "diffusers-lora" else "wan", expert=args.expert)
     layout = "peft" if args.format == "diffusers-lora" else "wan"
     print(f"step {s['step']}: {s['tensors']} LoRA tensors (rank {s['rank']}, alpha {s['alpha']})"
           f"{' of the ' + s['expert'] + '-noise expert' if s['expert'] else ''} -> {s['out']}; "
           f"{loading_hint(s, layout)}")
   else:
-    s = export_merged(args.workdir, args.out, args.step, args.dtype)
+    s = export_merged(args.workdir, args.out, args.step, args.dtype, expert=args.expert)
     print(f"step {s['step']}: {s['tensors']} tensors in {s['files']} file(s) -> {s['out']}")
 
 

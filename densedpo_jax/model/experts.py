@@ -9,9 +9,12 @@ transformers and a `boundary_ratio` (0.875 for T2V-A14B, 0.9 for I2V-A14B):
     transformer_2/     the low-noise expert: everywhere below
 
 Sampling routes every step to its expert (`routed_velocity`). Training adapts one expert a run
-(`config.expert`), with its noise levels drawn only from that expert's range (`t_range`): each
-expert is a whole 14B network, so one run per expert holds one base model in memory (a run over
-both would hold two), and each adapter learns only from the levels its expert sees when sampling.
+by default (`config.expert='high'` or `'low'`), with its noise levels drawn only from that
+expert's range (`t_range`): each expert is a whole 14B network, so one run per expert holds one
+base model in memory, and each adapter learns only from the levels its expert sees when
+sampling. `config.expert='both'` adapts the two in one run (`TwoExperts`): t is drawn per pair
+over the whole range and each pair runs on its expert; it holds both bases, and a micro-batch
+whose pairs fall on both sides of the boundary runs both experts.
 """
 from __future__ import annotations
 
@@ -19,6 +22,7 @@ import dataclasses
 import json
 from typing import Any, Callable
 
+import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
@@ -26,6 +30,7 @@ from densedpo_jax import distributed  # Paths through epath: local folders and g
 
 MODEL_INDEX = "model_index.json"
 EXPERTS = {"high": "transformer", "low": "transformer_2"}  # Expert name -> pipeline folder.
+BOTH = "both"  # config.expert adapting the two experts in one run.
 NUM_TRAIN_TIMESTEPS = 1000  # The Wan schedulers' `num_train_timesteps`: the network sees t * 1000.
 
 
@@ -78,10 +83,12 @@ def read_pipeline(path: str) -> Pipeline | None:
 
 def weights_folder(path: str, expert: str = "") -> str:
   """The transformer folder that `config.init_from=path` means for a run adapting `expert`
-  ('' for a one-transformer model; 'high' or 'low' for an A14B pipeline). Paths that are not
-  pipeline folders are returned as they are."""
-  if expert and expert not in EXPERTS:
-    raise ValueError(f"config.expert={expert!r}; expected '' (one transformer), 'high' or 'low'")
+  ('' for a one-transformer model; 'high', 'low' or 'both' for an A14B pipeline: 'both' gives
+  the high-noise folder, the two share one shape). Paths that are not pipeline folders are
+  returned as they are."""
+  if expert and expert not in (*EXPERTS, BOTH):
+    raise ValueError(f"config.expert={expert!r}; expected '' (one transformer), 'high', 'low' or "
+                     "'both'")
   pipeline = read_pipeline(path) if path else None
   if pipeline is None:
     if expert:
@@ -92,20 +99,21 @@ def weights_folder(path: str, expert: str = "") -> str:
   if pipeline.two_experts and not expert:
     raise ValueError(f"init_from={path} holds two experts (boundary_ratio "
                      f"{pipeline.boundary_ratio}): set config.expert='high' or 'low' to adapt one "
-                     "of them (one run per expert)")
+                     "of them (one run per expert), or 'both' to adapt the two in one run")
   if expert and not pipeline.two_experts:
     raise ValueError(f"config.expert={expert!r}, but {path} has one transformer")
-  return pipeline.transformers[expert or "high"]
+  return pipeline.transformers["high" if expert in ("", BOTH) else expert]
 
 
 RUN_EXPERT_JSON = "expert.json"  # In a run's workdir: which expert of which pipeline it adapted.
 
 
 def run_record(pipeline_root: str, expert: str, t_range: tuple[float, float]) -> dict[str, Any]:
-  """What a run adapting one expert writes as `<workdir>/expert.json`."""
+  """What a run adapting one expert (or both) writes as `<workdir>/expert.json`."""
   pipeline = read_pipeline(pipeline_root)
+  transformer = list(EXPERTS.values()) if expert == BOTH else EXPERTS[expert]
   return {"expert": expert, "pipeline": str(distributed.path(pipeline_root)),
-          "transformer": EXPERTS[expert], "boundary_ratio": pipeline.boundary_ratio,
+          "transformer": transformer, "boundary_ratio": pipeline.boundary_ratio,
           "t_range": list(t_range)}
 
 
@@ -113,6 +121,13 @@ def read_run_expert(workdir: str) -> dict[str, Any] | None:
   """The `expert.json` of a run (None for a run of a one-transformer model)."""
   file = distributed.path(workdir) / RUN_EXPERT_JSON
   return json.loads(file.read_text()) if file.is_file() else None
+
+
+def both_run_boundary(path: str) -> float | None:
+  """The `boundary_ratio` of a run that adapted both experts (`config.expert='both'`), whose
+  params nest per expert (`TwoExperts`); None for any other path."""
+  record = read_run_expert(path) if path and "+" not in path else None
+  return record["boundary_ratio"] if record and record["expert"] == BOTH else None
 
 
 def run_pair(path: str) -> tuple[str, str, float] | None:
@@ -138,9 +153,10 @@ def run_pair(path: str) -> tuple[str, str, float] | None:
 
 
 def t_range(pipeline: Pipeline, expert: str) -> tuple[float, float]:
-  """The noise levels `[lo, hi)` at which `expert` runs when sampling (`hi = 1` included)."""
+  """The noise levels `[lo, hi)` at which `expert` runs when sampling (`hi = 1` included);
+  every level for 'both'."""
   b = pipeline.boundary_ratio
-  return (b, 1.0) if expert == "high" else (0.0, b)
+  return {"high": (b, 1.0), "low": (0.0, b)}.get(expert, (0.0, 1.0))
 
 
 def is_high_noise(t: jax.Array, boundary_ratio: float) -> jax.Array:
@@ -176,3 +192,36 @@ class ExpertParams:
   high: Any
   low: Any
   boundary_ratio: float = dataclasses.field(metadata=dict(static=True))
+
+
+class TwoExperts(nn.Module):
+  """Both experts of a two-expert pipeline as one module, called like either of them:
+  `apply(variables, x, t, text, text_mask, **kwargs)`, each sample run on the expert of its
+  noise level (`is_high_noise`). Variables nest per expert: `{'params': {'high': ..., 'low':
+  ...}, 'lora': {'high': ..., 'low': ...}}`, so one train step adapts both adapters, each only
+  from the samples its expert ran.
+
+  A batch on one side of the boundary runs one expert; a mixed batch runs both and picks per
+  sample (`nn.switch`, as `routed_velocity` does for plain functions).
+  """
+  cfg: Any  # Both experts' ModelConfig (one shape).
+  boundary_ratio: float
+
+  def setup(self):
+    from densedpo_jax.model.registry import build
+    self.high, self.low = build(self.cfg), build(self.cfg)
+
+  def __call__(self, x, t, text, text_mask, **kwargs):
+    if self.is_initializing():  # Both experts' variables.
+      self.low(x, t, text, text_mask, **kwargs)
+      return self.high(x, t, text, text_mask, **kwargs)
+    arrays = {k: v for k, v in kwargs.items() if hasattr(v, "shape")}  # image_emb.
+    flags = {k: v for k, v in kwargs.items() if k not in arrays}  # Static: train, lora_enabled.
+    high = is_high_noise(t, self.boundary_ratio)
+    run = lambda name: lambda m, *a: getattr(m, name)(*a[:4], **a[4], **flags)
+
+    def mixed(m, *a):
+      pick = high.reshape((-1,) + (1,) * (x.ndim - 1))
+      return jnp.where(pick, run("high")(m, *a), run("low")(m, *a))
+    branch = jnp.where(jnp.all(high), 0, jnp.where(jnp.any(high), 2, 1))
+    return nn.switch(branch, [run("high"), run("low"), mixed], self, x, t, text, text_mask, arrays)

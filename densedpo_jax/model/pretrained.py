@@ -220,7 +220,8 @@ def load_pretrained(path: str, **overrides: Any) -> tuple[nn.Module, dict[str, A
 
   Args:
     path: a diffusers `transformer/` folder, a folder written by `python -m densedpo_jax.convert`,
-      a run's workdir (its exported params: LoRA already folded in), or a one-transformer
+      a run's workdir (its exported params: LoRA already folded in; for a run that adapted both
+      A14B experts, an `experts.TwoExperts` module routing each sample), or a one-transformer
       pipeline folder.
     **overrides: config fields to change, e.g. `dtype='bfloat16'`, `scan_layers=True`.
   """
@@ -235,15 +236,22 @@ def load_pretrained(path: str, **overrides: Any) -> tuple[nn.Module, dict[str, A
   else:
     cfg = read_model_json(path)
   cfg = cfg.replace(lora=LoRAConfig()).replace(**overrides)
+  boundary = experts.both_run_boundary(path)
+  if boundary is not None:  # A run that adapted both A14B experts: one routed module.
+    return (experts.TwoExperts(cfg, boundary),
+            {"params": read_params_on_device(path, cfg, two_experts=True)})
   return build(cfg), {"params": read_params_on_device(path, cfg)}
 
 
-def read_params_on_device(path: str, cfg: ModelConfig) -> Any:
-  """`read_params` of `cfg`'s model (no adapter) onto the first local device."""
+def read_params_on_device(path: str, cfg: ModelConfig, two_experts: bool = False) -> Any:
+  """`read_params` of `cfg`'s model (no adapter) onto the first local device; with
+  `two_experts`, a `{'high': ..., 'low': ...}` tree (a run that adapted both A14B experts)."""
   cfg = cfg.replace(lora=LoRAConfig())
   device = jax.sharding.SingleDeviceSharding(jax.local_devices()[0])
   target = jax.tree_util.tree_map(lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=device),
                                   nn.unbox(abstract_params(cfg)))
+  if two_experts:
+    target = {name: target for name in experts.EXPERTS}
   return read_params(path, target, cfg)
 
 

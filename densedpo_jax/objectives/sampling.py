@@ -45,12 +45,17 @@ def make_video_sampler(cfg: ModelConfig, shape: tuple[int, ...], num_steps: int,
 def load_exported_params(path: str, cfg: ModelConfig):
   """Exported weights of a run, converted pretrained weights, a transformer folder or a pipeline
   folder onto the first local device; both experts (`experts.ExpertParams`) of a two-expert
-  pipeline, or of `HIGH_RUN+LOW_RUN`, the runs that adapted them."""
+  pipeline, of `HIGH_RUN+LOW_RUN` (the runs that adapted them one a run), or of a run that
+  adapted both."""
   pair = experts.run_pair(path)
   if pair is not None:
     high, low = (pretrained.read_params_on_device(p, cfg) for p in pair[:2])
     boundary = pair[2]
     return experts.ExpertParams(high, low, boundary)
+  boundary = experts.both_run_boundary(path)
+  if boundary is not None:  # A run that adapted both experts: its params nest per expert.
+    both = pretrained.read_params_on_device(path, cfg, two_experts=True)
+    return experts.ExpertParams(both["high"], both["low"], boundary)
   pipeline = experts.read_pipeline(path)
   if pipeline is None:
     return pretrained.read_params_on_device(path, cfg)

@@ -51,9 +51,10 @@ def model_config(config: ml_collections.ConfigDict, portable_attention: bool = T
 
 def training_weights(config: ml_collections.ConfigDict) -> ml_collections.ConfigDict:
   """`config` with `init_from` resolved to the transformer folder a training run reads (a pipeline
-  folder's `transformer/`; with `config.expert`, that expert's of a two-expert pipeline) and, for
-  one expert, `t_sampler.range` set to the noise levels that expert runs at. A range set by hand
-  that is not inside the expert's is an error naming both."""
+  folder's `transformer/`; with `config.expert`, that expert's of a two-expert pipeline, the
+  high-noise one for 'both', which reads the other beside it) and, for one expert,
+  `t_sampler.range` set to the noise levels that expert runs at. A range set by hand that is not
+  inside the expert's is an error naming both."""
   init_from, expert = config.get("init_from"), config.get("expert", "")
   folder = experts.weights_folder(init_from, expert)
   if not expert:
@@ -64,7 +65,11 @@ def training_weights(config: ml_collections.ConfigDict) -> ml_collections.Config
     raise ValueError(f"config.t_sampler.range={want}, but the {expert!r} expert of {init_from} "
                      f"runs at t in [{lo}, {hi}): leave the range unset or keep it inside")
   t_range = want if want != (0.0, 1.0) else (lo, hi)
-  logging.info("Adapting the %s-noise expert %s: t in [%.4g, %.4g)", expert, folder, *t_range)
+  if expert == experts.BOTH:
+    logging.info("Adapting both experts of %s: t in [%.4g, %.4g), each pair on its expert",
+                 init_from, *t_range)
+  else:
+    logging.info("Adapting the %s-noise expert %s: t in [%.4g, %.4g)", expert, folder, *t_range)
   return with_overrides(config, init_from=folder, **{"t_sampler.range": t_range})
 
 

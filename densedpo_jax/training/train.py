@@ -144,7 +144,9 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
 
   # Model and optimiser.
   cfg = model_config(config)
-  model = build(cfg)
+  pipeline = experts.read_pipeline(pipeline_root) if expert == experts.BOTH else None
+  # Both experts of an A14B pipeline: one module whose variables nest per expert.
+  model = build(cfg) if pipeline is None else experts.TwoExperts(cfg, pipeline.boundary_ratio)
   if distributed.is_main():  # What `load_pretrained(workdir)` reads beside the exported params.
     distributed.write_json(distributed.path(workdir) / pretrained.MODEL_JSON,
                            pretrained.config_to_dict(cfg))
@@ -170,7 +172,11 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
   abstract_params = checkpointing.abstract_like(nn.unbox(abstract_vars["params"]), params_shardings)
   state = jax.jit(lambda k: nn.unbox(init_state(k)), out_shardings=state_shardings)(rng)
   if lora_trained:
-    if config.init_from:
+    if pipeline is not None:  # Each expert's base from its own folder.
+      frozen = {name: pretrained.read_params(folder, abstract_params[name], cfg)
+                for name, folder in pipeline.transformers.items()}
+      logging.info("Base weights from %s", ", ".join(pipeline.transformers.values()))
+    elif config.init_from:
       frozen = pretrained.read_params(config.init_from, abstract_params, cfg)
       logging.info("Base weights from %s", config.init_from)
     else:
@@ -194,7 +200,11 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
 
   export = jax.jit(export_params, out_shardings=params_shardings)
   sampler = make_sampler(cfg, first_batch, source, config.sample) if config.sample.every else None
-  if sampler is not None and expert:
+  if sampler is not None and pipeline is not None:  # Previews sample with both adapted experts.
+    sample_pair = sampler
+    sampler = lambda p: sample_pair(experts.ExpertParams(p["high"], p["low"],
+                                                         pipeline.boundary_ratio))
+  elif sampler is not None and expert:
     logging.warning("config.sample.every=%d: no previews while adapting one expert (it alone would "
                     "sample every level); sample the pair with task=evaluate and HIGH_RUN+LOW_RUN",
                     config.sample.every)
