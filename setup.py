@@ -43,6 +43,9 @@ setup(
         "vlm": ["openai>=1.40"],
         # Browser test of the annotation page: drives Debian's chromium (never downloads one).
         "browser": ["playwright>=1.40"],
+        # Optical flow and video decoding for video_metrics (motion, VBench's dynamic degree,
+        # temporal consistency): OpenCV's DIS flow needs no weights; FFmpeg comes in the wheel.
+        "metrics": ["opencv-python-headless>=4.9,<6"],
         "tpu": ["jax[tpu]"],
         "cuda": ["jax[cuda12]"],
     },

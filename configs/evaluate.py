@@ -4,7 +4,8 @@
         --config.evaluate.models=base=assets/shapesworld_base,dense=workdirs/dense/train
 
 `:wan1.3b` / `:wan14b`: samples of each model for the prompts of encoded videos (data/videos),
-decoded to MP4 for VBench or people (judge none); only paths to set:
+decoded to MP4 (for VBench or people), scored by optical-flow motion and temporal metrics and
+compared to the first model with intervals over prompts (judge video); only paths to set:
 
     python -m densedpo_jax.main --config=configs/evaluate.py:wan1.3b --config.decoder.weights=$WAN \
         --config.evaluate.models=base=$WAN/transformer,dense=workdirs/dense_wan1.3b
@@ -28,7 +29,9 @@ def get_config(arg=None):
   c.data.split = "heldout"
   c.evaluate = ml_collections.ConfigDict()
   c.evaluate.models = "base=workdirs/pretrain"
-  c.evaluate.judge = "shapesworld"  # shapesworld | none (export samples for external tools)
+  # shapesworld | video (optical-flow motion and temporal metrics of decoded pixels, any model;
+  # the [metrics] extra) | none (export samples for external tools)
+  c.evaluate.judge = "shapesworld"
   c.evaluate.max_prompts = 64
   c.evaluate.seeds_per_prompt = 4
   c.evaluate.num_steps = 32
@@ -40,6 +43,6 @@ def get_config(arg=None):
   if arg:
     common.accelerator_model(c, arg)
     common.real_videos(c)
-    c.evaluate.update(judge="none", num_steps=50, batch_size=4, frames_per_segment=16,
+    c.evaluate.update(judge="video", num_steps=50, batch_size=4, frames_per_segment=16,
                       models=f"base=weights/{arg}")
   return c

@@ -325,6 +325,10 @@ def test_the_whole_real_model_path(wan, tmp_path):
   for name in ("base", "dense"):
     sample, fps = video_io.read_video(str(tmp_path / "eval" / "eval" / name / "sample_00001.mp4"))
     assert sample.shape == (17, H, W, 3) and fps == 16.0
+  # The recipe's judge scores the decoded videos and compares the adapted model to the base.
+  metrics = json.load(open(tmp_path / "eval" / "eval" / "metrics.json"))
+  assert set(metrics["vs_base"]["dense"]) >= {"motion_px_per_frame", "dynamic_degree"}
+  assert metrics["results"]["base"]["temporal_flickering"] > 0
 
 
 def test_file_names_of_ids_are_unique():

@@ -62,6 +62,69 @@ def test_export_for_external_evaluators(zero_model, tmp_path):
   assert json.load(open(tmp_path / "eval" / "metrics.json"))["num_prompts"] == 3
 
 
+def test_markdown_table_lists_differences_to_the_base_with_intervals():
+  results = {"base": {"motion_px_per_frame": 1.0}, "dense": {"motion_px_per_frame": 1.25}}
+  vs_base = {"dense": {"motion_px_per_frame": {"diff": 0.25, "lo": -0.125, "hi": 0.5}}}
+  assert evaluate.markdown_table(results, vs_base).splitlines()[-1] == \
+      "| dense - base | +0.250 [-0.125, +0.500] |"
+
+
+def test_compare_to_base_is_the_paired_bootstrap_of_each_metric():
+  from densedpo_jax.metrics.bootstrap import bootstrap_diff, compare_to_base
+  rng = np.random.default_rng()
+  per_prompt = {m: {"a": list(rng.normal(size=6)), "b": list(rng.normal(size=6))}
+                for m in ("base", "dense", "sft")}
+  per_prompt["sft"]["c"] = [1.0] * 6  # Not measured on the base: left out.
+  out = compare_to_base(per_prompt, num=500, seed=1)
+  assert set(out) == {"dense", "sft"} and set(out["sft"]) == {"a", "b"}
+  for name in ("dense", "sft"):
+    for metric in ("a", "b"):
+      want = bootstrap_diff(per_prompt[name][metric], per_prompt["base"][metric], num=500, seed=1)
+      assert tuple(out[name][metric].values()) == want
+  per_prompt["sft"]["a"] = per_prompt["sft"]["a"][:5]
+  with pytest.raises(ValueError, match=r"sft has 5 prompts for 'a', the base base 6"):
+    compare_to_base(per_prompt)
+
+
+@pytest.mark.e2e
+def test_the_video_judge_scores_pixels_and_compares_each_model_to_the_base(zero_model, tmp_path):
+  """judge='video' on pixel records (ShapesWorld's convention): each model's scores are
+  `metrics.temporal` of its exported samples, averaged per prompt over its seeds; a model
+  evaluated twice differs from itself by exactly 0."""
+  pytest.importorskip("cv2")
+  from densedpo_jax import previews
+  from densedpo_jax.metrics import temporal
+  root, videos, train_config = zero_model
+  c = evaluate_config.get_config()
+  c.model, c.lora = train_config.model, train_config.lora
+  c.data.kind, c.data.path, c.data.name = "videos", videos, "videos"
+  c.evaluate.update(models=f"zero={root / 'run'},again={root / 'run'}", judge="video",
+                    seeds_per_prompt=2, num_steps=3, batch_size=4, max_prompts=3)
+  evaluate.main(c, str(tmp_path))
+  metrics = json.load(open(tmp_path / "eval" / "metrics.json"))
+  samples = np.load(tmp_path / "eval" / "zero" / "samples.npy")
+  fps = arrayrecord_io.ShardedSource(videos, "videos")
+  fps = evaluate.prompt_set(fps, 1)[0].fps
+  rows = [temporal.video_metrics(previews.to_uint8(v), fps) for v in samples]
+  for metric in temporal.METRICS:
+    want = [np.mean([r[metric] for r in rows[p * 2:p * 2 + 2]]) for p in range(3)]
+    np.testing.assert_allclose(metrics["per_prompt"]["zero"][metric], want, rtol=1e-12)
+    assert metrics["results"]["zero"][metric] == pytest.approx(np.mean([r[metric] for r in rows]))
+    assert metrics["vs_base"]["again"][metric] == {"diff": 0.0, "lo": 0.0, "hi": 0.0}
+  table = (tmp_path / "eval" / "table.md").read_text()
+  assert "| again - zero |" in table and "motion_px_per_frame" in table
+
+
+def test_the_video_judge_needs_pixels():
+  c = evaluate_config.get_config("wan1.3b")
+  assert c.evaluate.judge == "video" and c.decoder.kind == "wan"
+  c.decoder.kind = "none"
+  with pytest.raises(ValueError, match=r"scores pixels, but the records hold 16-channel latents: "
+                                       r"set config.decoder.kind"):
+    evaluate.check_video_judge(c, 16)
+  evaluate.check_video_judge(c, 3)  # RGB records are the video.
+
+
 def test_prompt_means_average_each_prompts_consecutive_samples():
   import types
   from densedpo_jax.tasks.evaluate import prompt_means

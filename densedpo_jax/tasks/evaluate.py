@@ -5,16 +5,23 @@ checkpoint holding exported weights), sample every distinct prompt of `config.da
 `seeds_per_prompt` seeds, then
   judge='shapesworld'  score with the ShapesWorld judge (visual quality, temporal consistency,
                        dynamic degree, fast share, mean speed, text alignment, artifact share);
+  judge='video'        score the decoded pixels of any model with `metrics.temporal` (optical-flow
+                       motion, VBench's dynamic degree and temporal flickering, warping error;
+                       the `[metrics]` extra) and export them as with 'none';
   judge='none'         no scores: export the samples for an external evaluator (e.g. VBench):
-                       `<model>/samples.npy` `[N, T, H, W, C]` latents, `<model>/prompts.json`
-                       and one GIF a sample (decode latents with your VAE first for real videos).
-Writes `<workdir>/eval/metrics.json` (means, and each prompt's means under `per_prompt`), `table.md` and a preview grid `<model>.{png,gif}`.
+                       `<model>/sample_<k>.<format>` decoded files (with `config.decoder`), else
+                       `<model>/samples.npy` `[N, T, H, W, C]` latents and one GIF a sample; and
+                       `<model>/prompts.json`.
+Writes `<workdir>/eval/metrics.json` (means; each prompt's means under `per_prompt`; under
+`vs_base` each model minus the first, the base, per metric with a paired bootstrap interval over
+prompts), `table.md` and a preview grid `<model>.{png,gif}`.
 On several processes each samples every `process_count`-th batch and all of them join the
 samples (each sample's noise comes from its own key, so they equal one process's); every
 process scores them, and process 0 alone writes.
 """
 from __future__ import annotations
 
+import importlib.util
 import time
 
 import jax
@@ -23,13 +30,16 @@ import numpy as np
 from absl import logging
 
 from densedpo_jax import distributed, previews
+from densedpo_jax.metrics.bootstrap import compare_to_base
 from densedpo_jax.model import conditioning
 from densedpo_jax.objectives import sampling
 from densedpo_jax.training.builders import make_source, model_config, with_overrides
 from densedpo_jax.data import arrayrecord_io
 
 METRICS = ("visual_quality", "temporal_consistency", "dynamic_degree", "fast_share", "mean_speed",
-           "text_alignment", "artifact_share")
+           "text_alignment", "artifact_share", "motion_px_per_frame", "temporal_flickering",
+           "warping_error", "occluded_share")
+JUDGES = ("shapesworld", "video", "none")
 
 
 def parse_models(spec: str) -> dict[str, str]:
@@ -79,21 +89,58 @@ def sample_model(params, records, spec, cfg) -> np.ndarray:
   return videos.reshape((-1,) + shape)[:n]  # The last batch's zero rows dropped.
 
 
-def markdown_table(results: dict[str, dict[str, float]]) -> str:
+def markdown_table(results: dict[str, dict[str, float]], vs_base: dict | None = None) -> str:
+  """Each model's means, then each model minus the base with its 95% interval over prompts."""
   cols = [m for m in METRICS if any(m in r for r in results.values())]
+  cell = lambda v: "-" if v is None else f"{v:.3f}"
   lines = ["| model | " + " | ".join(cols) + " |", "|---|" + "---|" * len(cols)]
   for name, r in results.items():
-    lines.append(f"| {name} | " + " | ".join(f"{r[c]:.3f}" for c in cols) + " |")
+    lines.append(f"| {name} | " + " | ".join(cell(r.get(c)) for c in cols) + " |")
+  base = next(iter(results), "")
+  for name, rows in (vs_base or {}).items():
+    lines.append(f"| {name} - {base} | " + " | ".join(
+        f"{rows[c]['diff']:+.3f} [{rows[c]['lo']:+.3f}, {rows[c]['hi']:+.3f}]" if c in rows
+        else "-" for c in cols) + " |")
   return "\n".join(lines)
+
+
+def check_video_judge(config: ml_collections.ConfigDict, latent_channels: int) -> None:
+  """judge='video' scores pixels: RGB records (ShapesWorld: the latent is the video) or latents
+  with a decoder; and it needs OpenCV. Checked before any model loads."""
+  if config.decoder.kind == "none" and latent_channels != 3:
+    raise ValueError(f"config.evaluate.judge='video' scores pixels, but the records hold "
+                     f"{latent_channels}-channel latents: set config.decoder.kind (e.g. 'wan' with "
+                     "config.decoder.weights) to decode them")
+  if importlib.util.find_spec("cv2") is None:
+    raise ValueError("config.evaluate.judge='video' needs OpenCV: pip install -e \".[metrics]\"")
+
+
+def video_scores(frames: np.ndarray, fps: float, seeds_per_prompt: int, name: str):
+  """`(means {metric}, per-prompt means {metric: [P]})` of `metrics.temporal` over uint8 RGB
+  `frames [N, T, H, W, 3]` (prompt-major, `seeds_per_prompt` samples a prompt)."""
+  from densedpo_jax.metrics import temporal
+  start, rows = time.time(), []
+  for k, video in enumerate(frames):
+    rows.append(temporal.video_metrics(video, fps))
+    if (k + 1) % 50 == 0:
+      rate = (time.time() - start) / (k + 1)
+      logging.info("evaluate: %s: %d/%d samples scored, ETA %.0f s", name, k + 1, len(frames),
+                   rate * (len(frames) - k - 1))
+  mean = lambda rs, m: float(np.mean([r[m] for r in rs if r[m] is not None] or [np.nan]))
+  groups = [rows[i:i + seeds_per_prompt] for i in range(0, len(rows), seeds_per_prompt)]
+  return ({m: mean(rows, m) for m in temporal.METRICS},
+          {m: [mean(g, m) for g in groups] for m in temporal.METRICS})
 
 
 def evaluate_models(config: ml_collections.ConfigDict, workdir: str, source, cfg) -> dict:
   """Samples and scores every model of `config.evaluate.models`; writes files; returns metrics."""
   spec = config.evaluate
-  if spec.judge not in ("shapesworld", "none"):
-    raise ValueError(f"config.evaluate.judge={spec.judge!r}; expected 'shapesworld' or 'none'")
+  if spec.judge not in JUDGES:
+    raise ValueError(f"config.evaluate.judge={spec.judge!r}; expected one of {JUDGES}")
   models = parse_models(spec.models)
   records = prompt_set(source, spec.max_prompts)
+  if spec.judge == "video":
+    check_video_judge(config, records[0].latent.shape[-1])
   prompts = [r.prompt for r in records for _ in range(spec.seeds_per_prompt)]
   out_dir, write = distributed.path(workdir) / "eval", distributed.is_main()
   results, buckets, per_prompt = {}, {}, {}
@@ -122,20 +169,25 @@ def evaluate_models(config: ml_collections.ConfigDict, workdir: str, source, cfg
     if write:
       previews.save_png(str(out_dir / f"{name}.png"), previews.captioned_grid(first, captions))
       previews.save_gif(str(out_dir / f"{name}.gif"), first, fps=records[0].fps)
+    if spec.judge == "video":
+      frames = pixels if decoder is not None else previews.to_uint8(videos)
+      results[name], per_prompt[name] = video_scores(frames, records[0].fps,
+                                                     spec.seeds_per_prompt, name)
     if spec.judge != "shapesworld":
       if write:
         export_samples(out_dir / name, pixels if decoder is not None else videos, prompts,
                        records[0].fps, config.decoder.format if decoder is not None else None)
-      results[name] = {}
+      results.setdefault(name, {})
     logging.info("evaluate: %s (%s): %d samples in %.0f s %s", name, path, len(videos),
                  time.time() - start, results[name])
+  vs_base = compare_to_base(per_prompt) if len(per_prompt) > 1 and len(records) > 1 else {}
   if write:
     distributed.write_json(out_dir / "metrics.json", {
         "split": config.data.split, "num_prompts": len(records),
         "seeds_per_prompt": spec.seeds_per_prompt, "results": results,
-        "artifacts_by_speed": buckets, "per_prompt": per_prompt})
-    if spec.judge == "shapesworld":
-      table = markdown_table(results)
+        "artifacts_by_speed": buckets, "per_prompt": per_prompt, "vs_base": vs_base})
+    if spec.judge != "none":
+      table = markdown_table(results, vs_base)
       distributed.write_text(out_dir / "table.md", table + "\n")
       print(table)
   distributed.barrier("evaluate: written")

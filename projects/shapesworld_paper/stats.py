@@ -10,28 +10,17 @@ set (`config.experiment.eval_seeds`).
 from __future__ import annotations
 
 import dataclasses
-from typing import Optional, Sequence
+from typing import Sequence
 
 import numpy as np
+
+from densedpo_jax.metrics.bootstrap import bootstrap_diff
 
 
 def prompt_means(runs: Sequence[dict], metric: str, eval_seed: str, which: str = "eval") -> np.ndarray:
   """`[P]`: each prompt's `metric` averaged over the runs (training seeds) of one arm."""
   rows = [np.asarray(r[which][eval_seed]["per_prompt"][metric], np.float64) for r in runs]
   return np.mean(rows, axis=0)
-
-
-def bootstrap_diff(a: np.ndarray, b: Optional[np.ndarray] = None, num: int = 2000, seed: int = 0,
-                   level: float = 0.95) -> tuple[float, float, float]:
-  """Mean of `a - b` over prompts (`[P]` each, paired; `b` None: of `a`) and its percentile
-  bootstrap interval at `level`, resampling prompts `num` times: `(mean, lo, hi)`."""
-  d = np.asarray(a, np.float64) - (0.0 if b is None else np.asarray(b, np.float64))
-  if d.ndim != 1 or len(d) < 2:
-    raise ValueError(f"bootstrap_diff needs per-prompt values [P], P >= 2; got shape {d.shape}")
-  idx = np.random.default_rng(seed).integers(0, len(d), size=(num, len(d)))
-  boot = d[idx].mean(axis=1)
-  tail = 100 * (1 - level) / 2
-  return float(d.mean()), float(np.percentile(boot, tail)), float(np.percentile(boot, 100 - tail))
 
 
 @dataclasses.dataclass(frozen=True)

@@ -164,20 +164,6 @@ def test_only_the_published_calls_write_into_the_published_results():
   assert experiment_config.get_config("mini").experiment.results == ""  # Its workdir's report.md.
 
 
-def test_paired_bootstrap_matches_a_direct_resampling():
-  rng = np.random.default_rng()
-  a, b = rng.normal(0.5, 0.1, 30), rng.normal(0.45, 0.1, 30)
-  mean, lo, hi = stats.bootstrap_diff(a, b, num=4000, seed=3)
-  # Reference: the same resampling written out with a loop, in float64.
-  idx = np.random.default_rng(3).integers(0, 30, size=(4000, 30))
-  boot = np.array([np.mean(a[i] - b[i]) for i in idx])
-  assert mean == pytest.approx(np.mean(a - b), abs=1e-12)
-  assert (lo, hi) == pytest.approx((np.percentile(boot, 2.5), np.percentile(boot, 97.5)), abs=1e-12)
-  # A shift common to every prompt moves the interval by exactly that shift (pairing).
-  lo2, hi2 = stats.bootstrap_diff(a + 0.3, b, num=4000, seed=3)[1:]
-  assert (lo2 - lo, hi2 - hi) == pytest.approx((0.3, 0.3), abs=1e-12)
-
-
 def test_claims_hold_only_when_the_interval_excludes_zero_under_every_seed():
   def runs(values_by_seed):
     return [{"eval": {s: {"per_prompt": {"fast_share": v}} for s, v in values_by_seed.items()}}]
