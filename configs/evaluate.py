@@ -32,6 +32,8 @@ def get_config(arg=None):
   # shapesworld | video (optical-flow motion and temporal metrics of decoded pixels, any model;
   # the [metrics] extra) | none (export samples for external tools)
   c.evaluate.judge = "shapesworld"
+  # 'vbench': also write each model's samples as VBench's custom input, eval/vbench/<model>/.
+  c.evaluate.export = ""
   c.evaluate.max_prompts = 64
   c.evaluate.seeds_per_prompt = 4
   c.evaluate.num_steps = 32

@@ -98,7 +98,7 @@ def test_the_video_judge_scores_pixels_and_compares_each_model_to_the_base(zero_
   c = evaluate_config.get_config()
   c.model, c.lora = train_config.model, train_config.lora
   c.data.kind, c.data.path, c.data.name = "videos", videos, "videos"
-  c.evaluate.update(models=f"zero={root / 'run'},again={root / 'run'}", judge="video",
+  c.evaluate.update(models=f"zero={root / 'run'},again={root / 'run'}", judge="video", export="vbench",
                     seeds_per_prompt=2, num_steps=3, batch_size=4, max_prompts=3)
   evaluate.main(c, str(tmp_path))
   metrics = json.load(open(tmp_path / "eval" / "metrics.json"))
@@ -111,8 +111,24 @@ def test_the_video_judge_scores_pixels_and_compares_each_model_to_the_base(zero_
     np.testing.assert_allclose(metrics["per_prompt"]["zero"][metric], want, rtol=1e-12)
     assert metrics["results"]["zero"][metric] == pytest.approx(np.mean([r[metric] for r in rows]))
     assert metrics["vs_base"]["again"][metric] == {"diff": 0.0, "lo": 0.0, "hi": 0.0}
+  # VBench's custom input: {prompt}-{index}.mp4 and the exact prompts in its --prompt_file.
+  from densedpo_jax import video_metrics
+  vbench = tmp_path / "eval" / "vbench" / "zero"
+  listing = json.load(open(vbench / "vbench_prompts.json"))
+  prompts = [r.prompt for r in evaluate.prompt_set(arrayrecord_io.ShardedSource(videos, "videos"), 3)]
+  assert sorted(listing) == sorted(evaluate.vbench_name(p, i, "mp4") for p in prompts for i in (0, 1))
+  assert all(listing[evaluate.vbench_name(p, i, "mp4")] == p for p in prompts for i in (0, 1))
+  frames, _ = video_metrics.read_frames(str(vbench / evaluate.vbench_name(prompts[1], 1, "mp4")))
+  assert frames.shape == samples.shape[1:4] + (3,)
   table = (tmp_path / "eval" / "table.md").read_text()
   assert "| again - zero |" in table and "motion_px_per_frame" in table
+
+
+def test_vbench_names_hold_any_prompt():
+  assert evaluate.vbench_name("a red circle moves left", 3, "mp4") == "a red circle moves left-3.mp4"
+  assert evaluate.vbench_name("up/down", 0, "gif") == "up_down-0.gif"
+  long = evaluate.vbench_name("\u00e9" * 300, 12, "mp4")
+  assert len(long.encode()) <= 255 and long.endswith("-12.mp4")
 
 
 def test_the_video_judge_needs_pixels():

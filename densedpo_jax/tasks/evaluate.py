@@ -104,13 +104,17 @@ def markdown_table(results: dict[str, dict[str, float]], vs_base: dict | None = 
   return "\n".join(lines)
 
 
-def check_video_judge(config: ml_collections.ConfigDict, latent_channels: int) -> None:
-  """judge='video' scores pixels: RGB records (ShapesWorld: the latent is the video) or latents
-  with a decoder; and it needs OpenCV. Checked before any model loads."""
+def check_pixels(config: ml_collections.ConfigDict, latent_channels: int, what: str) -> None:
+  """Pixels are RGB records (ShapesWorld: the latent is the video) or latents with a decoder."""
   if config.decoder.kind == "none" and latent_channels != 3:
-    raise ValueError(f"config.evaluate.judge='video' scores pixels, but the records hold "
-                     f"{latent_channels}-channel latents: set config.decoder.kind (e.g. 'wan' with "
-                     "config.decoder.weights) to decode them")
+    raise ValueError(f"config.{what} pixels, but the records hold {latent_channels}-channel "
+                     "latents: set config.decoder.kind (e.g. 'wan' with config.decoder.weights) "
+                     "to decode them")
+
+
+def check_video_judge(config: ml_collections.ConfigDict, latent_channels: int) -> None:
+  """judge='video' scores pixels and needs OpenCV. Checked before any model loads."""
+  check_pixels(config, latent_channels, "evaluate.judge='video' scores")
   if importlib.util.find_spec("cv2") is None:
     raise ValueError("config.evaluate.judge='video' needs OpenCV: pip install -e \".[metrics]\"")
 
@@ -139,6 +143,10 @@ def evaluate_models(config: ml_collections.ConfigDict, workdir: str, source, cfg
     raise ValueError(f"config.evaluate.judge={spec.judge!r}; expected one of {JUDGES}")
   models = parse_models(spec.models)
   records = prompt_set(source, spec.max_prompts)
+  if spec.get("export", ""):
+    if spec.export != "vbench":
+      raise ValueError(f"config.evaluate.export={spec.export!r}; expected '' or 'vbench'")
+    check_pixels(config, records[0].latent.shape[-1], "evaluate.export='vbench' writes videos")
   if spec.judge == "video":
     check_video_judge(config, records[0].latent.shape[-1])
   prompts = [r.prompt for r in records for _ in range(spec.seeds_per_prompt)]
@@ -178,6 +186,10 @@ def evaluate_models(config: ml_collections.ConfigDict, workdir: str, source, cfg
         export_samples(out_dir / name, pixels if decoder is not None else videos, prompts,
                        records[0].fps, config.decoder.format if decoder is not None else None)
       results.setdefault(name, {})
+    if write and spec.get("export", "") == "vbench":
+      export_vbench(out_dir / "vbench" / name, pixels if decoder is not None else
+                    previews.to_uint8(videos), prompts, records[0].fps,
+                    config.decoder.format if decoder is not None else "mp4")
     logging.info("evaluate: %s (%s): %d samples in %.0f s %s", name, path, len(videos),
                  time.time() - start, results[name])
   vs_base = compare_to_base(per_prompt) if len(per_prompt) > 1 and len(records) > 1 else {}
@@ -232,3 +244,29 @@ def main(config: ml_collections.ConfigDict, workdir: str) -> dict:
   first = next(iter(parse_models(config.evaluate.models).values()))
   shaped = config if config.get("init_from") else with_overrides(config, init_from=first)
   return evaluate_models(config, workdir, make_source(config.data), model_config(shaped))
+
+
+def vbench_name(prompt: str, index: int, fmt: str) -> str:
+  """VBench's file name of a prompt's `index`-th video, `{prompt}-{index}.{fmt}` (its custom
+  input reads the prompt back from the name); '/' and NUL become '_', cut to 255 bytes."""
+  suffix = f"-{index}.{fmt}"
+  stem = prompt.replace("/", "_").replace("\0", "_").strip() or "prompt"
+  return stem.encode()[:255 - len(suffix.encode())].decode(errors="ignore") + suffix
+
+
+def export_vbench(model_dir, frames: np.ndarray, prompts: list[str], fps: float, fmt: str) -> None:
+  """uint8 RGB `frames [N, T, H, W, 3]` as VBench's custom input: `{prompt}-{i}.{fmt}` (i counts
+  each prompt's samples from 0) and `vbench_prompts.json` (file name -> exact prompt, VBench's
+  `--prompt_file`, for prompts a file name cannot hold)."""
+  from densedpo_jax.interop import video_io
+  model_dir.mkdir(parents=True, exist_ok=True)
+  counts, listing = {}, {}
+  for video, prompt in zip(frames, prompts):
+    index = counts[prompt] = counts.get(prompt, -1) + 1
+    name = vbench_name(prompt, index, fmt)
+    while name in listing:  # Two prompts that differ only where a file name cannot.
+      index += len(prompts)
+      name = vbench_name(prompt, index, fmt)
+    video_io.write_video(str(model_dir / name), video, fps)
+    listing[name] = prompt
+  distributed.write_json(model_dir / "vbench_prompts.json", listing)
