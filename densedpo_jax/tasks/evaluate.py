@@ -37,7 +37,8 @@ from densedpo_jax.training.builders import make_source, model_config, with_overr
 from densedpo_jax.data import arrayrecord_io
 
 METRICS = ("visual_quality", "temporal_consistency", "dynamic_degree", "fast_share", "mean_speed",
-           "text_alignment", "artifact_share", "motion_px_per_frame", "temporal_flickering",
+           "text_alignment", "artifact_share", "motion_px_per_frame", "peak_motion_px_per_frame",
+           "temporal_flickering",
            "warping_error", "occluded_share")
 JUDGES = ("shapesworld", "video", "none")
 
