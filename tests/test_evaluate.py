@@ -157,3 +157,73 @@ def test_prompt_means_average_each_prompts_consecutive_samples():
   np.testing.assert_allclose(out["dynamic_degree"], moving.mean(axis=1))
   fast = values["mean_speed"] > judge.fast_speed(judge.WorldConfig())
   np.testing.assert_allclose(out["fast_share"], fast.mean(axis=1))
+
+
+CHROMIUM = "/usr/bin/chromium"
+
+
+@pytest.mark.e2e
+@pytest.mark.skipif(not os.path.exists(CHROMIUM), reason=f"{CHROMIUM} is absent (apt-get install chromium)")
+def test_the_report_page_plays_every_video_and_shows_metrics_json(zero_model, tmp_path):
+  """eval/report.html in Debian's chromium (Playwright, never a downloaded browser): no console
+  error, every video element plays, and every number on the page is metrics.json's."""
+  pytest.importorskip("cv2")
+  playwright = pytest.importorskip("playwright.sync_api")
+  root, videos, train_config = zero_model
+  c = evaluate_config.get_config()
+  c.model, c.lora = train_config.model, train_config.lora
+  c.data.kind, c.data.path, c.data.name = "videos", videos, "videos"
+  c.decoder.kind = "pixels"  # MP4 files (H.264), as a Wan model's decoded samples.
+  c.evaluate.update(models=f"base={root / 'run'},same={root / 'run'}", judge="video",
+                    seeds_per_prompt=2, num_steps=3, batch_size=4, max_prompts=3)
+  evaluate.main(c, str(tmp_path))
+  eval_dir = tmp_path / "eval"
+  metrics = json.load(open(eval_dir / "metrics.json"))
+  errors = []
+  with playwright.sync_playwright() as p:
+    context = p.chromium.launch_persistent_context(
+        str(tmp_path / "profile"), executable_path=CHROMIUM, headless=True,
+        args=["--headless", "--no-sandbox", "--disable-gpu", "--disable-background-networking",
+              "--disable-component-update", "--autoplay-policy=no-user-gesture-required"])
+    try:
+      page = context.new_page()
+      page.on("console", lambda m: errors.append(m.text) if m.type == "error" else None)
+      page.on("pageerror", lambda e: errors.append(str(e)))
+      page.goto((eval_dir / "report.html").as_uri())
+      page.wait_for_function("document.body.dataset.ready === '1'", timeout=20000)
+      num_videos = page.evaluate("document.querySelectorAll('video').length")
+      assert num_videos == 2 * 3 * 2  # Models x prompts x seeds.
+      page.click(".prompt button")  # "play together" on the first prompt.
+      played = page.evaluate("""() => Promise.all([...document.querySelectorAll('video')].map(
+          v => v.play().then(() => new Promise(done => {
+            const start = v.currentTime;
+            const check = () => (v.currentTime !== start || v.ended) ? done(true) : setTimeout(check, 50);
+            check();
+          })).catch(e => 'failed: ' + e)))""")
+      assert played == [True] * num_videos
+      summary = page.evaluate("""[...document.querySelectorAll('#summary tr[data-model]')].map(
+          r => [r.dataset.model, [...r.querySelectorAll('td[data-value]')].map(
+            td => [td.cellIndex, td.dataset.value, td.textContent])])""")
+      header = page.evaluate("[...document.querySelectorAll('#summary th')].map(t => t.textContent)")
+      diffs = page.evaluate("""[...document.querySelectorAll('#summary tr[data-diff] td[data-value]')]
+          .map(td => [td.closest('tr').dataset.diff, td.cellIndex, td.dataset.value,
+                      td.dataset.lo, td.dataset.hi])""")
+      per_prompt = page.evaluate("""[...document.querySelectorAll('.prompt table')].map(t =>
+          [t.dataset.model, +t.dataset.prompt, [...t.rows].map(r => [r.cells[0].textContent,
+           r.cells[1].dataset.value])])""")
+    finally:
+      context.close()
+  assert errors == []
+  for model, cells in summary:
+    assert len(cells) == len(metrics["results"][model])
+    for index, value, text in cells:
+      want = metrics["results"][model][header[index]]
+      assert float(value) == want and text == f"{want:.3f}"
+  assert len(diffs) == len(metrics["vs_base"]["same"])
+  for model, index, value, lo, hi in diffs:
+    want = metrics["vs_base"][model][header[index]]
+    assert (float(value), float(lo), float(hi)) == (want["diff"], want["lo"], want["hi"])
+  assert len(per_prompt) == 2 * 3
+  for model, prompt, rows in per_prompt:
+    for metric, value in rows:
+      assert float(value) == metrics["per_prompt"][model][metric][prompt]

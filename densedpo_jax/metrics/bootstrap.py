@@ -28,7 +28,8 @@ def compare_to_base(per_prompt: dict[str, dict[str, list[float]]], num: int = 20
                     level: float = 0.95) -> dict[str, dict[str, dict[str, float]]]:
   """Each model against the first (the base), metric by metric: `{model: {metric: {'diff', 'lo',
   'hi'}}}` of `model - base` over prompts (`per_prompt[model][metric]`: `[P]` prompt means, the
-  same prompts in the same order for every model). Metrics the base lacks are left out."""
+  same prompts in the same order for every model). Metrics the base lacks, or with a prompt
+  that has no value (None), are left out."""
   names = list(per_prompt)
   if not names:
     return {}
@@ -37,8 +38,8 @@ def compare_to_base(per_prompt: dict[str, dict[str, list[float]]], num: int = 20
   for name in names[1:]:
     rows = {}
     for metric, values in per_prompt[name].items():
-      if metric not in base:
-        continue
+      if metric not in base or any(v is None for v in (*values, *base[metric])):
+        continue  # Not measured on the base, or not on every prompt.
       if len(values) != len(base[metric]):
         raise ValueError(f"compare_to_base: {name} has {len(values)} prompts for {metric!r}, the "
                          f"base {names[0]} {len(base[metric])}; models are compared on the same "

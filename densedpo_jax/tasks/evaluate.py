@@ -14,7 +14,8 @@ checkpoint holding exported weights), sample every distinct prompt of `config.da
                        `<model>/prompts.json`.
 Writes `<workdir>/eval/metrics.json` (means; each prompt's means under `per_prompt`; under
 `vs_base` each model minus the first, the base, per metric with a paired bootstrap interval over
-prompts), `table.md` and a preview grid `<model>.{png,gif}`.
+prompts), `table.md`, a preview grid `<model>.{png,gif}`, every sample under `<model>/` and
+`report.html` (tasks/eval_report.py): the models side by side, prompt by prompt.
 On several processes each samples every `process_count`-th batch and all of them join the
 samples (each sample's noise comes from its own key, so they equal one process's); every
 process scores them, and process 0 alone writes.
@@ -33,6 +34,7 @@ from densedpo_jax import distributed, previews
 from densedpo_jax.metrics.bootstrap import compare_to_base
 from densedpo_jax.model import conditioning
 from densedpo_jax.objectives import sampling
+from densedpo_jax.tasks import eval_report
 from densedpo_jax.training.builders import make_source, model_config, with_overrides
 from densedpo_jax.data import arrayrecord_io
 
@@ -131,7 +133,9 @@ def video_scores(frames: np.ndarray, fps: float, seeds_per_prompt: int, name: st
       rate = (time.time() - start) / (k + 1)
       logging.info("evaluate: %s: %d/%d samples scored, ETA %.0f s", name, k + 1, len(frames),
                    rate * (len(frames) - k - 1))
-  mean = lambda rs, m: float(np.mean([r[m] for r in rs if r[m] is not None] or [np.nan]))
+  def mean(rs, m):  # None where no sample has the metric (a warping error with nothing visible).
+    values = [r[m] for r in rs if r[m] is not None]
+    return float(np.mean(values)) if values else None
   groups = [rows[i:i + seeds_per_prompt] for i in range(0, len(rows), seeds_per_prompt)]
   return ({m: mean(rows, m) for m in temporal.METRICS},
           {m: [mean(g, m) for g in groups] for m in temporal.METRICS})
@@ -182,11 +186,10 @@ def evaluate_models(config: ml_collections.ConfigDict, workdir: str, source, cfg
       frames = pixels if decoder is not None else previews.to_uint8(videos)
       results[name], per_prompt[name] = video_scores(frames, records[0].fps,
                                                      spec.seeds_per_prompt, name)
-    if spec.judge != "shapesworld":
-      if write:
-        export_samples(out_dir / name, pixels if decoder is not None else videos, prompts,
-                       records[0].fps, config.decoder.format if decoder is not None else None)
-      results.setdefault(name, {})
+    if write:  # Every sample as a file: the report page, external evaluators, people.
+      export_samples(out_dir / name, pixels if decoder is not None else videos, prompts,
+                     records[0].fps, config.decoder.format if decoder is not None else None)
+    results.setdefault(name, {})
     if write and spec.get("export", "") == "vbench":
       export_vbench(out_dir / "vbench" / name, pixels if decoder is not None else
                     previews.to_uint8(videos), prompts, records[0].fps,
@@ -203,6 +206,7 @@ def evaluate_models(config: ml_collections.ConfigDict, workdir: str, source, cfg
       table = markdown_table(results, vs_base)
       distributed.write_text(out_dir / "table.md", table + "\n")
       print(table)
+    logging.info("evaluate: report page %s", eval_report.write_report(out_dir, list(models)))
   distributed.barrier("evaluate: written")
   return {name: dict(r, per_prompt=per_prompt[name]) if name in per_prompt else r
           for name, r in results.items()}
