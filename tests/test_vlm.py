@@ -117,6 +117,35 @@ def test_whole_mode_asks_once_per_order(vlm_server):
   assert len(images) == 2 * T  # 8 fps clip sampled at 8 fps: every frame.
 
 
+def test_requests_stay_in_flight_across_pairs_up_to_the_concurrency(vlm_server):
+  """Whole-video mode asks 2 questions a pair: one pair at a time would keep 2 requests in
+  flight; the stream keeps `concurrency` (8) across pairs, and yields the pairs in order."""
+  s = vlm_server(delay=0.3)
+  labeler = VLMLabeler(settings(s.url, mode="whole", concurrency=8))
+  pairs = [make_pair(i, [] if i % 2 else [0], [0] if i % 2 else []) for i in range(8)]
+  start = time.time()
+  out = list(labeler.label_stream((p, p.latent_a, p.latent_b) for p in pairs))
+  assert [p.id for p, _, _ in out] == [p.id for p in pairs]
+  assert [glob for _, _, glob in out] == [-1 if i % 2 == 0 else 1 for i in range(8)]
+  assert s.max_inflight == 8 and len(s.bodies) == 16
+  assert time.time() - start < 16 * 0.3  # Not one request at a time.
+  one_at_a_time = vlm_server(delay=0.05)
+  label(VLMLabeler(settings(one_at_a_time.url, mode="whole", concurrency=8, json_schema="on")),
+        pairs[0])
+  assert one_at_a_time.max_inflight == 2  # A single pair has only its 2 questions.
+
+
+def test_the_request_budget_counts_questions_of_pairs_in_flight(vlm_server):
+  s = vlm_server(delay=0.1)
+  labeler = VLMLabeler(settings(s.url, mode="whole", concurrency=8, max_requests=5))
+  pairs = [make_pair(i, [0], []) for i in range(4)]
+  got = []
+  with pytest.raises(vlm.BudgetExceeded, match=r"4 questions in flight, this pair needs 2 more"):
+    for item in labeler.label_stream((p, p.latent_a, p.latent_b) for p in pairs):
+      got.append(item)
+  assert len(s.bodies) <= 5 and got == []  # The third pair was refused before any answer.
+
+
 def test_agreement_numbers_on_a_constructed_case():
   labels = {"a": (np.array([1, -1, 0, 1], np.int8), 1), "b": (np.array([0, 0, 1, 1], np.int8), 1)}
   ref = {"a": (np.array([1, 1, 0, -1], np.int8), 1), "b": (np.array([-1, 0, 1, 1], np.int8), -1),

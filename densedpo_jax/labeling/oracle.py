@@ -216,18 +216,23 @@ def label_dataset(directory: str, name: str, out_directory: str, out_name: str, 
   pref_speed, rej_speed = [], []
   # The speed judge needs ShapesWorld pixels: motion statistics only for those.
   motion = hasattr(labeler, "label_with_scores") or decoder is identity_decoder
+  records = (arrayrecord_io.decode_raw(src[i]) for i in range(n))
+  if hasattr(labeler, "label_stream"):  # Requests in flight across pairs (the VLM labeler).
+    labeled = ((rec, seg, glob, None) for rec, seg, glob in
+               labeler.label_stream((rec, *decoder(rec)) for rec in records))
+  elif hasattr(labeler, "label_with_scores"):
+    labeled = ((rec, *labeler.label_with_scores(rec, *decoder(rec))) for rec in records)
+  else:
+    labeled = ((rec, *labeler.label(rec, *decoder(rec)), None) for rec in records)
   with arrayrecord_io.ShardedWriter(out_directory, out_name, shards, metadata=meta) as w:
-    for i in range(n):
-      rec = arrayrecord_io.decode_raw(src[i])
-      va, vb = decoder(rec)
-      if hasattr(labeler, "label_with_scores"):
-        seg, glob, (sa, sb) = labeler.label_with_scores(rec, va, vb)
-      else:
-        seg, glob = labeler.label(rec, va, vb)
-        if motion:
-          sa, sb = (judge.judge_video(v, rec.prompt, rec.frames_per_segment,
-                                      config or WorldConfig(), num_segments=rec.num_segments)
-                    for v in (va, vb))
+    for i, (rec, seg, glob, scores) in enumerate(labeled):
+      if scores is not None:
+        sa, sb = scores
+      elif motion:  # The speed judge on ShapesWorld pixels (decoded again: cheap, and no
+        # labeler holds videos for it).
+        sa, sb = (judge.judge_video(v, rec.prompt, rec.frames_per_segment,
+                                    config or WorldConfig(), num_segments=rec.num_segments)
+                  for v in decoder(rec))
       seg = np.asarray(seg, np.int8)
       glob = int(glob)
       extra = labeler.record_metadata(rec.id) if hasattr(labeler, "record_metadata") else {}

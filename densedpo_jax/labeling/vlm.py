@@ -22,6 +22,7 @@ as a tie only while failures stay under that share.
 from __future__ import annotations
 
 import asyncio
+import collections
 import dataclasses
 import hashlib
 import json
@@ -106,6 +107,7 @@ class VLMLabeler(Labeler):
     self._reserved = 0  # Tokens held by calls in flight.
     self._last_error = ""
     self._fatal: Optional[VLMError] = None  # The first error that makes every later call futile.
+    self._outstanding = 0  # Uncached questions of started pairs not yet asked (request budget).
 
   @property
   def params(self) -> dict[str, Any]:
@@ -283,13 +285,15 @@ class VLMLabeler(Labeler):
     self._tokens_per_call = max(self._tokens_per_call, used)
     return text or ""
 
-  async def _answer(self, messages, key: str, semaphore) -> dict:
+  async def _answer(self, messages, key: str, semaphore, counted: bool) -> dict:
     """`{'text', 'verdict', 'cached'}`: from the cache, or asked (asked again once if the answer
-    is unreadable; a question that failed after its retries is not asked again)."""
-    if self.cache is not None and (hit := self.cache.get(key)) is not None:
-      self.stats["cache_hits"] += 1
-      return dict(hit, cached=True)
+    is unreadable; a question that failed after its retries is not asked again). `counted`: the
+    question is in `_outstanding` until it starts."""
     async with semaphore:
+      self._outstanding -= int(counted)
+      if self.cache is not None and (hit := self.cache.get(key)) is not None:
+        self.stats["cache_hits"] += 1
+        return dict(hit, cached=True)
       texts = [await self._complete(messages)]
       if texts[0] is not None and parse_verdict(texts[0]) is None:  # Unreadable: asked once more.
         self.stats["retried"] += 1
@@ -300,17 +304,24 @@ class VLMLabeler(Labeler):
       self.cache.put(key, answer)
     return dict(answer, cached=False)
 
-  async def _ask_all(self, questions) -> list[dict]:
-    """Every answer of a pair. A pair whose uncached questions exceed the request budget left is
-    not started; an error raised mid-pair comes after the answers that arrived were cached."""
+  def _admit(self, questions) -> list[bool]:
+    """Which questions of a pair are not cached; `BudgetExceeded` (the pair not started) when
+    they, with the attempts made and the questions of started pairs not yet asked, pass the
+    request budget."""
     s = self.settings
-    uncached = sum(self.cache is None or self.cache.get(k) is None for _, _, _, k in questions)
-    if s.max_requests and self.stats["calls"] + uncached > s.max_requests:
-      raise BudgetExceeded(f"request budget spent: {self.stats['calls']} HTTP attempts, this pair "
-                           f"needs {uncached} more (max_requests = {s.max_requests}); answers so far "
-                           "are cached, rerun to continue")
-    semaphore = asyncio.Semaphore(max(1, s.concurrency))
-    answers = await asyncio.gather(*[self._answer(m, k, semaphore) for _, _, m, k in questions],
+    uncached = [self.cache is None or self.cache.get(k) is None for _, _, _, k in questions]
+    if s.max_requests and self.stats["calls"] + self._outstanding + sum(uncached) > s.max_requests:
+      raise BudgetExceeded(f"request budget spent: {self.stats['calls']} HTTP attempts"
+                           f"{f', {self._outstanding} questions in flight' if self._outstanding else ''}"
+                           f", this pair needs {sum(uncached)} more (max_requests = "
+                           f"{s.max_requests}); answers so far are cached, rerun to continue")
+    self._outstanding += sum(uncached)
+    return uncached
+
+  async def _ask_all(self, questions, uncached, semaphore) -> list[dict]:
+    """Every answer of a pair; an error comes after the answers that arrived were cached."""
+    answers = await asyncio.gather(*[self._answer(m, k, semaphore, u)
+                                     for (_, _, m, k), u in zip(questions, uncached)],
                                    return_exceptions=True)
     for a in answers:
       if isinstance(a, BaseException):
@@ -320,8 +331,41 @@ class VLMLabeler(Labeler):
   # Labels.
 
   def label(self, pair, video_a, video_b):
-    questions = self.questions(pair, video_a, video_b)
-    answers = self._loop.run_until_complete(self._ask_all(questions))
+    (_, seg, glob), = self.label_stream([(pair, video_a, video_b)])
+    return seg, glob
+
+  def label_stream(self, items):
+    """`(pair, segment_labels, global_label)` for each `(pair, video_a, video_b)` of `items`, in
+    their order, with up to `concurrency` requests in flight across pairs: while a pair's last
+    answers arrive, the next pairs' questions are already asked (at most `2 * concurrency` pairs
+    ahead; a pair's videos are dropped once its frames are encoded). A pair that would pass the
+    request budget is not started; an error stops the stream after the answers that arrived
+    were cached."""
+    s, loop = self.settings, self._loop
+    semaphore = asyncio.Semaphore(max(1, s.concurrency))
+    pending, items = collections.deque(), iter(items)
+    try:
+      while True:
+        while len(pending) < 2 * max(1, s.concurrency):
+          item = next(items, None)
+          if item is None:
+            break
+          questions = self.questions(*item)
+          task = loop.create_task(self._ask_all(questions, self._admit(questions), semaphore))
+          pending.append((item[0], questions, task))
+        if not pending:
+          return
+        pair, questions, task = pending.popleft()
+        yield (pair, *self._labels(pair, questions, loop.run_until_complete(task)))
+    finally:  # Stopped early (an error, the consumer gone): the pairs in flight are cancelled.
+      for _, _, task in pending:
+        task.cancel()
+      if pending:
+        loop.run_until_complete(asyncio.gather(*(t for _, _, t in pending), return_exceptions=True))
+      self._outstanding = 0
+
+  def _labels(self, pair, questions, answers) -> tuple[np.ndarray, int]:
+    """A pair's labels from its answers (swap check: a question's two orders must agree)."""
     self.stats["requests"] += len(questions)
     num = len(questions) // 2
     labels, details = np.zeros((num,), np.int8), []
