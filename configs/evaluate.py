@@ -13,9 +13,12 @@ compared to the first model with intervals over prompts (judge video); only path
 The other models' args (wan2.1-i2v-14b, wan2.2-ti2v-5b, wan2.2-t2v-a14b, wan2.2-i2v-a14b) work
 the same; an adapted A14B model is named by its two runs, `dense=HIGH_RUN+LOW_RUN`.
 """
+import dataclasses
+
 import ml_collections
 
 from configs import common
+from densedpo_jax.labeling.vlm import VLMSettings
 
 
 def get_config(arg=None):
@@ -42,6 +45,13 @@ def get_config(arg=None):
   c.evaluate.seed = 1234
   c.evaluate.frames_per_segment = 4
   c.evaluate.preview_prompts = 8
+  # A VLM judges every model against the first (tasks/vlm_judge.py): every VLMSettings field
+  # (labeling's client: cache '' = eval/vlm_cache.sqlite, budgets, concurrency), a dry run that
+  # only counts the calls, and the cost estimate (765 tokens: a 512-px image at OpenAI's high
+  # detail; set your server's).
+  c.evaluate.vlm = ml_collections.ConfigDict(dataclasses.asdict(VLMSettings()))
+  c.evaluate.vlm.update(enabled=False, dry_run=False, tokens_per_image=765,
+                        usd_per_million_tokens=0.0)
   if arg:
     common.accelerator_model(c, arg)
     common.real_videos(c)

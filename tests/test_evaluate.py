@@ -209,8 +209,8 @@ def test_the_report_page_plays_every_video_and_shows_metrics_json(zero_model, tm
           .map(td => [td.closest('tr').dataset.diff, td.cellIndex, td.dataset.value,
                       td.dataset.lo, td.dataset.hi])""")
       per_prompt = page.evaluate("""[...document.querySelectorAll('.prompt table')].map(t =>
-          [t.dataset.model, +t.dataset.prompt, [...t.rows].map(r => [r.cells[0].textContent,
-           r.cells[1].dataset.value])])""")
+          [t.dataset.model, +t.dataset.prompt, [...t.rows].filter(r => r.cells[1].dataset.value)
+           .map(r => [r.cells[0].textContent, r.cells[1].dataset.value])])""")
     finally:
       context.close()
   assert errors == []

@@ -82,6 +82,22 @@ def summary_table(metrics: dict, columns: list[str]) -> str:
   return "<table id=\"summary\">" + "".join(rows) + "</table>"
 
 
+def vlm_table(metrics: dict) -> str:
+  """The VLM's win / tie / loss rates of each model against the base, with intervals."""
+  vlm = (metrics.get("vlm") or {}).get("models") or {}
+  if not vlm:
+    return ""
+  rows = ["<tr><th>VLM: model vs base</th><th>unit</th><th>win</th><th>tie</th><th>loss</th></tr>"]
+  for name, result in vlm.items():
+    for mode in ("whole", "segment"):
+      cells = "".join(f'<td data-value="{r["mean"]!r}">{r["mean"]:.3f} [{r["lo"]:.3f}, '
+                      f'{r["hi"]:.3f}]</td>' for r in (result[mode][k] for k in ("win", "tie", "loss")))
+      unit = "whole clips" if mode == "whole" else "segments"
+      rows.append(f'<tr data-vlm="{html.escape(name)}" data-mode="{mode}"><td>{html.escape(name)}'
+                  f"</td><td>{unit}</td>{cells}</tr>")
+  return '<table id="vlm">' + "".join(rows) + "</table>"
+
+
 def prompt_blocks(metrics: dict, files: dict[str, list[dict]], columns: list[str],
                   verdicts: dict | None = None) -> str:
   """One block a prompt: models as columns, seeds as rows; per-prompt metrics under each model."""
@@ -122,7 +138,7 @@ def render(metrics: dict, files: dict[str, list[dict]], verdicts: dict | None = 
           f"<p>{metrics['num_prompts']} prompts x {metrics['seeds_per_prompt']} seeds, split "
           f"{html.escape(str(metrics.get('split', '')))}; differences are model minus the first "
           "model with 95% paired bootstrap intervals over prompts (green: above 0, red: below)."
-          f"</p>{summary_table(metrics, columns)}"
+          f"</p>{summary_table(metrics, columns)}{vlm_table(metrics)}"
           f"{prompt_blocks(metrics, files, columns, verdicts)}"
           f"<script>{_SCRIPT}</script></body></html>")
 

@@ -154,6 +154,10 @@ def evaluate_models(config: ml_collections.ConfigDict, workdir: str, source, cfg
     check_pixels(config, records[0].latent.shape[-1], "evaluate.export='vbench' writes videos")
   if spec.judge == "video":
     check_video_judge(config, records[0].latent.shape[-1])
+  use_vlm = bool(spec.get("vlm") and spec.vlm.enabled)
+  if use_vlm and len(models) < 2:
+    raise ValueError("config.evaluate.vlm.enabled: the VLM compares each model with the first; "
+                     f"config.evaluate.models lists {len(models)}")
   prompts = [r.prompt for r in records for _ in range(spec.seeds_per_prompt)]
   out_dir, write = distributed.path(workdir) / "eval", distributed.is_main()
   results, buckets, per_prompt = {}, {}, {}
@@ -197,16 +201,23 @@ def evaluate_models(config: ml_collections.ConfigDict, workdir: str, source, cfg
     logging.info("evaluate: %s (%s): %d samples in %.0f s %s", name, path, len(videos),
                  time.time() - start, results[name])
   vs_base = compare_to_base(per_prompt) if len(per_prompt) > 1 and len(records) > 1 else {}
+  vlm = {}
+  if use_vlm and write:  # Process 0 alone asks (one set of calls, one cache).
+    from densedpo_jax.tasks import vlm_judge
+    vlm = vlm_judge.judge(out_dir, list(models), spec.vlm, spec.seeds_per_prompt, records[0].fps,
+                          spec.frames_per_segment)
   if write:
     distributed.write_json(out_dir / "metrics.json", {
         "split": config.data.split, "num_prompts": len(records),
         "seeds_per_prompt": spec.seeds_per_prompt, "results": results,
-        "artifacts_by_speed": buckets, "per_prompt": per_prompt, "vs_base": vs_base})
+        "artifacts_by_speed": buckets, "per_prompt": per_prompt, "vs_base": vs_base, "vlm": vlm})
     if spec.judge != "none":
       table = markdown_table(results, vs_base)
       distributed.write_text(out_dir / "table.md", table + "\n")
       print(table)
-    logging.info("evaluate: report page %s", eval_report.write_report(out_dir, list(models)))
+    verdicts = {m: v["verdicts"] for m, v in vlm.get("models", {}).items()}
+    logging.info("evaluate: report page %s",
+                 eval_report.write_report(out_dir, list(models), verdicts or None))
   distributed.barrier("evaluate: written")
   return {name: dict(r, per_prompt=per_prompt[name]) if name in per_prompt else r
           for name, r in results.items()}
