@@ -53,7 +53,7 @@ def _spec(url, **kw):
 
 def test_known_answers_give_known_rates_and_a_rerun_pays_nothing(vlm_server, tmp_path):
   root = _eval_dir(tmp_path)
-  s = vlm_server(policy=_brighter)
+  s = vlm_server(policy=_brighter, delay=0.05)
   lines = []
   out = vlm_judge.judge(root, ["base", "tuned"], _spec(s.url, concurrency=4), SEEDS, FPS, PER,
                         log=lines.append)
@@ -64,6 +64,7 @@ def test_known_answers_give_known_rates_and_a_rerun_pays_nothing(vlm_server, tmp
                           "estimated_tokens": images * 765 + 48 * vlm_judge.TEXT_TOKENS}
   assert lines[0].startswith("vlm judge: 48 questions, 0 cached: 48 calls")
   assert len(s.bodies) == 48
+  assert s.max_inflight == 4  # The concurrency, across samples (whole mode: 2 questions each).
   whole, segment = out["models"]["tuned"]["whole"], out["models"]["tuned"]["segment"]
   # Prompts 0 and 1 win, 2 loses, 3 ties, on every seed and segment.
   for rates in (whole, segment):

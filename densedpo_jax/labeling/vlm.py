@@ -25,7 +25,6 @@ import asyncio
 import collections
 import dataclasses
 import hashlib
-import json
 import os
 import time
 from typing import Any, Optional
@@ -34,13 +33,11 @@ import numpy as np
 from absl import logging
 
 from densedpo_jax import console
-from densedpo_jax import previews
 from densedpo_jax.data import schema
 from densedpo_jax.labeling.oracle import Labeler, majority_vote
 from densedpo_jax.labeling.vlm_cache import AnswerCache
-from densedpo_jax.labeling.vlm_prompt import (FIRST_INTRO, INSTRUCTION, RESPONSE_FORMAT,
-                                              SECOND_INTRO, TEMPLATE_VERSION, jpeg_data_url,
-                                              parse_verdict, sample_frames, segment_ranges)
+from densedpo_jax.labeling.vlm_prompt import (INSTRUCTION, RESPONSE_FORMAT, TEMPLATE_VERSION,
+                                              pair_questions, parse_verdict)
 
 class BudgetExceeded(console.JobError, RuntimeError):
   """The request or token budget is spent; answers so far are cached, a rerun resumes."""
@@ -119,38 +116,9 @@ class VLMLabeler(Labeler):
 
   # Requests.
 
-  def messages(self, prompt: str, frames_first: list[str], frames_second: list[str]) -> list[dict]:
-    """The user message: first video's frames, second video's frames, then the question."""
-    image = lambda url: {"type": "image_url", "image_url": {"url": url}}
-    content = ([{"type": "text", "text": FIRST_INTRO}] + [image(u) for u in frames_first]
-               + [{"type": "text", "text": SECOND_INTRO}] + [image(u) for u in frames_second]
-               + [{"type": "text", "text": self.instruction.replace("{prompt}", prompt)}])
-    return [{"role": "user", "content": content}]
-
-  def _key(self, prompt: str, frames_first, frames_second, order: str) -> str:
-    s = self.settings
-    digest = lambda urls: [hashlib.sha256(u.encode()).hexdigest() for u in urls]
-    return hashlib.sha256(json.dumps({
-        "model": s.model, "template": TEMPLATE_VERSION, "instruction": self.instruction,
-        "prompt": prompt,
-        "sampling": [s.temperature, s.max_tokens, s.sample_fps, s.max_side, s.jpeg_quality],
-        "first": digest(frames_first), "second": digest(frames_second), "order": order},
-        sort_keys=True).encode()).hexdigest()
-
   def questions(self, pair: schema.PairRecord, video_a: np.ndarray, video_b: np.ndarray):
     """`[(question index, order, messages, cache key)]` of a pair: two orders a question."""
-    s = self.settings
-    a, b = previews.to_uint8(video_a), previews.to_uint8(video_b)
-    ranges = segment_ranges(pair) if s.mode == "segment" else [(0, pair.num_frames)]
-    out = []
-    for q, (start, stop) in enumerate(ranges):
-      idx = sample_frames(pair.num_frames, pair.fps, start, stop, s.sample_fps)
-      urls_a = [jpeg_data_url(a[i], s.max_side, s.jpeg_quality) for i in idx]
-      urls_b = [jpeg_data_url(b[i], s.max_side, s.jpeg_quality) for i in idx]
-      for order, first, second in (("ab", urls_a, urls_b), ("ba", urls_b, urls_a)):
-        out.append((q, order, self.messages(pair.prompt, first, second),
-                    self._key(pair.prompt, first, second, order)))
-    return out
+    return pair_questions(self.settings, self.instruction, pair, video_a, video_b)
 
   # Calls.
 

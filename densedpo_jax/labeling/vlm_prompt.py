@@ -8,14 +8,16 @@ App. A.6: frames of the first video, then the second, then the question), frame 
 from __future__ import annotations
 
 import base64
+import hashlib
 import io
 import json
 import re
-from typing import Optional
+from typing import Any, Optional
 
 import numpy as np
 from PIL import Image
 
+from densedpo_jax import previews
 from densedpo_jax.data import schema
 
 TEMPLATE_VERSION = "densedpo-vlm-1"
@@ -87,3 +89,46 @@ def segment_ranges(pair: schema.PairRecord) -> list[tuple[int, int]]:
   """`[start, stop)` pixel frames of each labeled segment (the last absorbs a remainder)."""
   s, n, per = pair.num_segments, pair.num_frames, pair.frames_per_segment
   return [(k * per, n if k == s - 1 else min((k + 1) * per, n)) for k in range(s)]
+
+
+def messages(instruction: str, prompt: str, frames_first: list[str],
+             frames_second: list[str]) -> list[dict]:
+  """The user message: first video's frames, second video's frames, then the question."""
+  image = lambda url: {"type": "image_url", "image_url": {"url": url}}
+  content = ([{"type": "text", "text": FIRST_INTRO}] + [image(u) for u in frames_first]
+             + [{"type": "text", "text": SECOND_INTRO}] + [image(u) for u in frames_second]
+             + [{"type": "text", "text": instruction.replace("{prompt}", prompt)}])
+  return [{"role": "user", "content": content}]
+
+
+def cache_key(settings: Any, instruction: str, prompt: str, frames_first, frames_second,
+              order: str) -> str:
+  """Everything that determines an answer: model, template, instruction, prompt, sampling, the
+  frames' digests and their order."""
+  s = settings
+  digest = lambda urls: [hashlib.sha256(u.encode()).hexdigest() for u in urls]
+  return hashlib.sha256(json.dumps({
+      "model": s.model, "template": TEMPLATE_VERSION, "instruction": instruction,
+      "prompt": prompt,
+      "sampling": [s.temperature, s.max_tokens, s.sample_fps, s.max_side, s.jpeg_quality],
+      "first": digest(frames_first), "second": digest(frames_second), "order": order},
+      sort_keys=True).encode()).hexdigest()
+
+
+def pair_questions(settings: Any, instruction: str, pair: schema.PairRecord,
+                   video_a: np.ndarray, video_b: np.ndarray) -> list[tuple]:
+  """`[(question index, order, messages, cache key)]` of a pair (`VLMSettings`; videos
+  `[T, H, W, 3]` in [-1, 1]): a question per segment ('segment' mode) or one for the clip, each
+  asked in both orders."""
+  s = settings
+  a, b = previews.to_uint8(video_a), previews.to_uint8(video_b)
+  ranges = segment_ranges(pair) if s.mode == "segment" else [(0, pair.num_frames)]
+  out = []
+  for q, (start, stop) in enumerate(ranges):
+    idx = sample_frames(pair.num_frames, pair.fps, start, stop, s.sample_fps)
+    urls_a = [jpeg_data_url(a[i], s.max_side, s.jpeg_quality) for i in idx]
+    urls_b = [jpeg_data_url(b[i], s.max_side, s.jpeg_quality) for i in idx]
+    for order, first, second in (("ab", urls_a, urls_b), ("ba", urls_b, urls_a)):
+      out.append((q, order, messages(instruction, pair.prompt, first, second),
+                  cache_key(s, instruction, pair.prompt, first, second, order)))
+  return out
