@@ -70,6 +70,10 @@ def base() -> ml_collections.ConfigDict:
   c.dpo.beta = 500.0
   c.dpo.share_noise = True
   c.dpo.granularity = "frame"  # frame | segment
+  # Objective variants (objectives/losses.py): DPO-Positive's per-unit penalty on a winner whose
+  # error rises above the reference's (0: off), and a pair's units averaged or summed.
+  c.dpo.positive_lambda = 0.0
+  c.dpo.pair_reduction = "mean"  # mean | sum
 
   # Previews: every `every` steps (0: never) sample the first prompts of the first batch.
   c.sample = ml_collections.ConfigDict({"every": 0, "num_videos": 4, "num_steps": 32,

@@ -197,8 +197,10 @@ def corrupt_segment(v, segment, kind="ghosting", severity=0.8):
 
 # DPO references (float64 NumPy, written from the formulas as loops).
 
-def dpo_units_reference(e, labels, valid, beta):
-  """Loss and metrics from per-unit errors e = (ta, ra, tb, rb) `[B, U]`, written as loops."""
+def dpo_units_reference(e, labels, valid, beta, positive_lambda=0.0, pair_reduction="mean"):
+  """Loss and metrics from per-unit errors e = (ta, ra, tb, rb) `[B, U]`, written as loops; a
+  unit adds `positive_lambda * max(0, winner's policy error - its reference error)`, a pair's
+  units are averaged or summed (`pair_reduction`)."""
   ta, ra, tb, rb = (np.asarray(x, np.float64) for x in e)
   pair_losses, zs, wins = [], [], []
   n_valid = 0
@@ -212,12 +214,14 @@ def dpo_units_reference(e, labels, valid, beta):
       if s == 0:
         continue
       z = -(beta / 2) * s * ((ta[i, j] - ra[i, j]) - (tb[i, j] - rb[i, j]))
-      unit_losses.append(np.logaddexp(0.0, -z))  # -log sigmoid(z)
-      zs.append(z)
       wins.append((ta[i, j], tb[i, j], ra[i, j], rb[i, j]) if s == 1
                   else (tb[i, j], ta[i, j], rb[i, j], ra[i, j]))
+      # -log sigmoid(z), and DPO-Positive's hinge on the winner.
+      unit_losses.append(np.logaddexp(0.0, -z)
+                         + positive_lambda * max(0.0, wins[-1][0] - wins[-1][2]))
+      zs.append(z)
     if unit_losses:
-      pair_losses.append(np.mean(unit_losses))
+      pair_losses.append(np.mean(unit_losses) if pair_reduction == "mean" else np.sum(unit_losses))
   zs, wins = np.array(zs), np.array(wins)
   return {
       "loss": np.mean(pair_losses),
@@ -226,6 +230,7 @@ def dpo_units_reference(e, labels, valid, beta):
       "policy_err_win": wins[:, 0].mean(), "policy_err_lose": wins[:, 1].mean(),
       "ref_err_win": wins[:, 2].mean(), "ref_err_lose": wins[:, 3].mean(),
       "nontie_frac": len(zs) / n_valid,
+      "winner_worse_frac": np.mean(wins[:, 0] > wins[:, 2]),
   }
 
 

@@ -33,7 +33,7 @@ def ref_flow(e, labels, beta):
                                                                                   bool), beta)
 
 
-def ref_segment(e, labels, segment_ids, beta):
+def ref_segment(e, labels, segment_ids, beta, **variant):
   """Averages each segment's errors, labels it s when all its frames are s, then dpo_units_reference."""
   b, t = labels.shape
   seg_e = [np.zeros((b, t)) for _ in e]
@@ -49,7 +49,7 @@ def ref_segment(e, labels, segment_ids, beta):
         out[i, k] = np.mean([np.float64(x[i, j]) for j in frames])
       frame_labels = {labels[i, j] for j in frames}
       seg_labels[i, k] = frame_labels.pop() if len(frame_labels) == 1 else 0
-  return dpo_units_reference(seg_e, seg_labels, valid, beta)
+  return dpo_units_reference(seg_e, seg_labels, valid, beta, **variant)
 
 
 def random_errors(rng, shape):
@@ -280,3 +280,53 @@ def test_flow_matching_loss_and_per_frame_error(rng):
     losses.flow_matching_loss(v, target[:2])
   with pytest.raises(ValueError, match=r"\[B, T, H, W, C\]"):
     losses.per_frame_error(v[0], target[0])
+
+
+# ----------------------------------------------------------------------------- objective variants
+
+
+@pytest.mark.parametrize("granularity", ["frame", "segment"])
+@pytest.mark.parametrize("positive_lambda,pair_reduction", [(0.7, "mean"), (0.0, "sum"), (2.0, "sum")])
+def test_objective_variants_match_the_float64_formula(rng, granularity, positive_lambda,
+                                                      pair_reduction):
+  """DPO-Positive's hinge per unit and summed pairs (issue: motion-keeping objectives), against
+  the loop reference. The hinge adds at most positive_lambda * max|e| a unit, rounded like the
+  errors; a sum of U units multiplies the loss's rounding by at most U."""
+  b, t, beta = 4, 6, 3.0
+  e, labels = random_errors(rng, (b, t)), random_labels(rng, (b, t))
+  kw = dict(positive_lambda=positive_lambda, pair_reduction=pair_reduction)
+  if granularity == "frame":
+    loss, metrics = losses.dense_dpo_loss(*e, labels, beta, **kw)
+    want = dpo_units_reference(e, labels, np.ones((b, t), bool), beta, **kw)
+    per_unit = 1
+  else:
+    segment_ids = np.repeat(np.arange(3), 2)[None].repeat(b, 0)
+    labels = np.repeat(labels[:, ::2], 2, axis=1)  # Whole segments agree: non-tie segments.
+    loss, metrics = losses.dense_dpo_loss(*e, labels, beta, granularity="segment",
+                                          segment_ids=segment_ids, **kw)
+    want = ref_segment(e, labels, segment_ids, beta, **kw)
+    per_unit = 2
+  size = float(np.max([np.abs(x).max() for x in e]))
+  atol = t * (dpo_atol(e, beta, per_unit) + positive_lambda * gamma(4) * size)
+  np.testing.assert_allclose(loss, want["loss"], rtol=0, atol=atol)
+  np.testing.assert_allclose(metrics["winner_worse_frac"], want["winner_worse_frac"], atol=gamma(b * t))
+
+
+def test_dpo_positive_stops_the_winner_from_getting_worse(rng):
+  """Where the winner's policy error is above its reference's, the hinge's gradient pushes it
+  down (d loss / d e_theta(w) grows by exactly positive_lambda); where it is below, nothing."""
+  e = [np.array([[1.0, 0.5]], np.float32), np.array([[0.8, 0.8]], np.float32),
+       np.array([[1.0, 1.0]], np.float32), np.array([[1.0, 1.0]], np.float32)]
+  labels = np.array([[1, 1]])
+  grad = lambda lam: jax.grad(lambda ta: losses.dense_dpo_loss(
+      ta, *e[1:], labels, 2.0, positive_lambda=lam)[0])(jnp.asarray(e[0]))
+  extra = np.asarray(grad(0.5) - grad(0.0))
+  np.testing.assert_allclose(extra, [[0.5 / 2, 0.0]], atol=1e-6)  # Mean over the pair's 2 units.
+
+
+def test_bad_variant_settings_are_named():
+  e = [np.ones((1, 2), np.float32)] * 4
+  with pytest.raises(ValueError, match="pair_reduction='max'"):
+    losses.dense_dpo_loss(*e, np.array([[1, 1]]), 1.0, pair_reduction="max")
+  with pytest.raises(ValueError, match="positive_lambda=-1"):
+    losses.dense_dpo_loss(*e, np.array([[1, 1]]), 1.0, positive_lambda=-1)

@@ -103,13 +103,15 @@ def dpo_errors(apply_fn, params, lora, batch, key, *, share_noise=True,
 
 
 def dpo_loss(apply_fn, params, lora, batch, key, *, beta, dense=True, granularity="frame",
-             share_noise=True, t_sampler=flow.logit_normal_t, cond_kind=None):
+             share_noise=True, t_sampler=flow.logit_normal_t, cond_kind=None,
+             positive_lambda=0.0, pair_reduction="mean"):
   """DPO loss of one step: `dpo_errors` then `dense_dpo_loss` or `flow_dpo_loss`.
 
   `batch` is as for `dpo_errors` plus `labels`: `[B, T]` latent-frame labels when `dense`, else
   `[B]` pair labels (errors averaged over T first); and `segment_ids [B, T]` for
   `granularity='segment'`. Returns `(loss, metrics)`; differentiate with respect to `lora`.
   With `cond_kind='first_frame'` (TI2V) latent frame 0 is the condition and carries no loss.
+  `positive_lambda` and `pair_reduction` are the objective's variants (`losses._dpo`).
   """
   errs = dpo_errors(apply_fn, params, lora, batch, key, share_noise=share_noise,
                     t_sampler=t_sampler, cond_kind=cond_kind)
@@ -118,9 +120,11 @@ def dpo_loss(apply_fn, params, lora, batch, key, *, beta, dense=True, granularit
     segment_ids = batch.get("segment_ids")
     return losses.dense_dpo_loss(**errs, labels=batch["labels"][:, frames], beta=beta,
                                  granularity=granularity,
-                                 segment_ids=None if segment_ids is None else segment_ids[:, frames])
+                                 segment_ids=None if segment_ids is None else segment_ids[:, frames],
+                                 positive_lambda=positive_lambda, pair_reduction=pair_reduction)
   errs = {k: v.mean(-1) for k, v in errs.items()}
-  return losses.flow_dpo_loss(**errs, labels=batch["labels"], beta=beta)
+  return losses.flow_dpo_loss(**errs, labels=batch["labels"], beta=beta,
+                              positive_lambda=positive_lambda)
 
 
 __all__ = ["draw_noise", "dpo_errors", "dpo_loss"]

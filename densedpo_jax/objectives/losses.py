@@ -64,22 +64,38 @@ def _check_label_values(labels):
                      "filter all-tie pairs out of the data")
 
 
-def _dpo(err_theta_a, err_ref_a, err_theta_b, err_ref_b, labels, valid, beta):
-  """Loss and metrics from per-unit errors and labels `[B, U]`; `valid [B, U]` marks real units."""
+PAIR_REDUCTIONS = ("mean", "sum")
+
+
+def _dpo(err_theta_a, err_ref_a, err_theta_b, err_ref_b, labels, valid, beta,
+         positive_lambda=0.0, pair_reduction="mean"):
+  """Loss and metrics from per-unit errors and labels `[B, U]`; `valid [B, U]` marks real units.
+
+  A non-tie unit's loss is `-log sigmoid(z) + positive_lambda * max(0, e_theta(w) - e_ref(w))`
+  (the second term, DPO-Positive's (Pal et al. 2024) penalty per unit: the winner's error may
+  not rise above the reference's; 0 turns it off). A pair's loss is the mean of its non-tie
+  units' losses (`pair_reduction='mean'`) or their sum ('sum': pairs with more non-tie units
+  weigh more); the batch loss is the mean over pairs with a non-tie unit.
+  """
+  if pair_reduction not in PAIR_REDUCTIONS:
+    raise ValueError(f"pair_reduction={pair_reduction!r}; expected one of {PAIR_REDUCTIONS}")
+  if not positive_lambda >= 0:
+    raise ValueError(f"positive_lambda={positive_lambda}; expected >= 0")
   win_a = (labels == 1) & valid
   nontie = win_a | ((labels == -1) & valid)
   s = jnp.where(win_a, 1.0, -1.0)
   z = -(beta / 2) * s * ((err_theta_a - err_ref_a) - (err_theta_b - err_ref_b))
-  unit_loss = jnp.where(nontie, -jax.nn.log_sigmoid(z), 0.0)
+  win, lose = (lambda a, b: jnp.where(win_a, a, b)), (lambda a, b: jnp.where(win_a, b, a))
+  positive = jax.nn.relu(win(err_theta_a, err_theta_b) - win(err_ref_a, err_ref_b))
+  unit_loss = jnp.where(nontie, -jax.nn.log_sigmoid(z) + positive_lambda * positive, 0.0)
 
   n_pair = nontie.sum(-1)
   has_pair = n_pair > 0
-  pair_loss = unit_loss.sum(-1) / jnp.maximum(n_pair, 1)
+  pair_loss = unit_loss.sum(-1) / (jnp.maximum(n_pair, 1) if pair_reduction == "mean" else 1)
   loss = jnp.where(has_pair, pair_loss, 0.0).sum() / jnp.maximum(has_pair.sum(), 1)
 
   n = jnp.maximum(nontie.sum(), 1)
   mean = lambda x: jnp.where(nontie, x, 0.0).sum() / n
-  win, lose = (lambda a, b: jnp.where(win_a, a, b)), (lambda a, b: jnp.where(win_a, b, a))
   metrics = {
       "loss": loss,
       "implicit_acc": mean(jnp.where(z > 0, 1.0, jnp.where(z == 0, 0.5, 0.0))),
@@ -89,6 +105,8 @@ def _dpo(err_theta_a, err_ref_a, err_theta_b, err_ref_b, labels, valid, beta):
       "ref_err_win": mean(win(err_ref_a, err_ref_b)),
       "ref_err_lose": mean(lose(err_ref_a, err_ref_b)),
       "nontie_frac": nontie.sum() / jnp.maximum(valid.sum(), 1),
+      # Non-tie units whose winner's error rose above the reference's (DPO-Positive's concern).
+      "winner_worse_frac": mean((positive > 0).astype(jnp.float32)),
       # The loss's normaliser: an accumulated loss weights its micro-batches by it.
       "num_pairs": has_pair.sum().astype(jnp.float32),
   }
@@ -129,13 +147,15 @@ def per_frame_error(v_pred, v_target):
   return jnp.square(_f32(v_pred) - _f32(v_target)).mean(axis=(2, 3, 4))
 
 
-def flow_dpo_loss(err_theta_a, err_ref_a, err_theta_b, err_ref_b, labels, beta):
+def flow_dpo_loss(err_theta_a, err_ref_a, err_theta_b, err_ref_b, labels, beta,
+                  positive_lambda=0.0):
   """Flow-DPO (Eq. 5), one label per pair.
 
   Args:
     err_*: `[B]` flow-matching errors averaged over all frames.
     labels: `[B]`, +1 when a is preferred, -1 when b is (0: tie, contributes nothing).
     beta: DPO temperature.
+    positive_lambda: weight of the DPO-Positive term (`_dpo`); 0: off.
   Returns:
     `(loss, metrics)`: loss is the mean of `-log sigmoid(z)` over non-tie pairs.
   """
@@ -144,7 +164,7 @@ def flow_dpo_loss(err_theta_a, err_ref_a, err_theta_b, err_ref_b, labels, beta):
   _check_label_values(labels)
   errs = [_f32(e)[:, None] for e in errs]
   labels = jnp.asarray(labels)[:, None]
-  return _dpo(*errs, labels, jnp.ones(labels.shape, bool), beta)
+  return _dpo(*errs, labels, jnp.ones(labels.shape, bool), beta, positive_lambda)
 
 
 def segment_mean(values, segment_ids):
@@ -161,7 +181,8 @@ def segment_mean(values, segment_ids):
 
 
 def dense_dpo_loss(err_theta_a, err_ref_a, err_theta_b, err_ref_b, labels, beta,
-                   granularity="frame", segment_ids=None):
+                   granularity="frame", segment_ids=None, positive_lambda=0.0,
+                   pair_reduction="mean"):
   """DenseDPO (Eq. 7): per-frame (or per-segment) labels and z.
 
   Args:
@@ -172,6 +193,8 @@ def dense_dpo_loss(err_theta_a, err_ref_a, err_theta_b, err_ref_b, labels, beta,
       frames first, one z per segment; a segment takes label s when all its frames have label s,
       else it is a tie).
     segment_ids: `[B, T]` ints in `[0, T)` (negative: frame in no segment); 'segment' only.
+    positive_lambda, pair_reduction: the DPO-Positive term per unit and how a pair's unit losses
+      combine ('mean' or 'sum'), as in `_dpo`; the defaults are the paper's DenseDPO.
   Returns:
     `(loss, metrics)`: the loss of a pair is the mean of `-log sigmoid(z_j)` over its non-tie
     units; the batch loss is the mean over pairs with at least one non-tie unit.
@@ -181,8 +204,9 @@ def dense_dpo_loss(err_theta_a, err_ref_a, err_theta_b, err_ref_b, labels, beta,
   _check_label_values(labels)
   errs = [_f32(e) for e in errs]
   labels = jnp.asarray(labels)
+  variant = dict(positive_lambda=positive_lambda, pair_reduction=pair_reduction)
   if granularity == "frame":
-    return _dpo(*errs, labels, jnp.ones(labels.shape, bool), beta)
+    return _dpo(*errs, labels, jnp.ones(labels.shape, bool), beta, **variant)
   if granularity != "segment":
     raise ValueError(f"granularity must be 'frame' or 'segment', got {granularity!r}")
   if segment_ids is None:
@@ -204,7 +228,7 @@ def dense_dpo_loss(err_theta_a, err_ref_a, err_theta_b, err_ref_b, labels, beta,
   if concrete is not None and not concrete.any():
     raise ValueError("labels: every segment is a tie (its frames' labels are 0 or disagree), so "
                      "the DPO loss is undefined; filter all-tie pairs out of the data")
-  return _dpo(*seg_errs, seg_labels, valid, beta)
+  return _dpo(*seg_errs, seg_labels, valid, beta, **variant)
 
 
 __all__ = ["flow_matching_loss", "per_frame_error", "flow_dpo_loss", "dense_dpo_loss",

@@ -23,7 +23,7 @@ from densedpo_jax.objectives import dpo, flow, losses
 
 LOSSES = ("flow_matching", "flow_dpo", "dense_dpo")
 DPO_METRICS = ("loss", "implicit_acc", "reward_margin", "policy_err_win", "policy_err_lose",
-               "ref_err_win", "ref_err_lose", "nontie_frac")
+               "ref_err_win", "ref_err_lose", "nontie_frac", "winner_worse_frac")
 STEP_METRICS = ("grad_norm", "learning_rate")
 
 
@@ -128,7 +128,9 @@ def make_loss_fn(model, config) -> Callable:
     loss, metrics = dpo.dpo_loss(model.apply, frozen, trainable, batch, key, beta=config.dpo.beta,
                                  dense=dense, granularity=config.dpo.granularity,
                                  share_noise=config.dpo.share_noise, t_sampler=t_sampler,
-                                 cond_kind=cond_kind(batch))
+                                 cond_kind=cond_kind(batch),
+                                 positive_lambda=config.dpo.get("positive_lambda", 0.0),
+                                 pair_reduction=config.dpo.get("pair_reduction", "mean"))
     return loss, ({k: metrics[k] for k in DPO_METRICS}, metrics["num_pairs"])
 
   if config.loss not in LOSSES:
