@@ -74,6 +74,8 @@ def base() -> ml_collections.ConfigDict:
   # error rises above the reference's (0: off), and a pair's units averaged or summed.
   c.dpo.positive_lambda = 0.0
   c.dpo.pair_reduction = "mean"  # mean | sum
+  # Weight of a flow-matching term on the guided pairs' ground truth (pairs.store_gt); 0: off.
+  c.dpo.gt_lambda = 0.0
 
   # Previews: every `every` steps (0: never) sample the first prompts of the first batch.
   c.sample = ml_collections.ConfigDict({"every": 0, "num_videos": 4, "num_steps": 32,

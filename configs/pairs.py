@@ -39,6 +39,8 @@ def get_config(arg=None):
   c.pairs.shift = 0.0  # SD3 time shift; 0 = none.
   c.pairs.cfg_scale = 1.0
   c.pairs.frames_per_segment = 4
+  # Guided pairs also store their ground-truth latent (for dpo.gt_lambda; 1.5x the dataset).
+  c.pairs.store_gt = False
   c.pairs.latent_dtype = "float32"
   c.pairs.out_dir = f"workdirs/pairs_{mode}"
   c.pairs.name = "pairs"

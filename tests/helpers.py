@@ -81,8 +81,9 @@ def write_videos(directory, n=32, seed=0):
   return directory
 
 
-def write_pairs(directory, n=16, seed=0, channels=C, text_dim=D):
-  """Pairs whose winner is smooth and loser noisy, with mixed per-segment winners."""
+def write_pairs(directory, n=16, seed=0, channels=C, text_dim=D, with_gt=False):
+  """Pairs whose winner is smooth and loser noisy, with mixed per-segment winners (`with_gt`:
+  the smooth video stored as each pair's ground truth)."""
   rng = np.random.default_rng(seed)
   recs = []
   for i in range(n):
@@ -97,7 +98,8 @@ def write_pairs(directory, n=16, seed=0, channels=C, text_dim=D):
                         noisy[2:] if labels[1] == 1 else smooth[2:]])
     recs.append(schema.PairRecord(f"p{i}", "pair", emb, mask, a, b, num_frames=T, fps=8.0,
                                   frames_per_segment=2, source="guided", eta=0.5,
-                                  segment_labels=labels, global_label=1, gt_video_id=f"v{i}"))
+                                  segment_labels=labels, global_label=1, gt_video_id=f"v{i}",
+                                  gt_latent=smooth if with_gt else None))
   arrayrecord_io.write_records(recs, directory, "pairs", num_shards=2)
   return directory
 

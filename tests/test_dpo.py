@@ -196,3 +196,32 @@ def test_bad_batch_raises(rng):
   with pytest.raises(ValueError, match="text_mask"):
     dpo.dpo_errors(toy_apply, params, lora, {**batch, "text_mask": batch["text_mask"][:, :2]},
                    key)
+
+
+def test_the_ground_truth_term_is_the_policys_flow_error_on_it(rng):
+  """dpo.gt_lambda: the policy also runs on the ground truth (one call of 3B videos, the
+  reference still 2B), at the pair's t and member a's noise; the loss adds gt_lambda times its
+  mean flow-matching error, checked against the float64 toy model."""
+  params, lora, batch, key = make(rng)
+  batch["gt_latent"] = jnp.asarray(rng.normal(size=(B, T, H, W, C)), jnp.float32)
+  calls = []
+  apply = functools.partial(toy_apply, calls=calls)
+  base, _ = dpo.dpo_loss(apply, params, lora, batch, key, beta=2.0)
+  calls.clear()
+  loss, metrics = dpo.dpo_loss(apply, params, lora, batch, key, beta=2.0, gt_lambda=0.5)
+  assert [(c["x"].shape[0], c["lora_enabled"]) for c in calls] == [(3 * B, True), (2 * B, False)]
+  t = np.asarray(calls[0]["t"][:B], np.float64)[:, None, None, None, None]
+  x_a = np.asarray(calls[0]["x"][:B], np.float64)
+  eps = (x_a - (1 - t) * np.asarray(batch["latent_a"], np.float64)) / t  # Member a's noise.
+  gt = np.asarray(batch["gt_latent"], np.float64)
+  p64 = jax.tree.map(lambda a: np.asarray(a, np.float64), params)
+  l64 = jax.tree.map(lambda a: np.asarray(a, np.float64), lora)
+  v = toy_numpy(p64, l64, (1 - t) * gt + t * eps, t[:, 0, 0, 0, 0], batch["text_emb"],
+                np.asarray(batch["text_mask"]), True)
+  want = ((eps - gt - v) ** 2).mean()
+  np.testing.assert_allclose(metrics["gt_flow_loss"], want, rtol=1e-3)
+  np.testing.assert_allclose(loss, base + 0.5 * want, rtol=1e-3)
+  del batch["gt_latent"]
+  with pytest.raises(ValueError, match=r"no 'gt_latent' \(generate guided pairs with "
+                                       r"config.pairs.store_gt=True\)"):
+    dpo.dpo_loss(toy_apply, params, lora, batch, key, beta=2.0, gt_lambda=0.5)

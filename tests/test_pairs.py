@@ -58,6 +58,25 @@ def test_guided_pairs_follow_algo_2_with_a_zero_velocity_model(setup):
     assert r.seed_a != r.seed_b and r.source == "guided" and r.frames_per_segment == 4
 
 
+def test_guided_pairs_store_their_ground_truth_when_asked(setup):
+  """pairs.store_gt: each guided pair carries its ground-truth latent, which the pair pipeline
+  hands to the DPO step (dpo.gt_lambda); a wrong shape is named."""
+  import dataclasses
+  from densedpo_jax.data import pipeline, schema
+  root, source, model, params = setup
+  c = _config(root, "guided", eta_range=(0.3, 0.6), store_gt=True, out_dir=str(root / "with_gt"))
+  side = pairs.generate_pairs(c, source, params, model)
+  assert side["signature"]["gt_latent"] is True
+  recs = list(arrayrecord_io.iter_records(str(root / "with_gt"), "pairs"))
+  videos = {v.id: v for v in (arrayrecord_io.decode_raw(source[i]) for i in range(len(source)))}
+  for r in recs:
+    np.testing.assert_array_equal(r.gt_latent, np.asarray(videos[r.gt_video_id].latent, np.float32))
+  example = pipeline.pair_example(recs[0])
+  np.testing.assert_array_equal(example["gt_latent"], recs[0].gt_latent)
+  with pytest.raises(schema.RecordError, match=r"gt_latent.*shape \(1, 2, 3, 3\) != latent_a"):
+    schema.validate(dataclasses.replace(recs[0], gt_latent=np.zeros((1, 2, 3, 3), np.float32)))
+
+
 def test_vanilla_pairs_start_from_pure_noise(setup):
   root, source, model, params = setup
   pairs.generate_pairs(_config(root, "vanilla"), source, params, model)

@@ -78,7 +78,7 @@ def encode(rec: schema.Record, validate: bool = True) -> bytes:
       if value is None:
         continue
       x = np.ascontiguousarray(value)
-      if f.name.startswith("latent") or f.name == "cond_latent":
+      if f.name.startswith("latent") or f.name in ("cond_latent", "gt_latent"):
         x = np.ascontiguousarray(x.astype(schema.LATENT_DTYPES[rec.latent_dtype], copy=False))
       arrays[f.name] = x
     else:

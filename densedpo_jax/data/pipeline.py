@@ -182,6 +182,7 @@ def pair_example(rec: schema.PairRecord, mode: str = "dense") -> dict[str, Any]:
       "eta": np.float32(rec.eta),
       "id": np.asarray(rec.id),
       **_condition(rec),
+      **({"gt_latent": rec.gt_latent} if rec.gt_latent is not None else {}),
   }
 
 

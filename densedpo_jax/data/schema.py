@@ -117,6 +117,8 @@ class PairRecord:
     labeler: name of who labeled it (e.g. 'shapesworld_oracle', 'human'), or None.
     labeler_params: labeler version and parameters (JSON-serialisable).
     cond_latent, image_emb: the image-to-video condition both members share, or None.
+    gt_latent: `[T', H, W, C]` the ground-truth latent a guided pair was made from, stored when
+      asked (`pairs.store_gt`: for a flow-matching term on it, `dpo.gt_lambda`), else None.
   """
   id: str
   prompt: str
@@ -142,10 +144,11 @@ class PairRecord:
   metadata: Mapping[str, Any] = dataclasses.field(default_factory=dict)
   cond_latent: Optional[np.ndarray] = None
   image_emb: Optional[np.ndarray] = None
+  gt_latent: Optional[np.ndarray] = None
 
   KIND = "pair"
   ARRAYS = ("text_emb", "text_mask", "latent_a", "latent_b", "segment_labels", "cond_latent",
-            "image_emb")
+            "image_emb", "gt_latent")
 
   @property
   def num_segments(self) -> int:
@@ -286,6 +289,10 @@ def validate_pair(rec: PairRecord, path: Optional[str] = None, index: Optional[i
       raise _err("eta", f"must be in (0, 1) for a guided pair, got {rec.eta}", path, index)
     if not rec.gt_video_id or not isinstance(rec.gt_video_id, str):
       raise _err("gt_video_id", "a guided pair needs the id of its ground-truth video", path, index)
+  if rec.gt_latent is not None:
+    gt = _check_array(rec, "gt_latent", 4, path, index, "float")
+    if gt.shape != rec.latent_a.shape:
+      raise _err("gt_latent", f"shape {gt.shape} != latent_a shape {rec.latent_a.shape}", path, index)
   for field in ("seed_a", "seed_b"):
     _check_int(getattr(rec, field), field, path, index)
   _check_int(rec.frames_per_segment, "frames_per_segment", path, index, minimum=1)
@@ -341,4 +348,6 @@ def shape_signature(rec: Record) -> dict[str, Any]:
     sig["cond_shape"] = list(rec.cond_latent.shape)
   if rec.image_emb is not None:
     sig["image_emb_shape"] = list(rec.image_emb.shape)
+  if getattr(rec, "gt_latent", None) is not None:  # Every pair carries its ground truth, or none.
+    sig["gt_latent"] = True
   return sig

@@ -52,7 +52,7 @@ def draw_noise(batch, key, *, share_noise=True, t_sampler=flow.logit_normal_t):
 
 
 def dpo_errors(apply_fn, params, lora, batch, key, *, share_noise=True,
-               t_sampler=flow.logit_normal_t, cond_kind=None):
+               t_sampler=flow.logit_normal_t, cond_kind=None, with_gt=False):
   """Per-frame flow-matching errors of policy and reference on both pair members.
 
   Args:
@@ -67,9 +67,12 @@ def dpo_errors(apply_fn, params, lora, batch, key, *, share_noise=True,
     cond_kind: the image-to-video conditioning of the model (`conditioning.kind_of`), taken from
       the batch's `cond_latent` (and `image_emb`), which both members share; None for
       text-to-video.
+    with_gt: the policy also runs on the batch's `gt_latent [B, T, H, W, C]` (the ground truth
+      of guided pairs) at the same `t` and member a's noise, in the same call.
   Returns:
     dict of `err_theta_a, err_ref_a, err_theta_b, err_ref_b`, each `[B, T]` over the frames that
-    carry loss (`T` latent frames; TI2V's conditioning frame 0 is left out).
+    carry loss (`T` latent frames; TI2V's conditioning frame 0 is left out); with `with_gt`, also
+    `err_theta_gt [B, T]`.
   """
   _check_batch(batch)
   x0_a, x0_b = batch["latent_a"].astype(jnp.float32), batch["latent_b"].astype(jnp.float32)
@@ -78,43 +81,69 @@ def dpo_errors(apply_fn, params, lora, batch, key, *, share_noise=True,
                                                 t_sampler=t_sampler)
   t, eps_a, eps_b = noise["t"], noise["eps_a"], noise["eps_b"]
 
-  twice = lambda a: jnp.concatenate([a, a], axis=0)
-  x0 = jnp.concatenate([x0_a, x0_b], axis=0)
-  eps = jnp.concatenate([eps_a, eps_b], axis=0)
-  t2 = twice(t)
-  x_t = flow.add_noise(x0, eps, t2)
+  if with_gt and "gt_latent" not in batch:
+    raise ValueError("dpo.gt_lambda > 0 needs each pair's ground truth: the batch has no "
+                     "'gt_latent' (generate guided pairs with config.pairs.store_gt=True)")
+  copies = 3 if with_gt else 2  # The policy's videos: [a; b] or [a; b; gt].
+  repeat = lambda a, n: jnp.concatenate([a] * n, axis=0)
+  members = [x0_a, x0_b] + ([batch["gt_latent"].astype(jnp.float32)] if with_gt else [])
+  x0 = jnp.concatenate(members, axis=0)
+  eps = jnp.concatenate([eps_a, eps_b] + ([eps_a] if with_gt else []), axis=0)
+  tn = repeat(t, copies)
+  x_t = flow.add_noise(x0, eps, tn)
   v_target = flow.velocity_target(x0, eps)
-  text, text_mask = twice(batch["text_emb"]), twice(batch["text_mask"])
+  text, text_mask = repeat(batch["text_emb"], copies), repeat(batch["text_mask"], copies)
   cond = conditioning.from_batch(batch, cond_kind)
-  x_in, t_in, extra = ((x_t, t2, {}) if cond is None
-                       else conditioning.model_inputs(cond.repeat(2), x_t, t2))
-  call = lambda variables, lora_enabled: apply_fn(variables, x_in, t_in, text, text_mask,
-                                                  lora_enabled=lora_enabled, **extra)
+  x_in, t_in, extra = ((x_t, tn, {}) if cond is None
+                       else conditioning.model_inputs(cond.repeat(copies), x_t, tn))
+  first = lambda tree, n: jax.tree_util.tree_map(lambda a: a[:n], tree)  # The reference's [a; b].
+  call = lambda variables, lora_enabled, n: apply_fn(
+      variables, x_in[:n], t_in[:n], text[:n], text_mask[:n], lora_enabled=lora_enabled,
+      **first(extra, n))
 
   variables = {"params": params, "lora": lora}
-  v_theta = call(variables, lora_enabled=True)
-  v_ref = jax.lax.stop_gradient(call(jax.lax.stop_gradient(variables), lora_enabled=False))
+  v_theta = call(variables, True, copies * b)
+  v_ref = jax.lax.stop_gradient(call(jax.lax.stop_gradient(variables), False, 2 * b))
 
   frames = conditioning.trained_frames(cond)
   err_theta = losses.per_frame_error(v_theta, v_target)[:, frames]
-  err_ref = losses.per_frame_error(v_ref, v_target)[:, frames]
-  return {"err_theta_a": err_theta[:b], "err_ref_a": err_ref[:b],
-          "err_theta_b": err_theta[b:], "err_ref_b": err_ref[b:]}
+  err_ref = losses.per_frame_error(v_ref, v_target[:2 * b])[:, frames]
+  out = {"err_theta_a": err_theta[:b], "err_ref_a": err_ref[:b],
+         "err_theta_b": err_theta[b:2 * b], "err_ref_b": err_ref[b:]}
+  if with_gt:
+    out["err_theta_gt"] = err_theta[2 * b:]
+  return out
 
 
 def dpo_loss(apply_fn, params, lora, batch, key, *, beta, dense=True, granularity="frame",
              share_noise=True, t_sampler=flow.logit_normal_t, cond_kind=None,
-             positive_lambda=0.0, pair_reduction="mean"):
+             positive_lambda=0.0, pair_reduction="mean", gt_lambda=0.0):
   """DPO loss of one step: `dpo_errors` then `dense_dpo_loss` or `flow_dpo_loss`.
 
   `batch` is as for `dpo_errors` plus `labels`: `[B, T]` latent-frame labels when `dense`, else
   `[B]` pair labels (errors averaged over T first); and `segment_ids [B, T]` for
   `granularity='segment'`. Returns `(loss, metrics)`; differentiate with respect to `lora`.
   With `cond_kind='first_frame'` (TI2V) latent frame 0 is the condition and carries no loss.
-  `positive_lambda` and `pair_reduction` are the objective's variants (`losses._dpo`).
+  `positive_lambda` and `pair_reduction` are the objective's variants (`losses._dpo`);
+  `gt_lambda > 0` adds `gt_lambda` times the policy's flow-matching error on the pairs' ground
+  truth (`gt_latent`; the mean over its videos and frames), logged as `gt_flow_loss`.
   """
+  if not gt_lambda >= 0:
+    raise ValueError(f"gt_lambda={gt_lambda}; expected >= 0")
   errs = dpo_errors(apply_fn, params, lora, batch, key, share_noise=share_noise,
-                    t_sampler=t_sampler, cond_kind=cond_kind)
+                    t_sampler=t_sampler, cond_kind=cond_kind, with_gt=gt_lambda > 0)
+  gt_err = errs.pop("err_theta_gt", None)
+  loss, metrics = _preference_loss(errs, batch, beta, dense, granularity, positive_lambda,
+                                   pair_reduction)
+  if gt_err is None:
+    return loss, metrics
+  gt_loss = gt_err.mean()
+  return loss + gt_lambda * gt_loss, dict(metrics, loss=loss + gt_lambda * gt_loss,
+                                          gt_flow_loss=gt_loss)
+
+
+def _preference_loss(errs, batch, beta, dense, granularity, positive_lambda, pair_reduction):
+  """`dense_dpo_loss` on frame labels, or `flow_dpo_loss` on pair labels, of `dpo_errors`."""
   if dense:
     frames = slice(batch["labels"].shape[-1] - errs["err_theta_a"].shape[-1], None)
     segment_ids = batch.get("segment_ids")

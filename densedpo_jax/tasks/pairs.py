@@ -86,7 +86,10 @@ def _pair_record(video: schema.VideoRecord, a, b, mode, eta, seeds, spec) -> sch
       temporal_factor=video.temporal_factor, causal=video.causal,
       gt_video_id=video.id if mode == "guided" else None, latent_dtype=spec.latent_dtype,
       metadata={"gt_metadata": dict(video.metadata)}, cond_latent=video.cond_latent,
-      image_emb=video.image_emb)
+      image_emb=video.image_emb,
+      # The ground truth itself, for a flow-matching term on it (dpo.gt_lambda).
+      gt_latent=(np.asarray(video.latent, np.float32)
+                 if mode == "guided" and spec.get("store_gt", False) else None))
 
 
 def generate_pairs(config: ml_collections.ConfigDict, source, params, model) -> dict:

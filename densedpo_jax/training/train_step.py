@@ -36,14 +36,16 @@ class TrainState:
   ema: Any = None
 
 
-def metric_names(loss: str) -> tuple[str, ...]:
-  return (("loss",) if loss == "flow_matching" else DPO_METRICS) + STEP_METRICS
+def metric_names(loss: str, gt_term: bool = False) -> tuple[str, ...]:
+  """What the step logs (`gt_term`: the flow-matching term on the ground truth, dpo.gt_lambda)."""
+  dpo = DPO_METRICS + (("gt_flow_loss",) if gt_term else ())
+  return (("loss",) if loss == "flow_matching" else dpo) + STEP_METRICS
 
 
-def metrics_collection(loss: str) -> type[clu_metrics.Collection]:
+def metrics_collection(loss: str, gt_term: bool = False) -> type[clu_metrics.Collection]:
   """A clu Collection averaging every scalar the step reports."""
   return clu_metrics.Collection.create(
-      **{name: clu_metrics.Average.from_output(name) for name in metric_names(loss)})
+      **{name: clu_metrics.Average.from_output(name) for name in metric_names(loss, gt_term)})
 
 
 def learning_rate_schedule(optim) -> optax.Schedule:
@@ -120,6 +122,8 @@ def make_loss_fn(model, config) -> Callable:
     loss, metrics = losses.flow_matching_loss(v[:, frames], flow.velocity_target(x0, eps)[:, frames])
     return loss, (metrics, jnp.float32(x0.shape[0]))
 
+  gt_lambda = config.dpo.get("gt_lambda", 0.0) if config.loss != "flow_matching" else 0.0
+
   def dpo_objective(trainable, frozen, batch, key):
     dense = config.loss == "dense_dpo"
     batch = dict(batch)
@@ -130,8 +134,10 @@ def make_loss_fn(model, config) -> Callable:
                                  share_noise=config.dpo.share_noise, t_sampler=t_sampler,
                                  cond_kind=cond_kind(batch),
                                  positive_lambda=config.dpo.get("positive_lambda", 0.0),
-                                 pair_reduction=config.dpo.get("pair_reduction", "mean"))
-    return loss, ({k: metrics[k] for k in DPO_METRICS}, metrics["num_pairs"])
+                                 pair_reduction=config.dpo.get("pair_reduction", "mean"),
+                                 gt_lambda=gt_lambda)
+    names = DPO_METRICS + (("gt_flow_loss",) if gt_lambda > 0 else ())
+    return loss, ({k: metrics[k] for k in names}, metrics["num_pairs"])
 
   if config.loss not in LOSSES:
     raise ValueError(f"config.loss={config.loss!r}; expected one of {LOSSES}")
@@ -195,7 +201,7 @@ def make_train_step(model, config, tx: optax.GradientTransformation, batch_shard
   """
   loss_fn = make_loss_fn(model, config)
   schedule = learning_rate_schedule(config.optim)
-  collection = metrics_collection(config.loss)
+  collection = metrics_collection(config.loss, config.dpo.get("gt_lambda", 0.0) > 0)
 
   def step(state: TrainState, frozen, batch, key):
     key = jax.random.fold_in(key, state.step)
