@@ -87,8 +87,11 @@ def base() -> ml_collections.ConfigDict:
   c.decoder = ml_collections.ConfigDict({"kind": "none", "weights": "", "format": "mp4", "scale": 1})
 
   # Training noise levels; `range` truncates them (set from the expert's levels by `expert`).
+  # With expert='both', `boundary` (set from the pipeline) splits the draws: the high-noise
+  # expert's range gets `high_share` of them.
   c.t_sampler = ml_collections.ConfigDict({"kind": "logit_normal", "mean": 0.0, "std": 1.0,
-                                           "range": (0.0, 1.0)})
+                                           "range": (0.0, 1.0), "boundary": 0.0,
+                                           "high_share": 0.5})
   # A two-expert (Wan 2.2 A14B) pipeline in init_from: adapt its 'high' or 'low' noise expert,
   # or 'both' in one run (each pair on the expert of its noise level; holds both bases).
   c.expert = ""

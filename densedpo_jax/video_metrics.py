@@ -170,6 +170,7 @@ def _duration(seconds: float) -> str:
 
 def score_videos(items: list[dict], out: str, log=print) -> dict[str, Any]:
   """Scores `items` (`list_videos`), resuming from `out`'s partial file; writes `out`."""
+  import cv2
   from densedpo_jax import distributed
   from densedpo_jax.metrics.temporal import video_metrics
   partial = out + ".partial.jsonl"
@@ -189,7 +190,7 @@ def score_videos(items: list[dict], out: str, log=print) -> dict[str, Any]:
           frames, fps = read_frames(item["file"])
           row = dict(item, num_frames=len(frames), fps=fps, height=frames.shape[1],
                      width=frames.shape[2], **video_metrics(frames, fps))
-        except (VideoReadError, ValueError) as e:
+        except (VideoReadError, ValueError, cv2.error) as e:  # Named, skipped, counted.
           row = dict(item, error=str(e))
         row["stamp"] = stamp
         sink.write(json.dumps(row) + "\n")

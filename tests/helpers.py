@@ -201,8 +201,8 @@ def corrupt_segment(v, segment, kind="ghosting", severity=0.8):
 
 def dpo_units_reference(e, labels, valid, beta, positive_lambda=0.0, pair_reduction="mean"):
   """Loss and metrics from per-unit errors e = (ta, ra, tb, rb) `[B, U]`, written as loops; a
-  unit adds `positive_lambda * max(0, winner's policy error - its reference error)`, a pair's
-  units are averaged or summed (`pair_reduction`)."""
+  unit's z loses `beta / 2 * positive_lambda * max(0, winner's policy error - its reference
+  error)` inside the log-sigmoid (DPO-Positive), a pair's units are averaged or summed."""
   ta, ra, tb, rb = (np.asarray(x, np.float64) for x in e)
   pair_losses, zs, wins = [], [], []
   n_valid = 0
@@ -218,9 +218,9 @@ def dpo_units_reference(e, labels, valid, beta, positive_lambda=0.0, pair_reduct
       z = -(beta / 2) * s * ((ta[i, j] - ra[i, j]) - (tb[i, j] - rb[i, j]))
       wins.append((ta[i, j], tb[i, j], ra[i, j], rb[i, j]) if s == 1
                   else (tb[i, j], ta[i, j], rb[i, j], ra[i, j]))
-      # -log sigmoid(z), and DPO-Positive's hinge on the winner.
-      unit_losses.append(np.logaddexp(0.0, -z)
-                         + positive_lambda * max(0.0, wins[-1][0] - wins[-1][2]))
+      # -log sigmoid(z), DPO-Positive's hinge on the winner inside it.
+      hinge = (beta / 2) * positive_lambda * max(0.0, wins[-1][0] - wins[-1][2])
+      unit_losses.append(np.logaddexp(0.0, -(z - hinge)))
       zs.append(z)
     if unit_losses:
       pair_losses.append(np.mean(unit_losses) if pair_reduction == "mean" else np.sum(unit_losses))

@@ -97,6 +97,26 @@ def test_truncated_timesteps_follow_the_truncated_distribution(rng, kind, t_rang
     flow.sample_t(key, (2,), kind, t_range=(0.9, 0.8))
 
 
+def test_two_expert_timesteps_give_each_expert_its_share(rng):
+  """expert='both': a share `high_share` of the draws falls at or above the boundary (within 5
+  binomial sds), and each side follows the logit-normal truncated to its range (KS at 1e-6)."""
+  from scipy import special
+  key = jax.random.key(int(rng.integers(2**31)))
+  n, boundary, share = 20000, 0.875, 0.4
+  t = np.asarray(flow.sample_t_two_experts(key, (n,), boundary, share), np.float64)
+  high = t >= boundary
+  assert abs(high.mean() - share) < 5 * np.sqrt(share * (1 - share) / n)
+  full = lambda x: special.ndtr(special.logit(np.clip(x, 1e-300, 1 - 1e-16)))
+  for side, (lo, hi) in ((t[high], (boundary, 1.0)), (t[~high], (0.0, boundary))):
+    side = np.sort(side)
+    cdf = (full(side) - full(lo)) / (full(hi) - full(lo))
+    ecdf = np.arange(1, len(side) + 1) / len(side)
+    ks = max(np.abs(ecdf - cdf).max(), np.abs(ecdf - 1 / len(side) - cdf).max())
+    assert ks < np.sqrt(-np.log(1e-6 / 2) / (2 * len(side))), ks
+  with pytest.raises(ValueError, match="high_share=1.0"):
+    flow.sample_t_two_experts(key, (2,), boundary, 1.0)
+
+
 def test_time_grid_and_shift():
   np.testing.assert_allclose(flow.time_grid(8), np_grid(8), rtol=1e-12)
   np.testing.assert_allclose(flow.time_grid(8, 3.0), np_grid(8, 3.0), rtol=1e-12)

@@ -289,9 +289,9 @@ def test_flow_matching_loss_and_per_frame_error(rng):
 @pytest.mark.parametrize("positive_lambda,pair_reduction", [(0.7, "mean"), (0.0, "sum"), (2.0, "sum")])
 def test_objective_variants_match_the_float64_formula(rng, granularity, positive_lambda,
                                                       pair_reduction):
-  """DPO-Positive's hinge per unit and summed pairs (issue: motion-keeping objectives), against
-  the loop reference. The hinge adds at most positive_lambda * max|e| a unit, rounded like the
-  errors; a sum of U units multiplies the loss's rounding by at most U."""
+  """DPO-Positive's hinge per unit and summed pairs, against the loop reference. The hinge moves
+  a unit's z by beta / 2 * positive_lambda * (a difference of errors), rounded like the errors;
+  a sum of U units multiplies the loss's rounding by at most U."""
   b, t, beta = 4, 6, 3.0
   e, labels = random_errors(rng, (b, t)), random_labels(rng, (b, t))
   kw = dict(positive_lambda=positive_lambda, pair_reduction=pair_reduction)
@@ -307,21 +307,25 @@ def test_objective_variants_match_the_float64_formula(rng, granularity, positive
     want = ref_segment(e, labels, segment_ids, beta, **kw)
     per_unit = 2
   size = float(np.max([np.abs(x).max() for x in e]))
-  atol = t * (dpo_atol(e, beta, per_unit) + positive_lambda * gamma(4) * size)
+  atol = t * (dpo_atol(e, beta, per_unit) + beta / 2 * positive_lambda * gamma(4) * size)
   np.testing.assert_allclose(loss, want["loss"], rtol=0, atol=atol)
   np.testing.assert_allclose(metrics["winner_worse_frac"], want["winner_worse_frac"], atol=gamma(b * t))
 
 
 def test_dpo_positive_stops_the_winner_from_getting_worse(rng):
-  """Where the winner's policy error is above its reference's, the hinge's gradient pushes it
-  down (d loss / d e_theta(w) grows by exactly positive_lambda); where it is below, nothing."""
+  """Hand-computed: a wins both units, beta 2. Unit 0 (winner's error 1.0 above its reference
+  0.8): z = -(1.0 - 0.8 - 0) = -0.2, z' = z - lambda * 0.2, and d loss / d e_theta(a) =
+  sigmoid(-z') (1 + lambda) / 2 (the pair's mean over 2 units). Unit 1 (0.5 below 0.8): the
+  hinge is off, sigmoid(-z) / 2 with z = 0.3."""
   e = [np.array([[1.0, 0.5]], np.float32), np.array([[0.8, 0.8]], np.float32),
        np.array([[1.0, 1.0]], np.float32), np.array([[1.0, 1.0]], np.float32)]
   labels = np.array([[1, 1]])
-  grad = lambda lam: jax.grad(lambda ta: losses.dense_dpo_loss(
-      ta, *e[1:], labels, 2.0, positive_lambda=lam)[0])(jnp.asarray(e[0]))
-  extra = np.asarray(grad(0.5) - grad(0.0))
-  np.testing.assert_allclose(extra, [[0.5 / 2, 0.0]], atol=1e-6)  # Mean over the pair's 2 units.
+  lam = 0.5
+  grad = jax.grad(lambda ta: losses.dense_dpo_loss(ta, *e[1:], labels, 2.0,
+                                                   positive_lambda=lam)[0])(jnp.asarray(e[0]))
+  sig = lambda x: 1 / (1 + np.exp(-x))
+  want = [sig(0.2 + lam * 0.2) * (1 + lam) / 2, sig(-0.3) / 2]
+  np.testing.assert_allclose(np.asarray(grad)[0], want, rtol=1e-6)
 
 
 def test_bad_variant_settings_are_named():

@@ -89,7 +89,7 @@ def test_a_positional_bias_becomes_ties_and_a_dry_run_asks_nothing(vlm_server, t
                         log=lambda line: None)
   for mode in ("whole", "segment"):
     assert out["models"]["tuned"][mode]["tie"]["mean"] == 1.0  # "first" in both orders: no agreement.
-  assert out["stats"]["whole"]["disagreements"] == 8
+  assert out["stats"]["disagreements"] == 8 + 16  # Every whole-clip and segment question.
 
 
 def test_mismatched_prompts_are_named(vlm_server, tmp_path):

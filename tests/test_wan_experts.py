@@ -196,6 +196,11 @@ def test_training_adapts_one_expert_on_its_own_noise_levels(a14b):
   assert tuple(low.t_sampler.range) == (0.0, BOUNDARY)
   with pytest.raises(ValueError, match=r"t_sampler.range=\(0.5, 0.95\), but the 'low' expert"):
     training_weights(with_overrides(config, expert="low", **{"t_sampler.range": (0.5, 0.95)}))
+  both = training_weights(with_overrides(config, expert="both"))
+  assert both.init_from == os.path.join(root, "transformer")  # The shape; each base is read.
+  assert both.t_sampler.boundary == BOUNDARY and tuple(both.t_sampler.range) == (0.0, 1.0)
+  with pytest.raises(ValueError, match=r"expert='both': both experts draw their own ranges"):
+    training_weights(with_overrides(config, expert="both", **{"t_sampler.range": (0.5, 0.95)}))
   with pytest.raises(ValueError, match="config.expert='mid'"):
     training_weights(with_overrides(config, expert="mid"))
   one = with_overrides(config, init_from=os.path.join(root, "transformer"), expert="low")
@@ -214,12 +219,12 @@ def test_the_experts_presets_match_the_folder_shape(a14b):
 def _expert_run(root, workdir, expert, data):
   from densedpo_jax.training import train
   from tests.helpers import tiny_config
-  # Levels centred above 0.5, so that in 3 steps of 8 pairs both sides of the boundary are drawn
-  # (P(t >= 0.875) = P(z >= ln 7 - 1.5) = 0.33 a pair) when one run adapts both experts.
+  # With expert='both' half of the pairs are drawn above the boundary (t_sampler.high_share):
+  # in 3 steps of 8 pairs both experts see some (P(none) = 2 x 0.5^24).
   config = tiny_config("dense_dpo", data, total_steps=3, init_from=root, expert=expert, **{
       "model.family": "wan", "model.preset": "wan2.2-t2v-a14b", "model.width": 24,
       "model.depth": 2, "model.num_heads": 2, "model.ffn_dim": 32, "model.text_dim": TEXT_DIM,
-      "lora.rank": 4, "lora.alpha": 8.0, "mesh.num_devices": 1, "t_sampler.mean": 1.5})
+      "lora.rank": 4, "lora.alpha": 8.0, "mesh.num_devices": 1})
   train.train_and_evaluate(config, workdir)
   return workdir
 

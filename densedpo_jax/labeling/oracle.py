@@ -18,6 +18,7 @@ deterministically given `seed` and the pair id.
 from __future__ import annotations
 
 import collections
+import contextlib
 import dataclasses
 import math
 import zlib
@@ -217,14 +218,17 @@ def label_dataset(directory: str, name: str, out_directory: str, out_name: str, 
   # The speed judge needs ShapesWorld pixels: motion statistics only for those.
   motion = hasattr(labeler, "label_with_scores") or decoder is identity_decoder
   records = (arrayrecord_io.decode_raw(src[i]) for i in range(n))
+  stream = None
   if hasattr(labeler, "label_stream"):  # Requests in flight across pairs (the VLM labeler).
-    labeled = ((rec, seg, glob, None) for rec, seg, glob in
-               labeler.label_stream((rec, *decoder(rec)) for rec in records))
+    stream = labeler.label_stream((rec, *decoder(rec)) for rec in records)
+    labeled = ((rec, seg, glob, None) for rec, seg, glob in stream)
   elif hasattr(labeler, "label_with_scores"):
     labeled = ((rec, *labeler.label_with_scores(rec, *decoder(rec))) for rec in records)
   else:
     labeled = ((rec, *labeler.label(rec, *decoder(rec)), None) for rec in records)
-  with arrayrecord_io.ShardedWriter(out_directory, out_name, shards, metadata=meta) as w:
+  # On any error the stream is closed at once: its requests in flight are cancelled.
+  with contextlib.closing(stream) if stream is not None else contextlib.nullcontext(), \
+       arrayrecord_io.ShardedWriter(out_directory, out_name, shards, metadata=meta) as w:
     for i, (rec, seg, glob, scores) in enumerate(labeled):
       if scores is not None:
         sa, sb = scores

@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import asyncio
 import collections
+import contextvars
 import dataclasses
 import hashlib
 import os
@@ -38,6 +39,10 @@ from densedpo_jax.labeling.oracle import Labeler, majority_vote
 from densedpo_jax.labeling.vlm_cache import AnswerCache
 from densedpo_jax.labeling.vlm_prompt import (INSTRUCTION, RESPONSE_FORMAT, TEMPLATE_VERSION,
                                               pair_questions, parse_verdict)
+
+# Set in a question's task while it is still counted in `_outstanding` (admitted, no attempt yet).
+_NOT_YET_ASKED = contextvars.ContextVar("densedpo_vlm_not_yet_asked", default=False)
+
 
 class BudgetExceeded(console.JobError, RuntimeError):
   """The request or token budget is spent; answers so far are cached, a rerun resumes."""
@@ -152,6 +157,9 @@ class VLMLabeler(Labeler):
                            "; answers so far are cached, rerun to continue")
     st["calls"] += 1
     self._reserved += need
+    if _NOT_YET_ASKED.get():  # The question's first attempt: now counted in `calls` instead.
+      _NOT_YET_ASKED.set(False)
+      self._outstanding -= 1
     return need
 
   async def _create(self, kw, json_mode: bool):
@@ -256,10 +264,13 @@ class VLMLabeler(Labeler):
   async def _answer(self, messages, key: str, semaphore, counted: bool) -> dict:
     """`{'text', 'verdict', 'cached'}`: from the cache, or asked (asked again once if the answer
     is unreadable; a question that failed after its retries is not asked again). `counted`: the
-    question is in `_outstanding` until it starts."""
+    question is in `_outstanding` until its first attempt is counted (or it is found cached)."""
+    _NOT_YET_ASKED.set(counted)  # This task's own context (gather runs each in a task).
     async with semaphore:
-      self._outstanding -= int(counted)
       if self.cache is not None and (hit := self.cache.get(key)) is not None:
+        if _NOT_YET_ASKED.get():
+          _NOT_YET_ASKED.set(False)
+          self._outstanding -= 1
         self.stats["cache_hits"] += 1
         return dict(hit, cached=True)
       texts = [await self._complete(messages)]
@@ -307,21 +318,30 @@ class VLMLabeler(Labeler):
     their order, with up to `concurrency` requests in flight across pairs: while a pair's last
     answers arrive, the next pairs' questions are already asked (at most `2 * concurrency` pairs
     ahead; a pair's videos are dropped once its frames are encoded). A pair that would pass the
-    request budget is not started; an error stops the stream after the answers that arrived
-    were cached."""
+    request budget is not started: the pairs already started finish and are yielded, then
+    `BudgetExceeded` is raised. Any other error stops the stream after the answers that arrived
+    were cached. Requests progress while the stream waits for a pair, not while the consumer
+    works on one (keep per-pair work short, or raise `timeout_s`)."""
     s, loop = self.settings, self._loop
     semaphore = asyncio.Semaphore(max(1, s.concurrency))
-    pending, items = collections.deque(), iter(items)
+    pending, items, refused = collections.deque(), iter(items), None
     try:
       while True:
-        while len(pending) < 2 * max(1, s.concurrency):
+        while refused is None and len(pending) < 2 * max(1, s.concurrency):
           item = next(items, None)
           if item is None:
             break
           questions = self.questions(*item)
-          task = loop.create_task(self._ask_all(questions, self._admit(questions), semaphore))
+          try:
+            uncached = self._admit(questions)
+          except BudgetExceeded as e:  # The pairs in flight are paid for: finish them first.
+            refused = e
+            break
+          task = loop.create_task(self._ask_all(questions, uncached, semaphore))
           pending.append((item[0], questions, task))
         if not pending:
+          if refused is not None:
+            raise refused
           return
         pair, questions, task = pending.popleft()
         yield (pair, *self._labels(pair, questions, loop.run_until_complete(task)))

@@ -126,7 +126,8 @@ def read_run_expert(workdir: str) -> dict[str, Any] | None:
 def both_run_boundary(path: str) -> float | None:
   """The `boundary_ratio` of a run that adapted both experts (`config.expert='both'`), whose
   params nest per expert (`TwoExperts`); None for any other path."""
-  record = read_run_expert(path) if path and "+" not in path else None
+  pair = path and "+" in path and not distributed.path(path).exists()  # HIGH_RUN+LOW_RUN.
+  record = read_run_expert(path) if path and not pair else None
   return record["boundary_ratio"] if record and record["expert"] == BOTH else None
 
 

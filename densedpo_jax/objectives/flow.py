@@ -78,6 +78,19 @@ def sample_t(key, shape, kind="logit_normal", mean=0.0, std=1.0, t_range=(0.0, 1
   return jnp.clip(t, lo, below_hi)
 
 
+def sample_t_two_experts(key, shape, boundary, high_share=0.5, **kw):
+  """Training timesteps for a run adapting both experts of a two-expert model: each draw picks
+  the high-noise expert with probability `high_share`, then t from that expert's range
+  (`sample_t` truncated to `[boundary, 1]` or `[0, boundary)`), so each adapter gets its share
+  of the pairs whatever mass the plain distribution puts above the boundary."""
+  if not 0.0 < high_share < 1.0:
+    raise ValueError(f"high_share={high_share}: expected a share in (0, 1)")
+  key_pick, key_high, key_low = jax.random.split(key, 3)
+  high = jax.random.uniform(key_pick, shape) < high_share
+  return jnp.where(high, sample_t(key_high, shape, t_range=(boundary, 1.0), **kw),
+                   sample_t(key_low, shape, t_range=(0.0, boundary), **kw))
+
+
 def shift_time(t, shift=None):
   """SD3 time shift `t' = shift t / (1 + (shift - 1) t)`; keeps 0 and 1 fixed. None: identity."""
   if shift is None or shift == 1:

@@ -71,9 +71,11 @@ def _dpo(err_theta_a, err_ref_a, err_theta_b, err_ref_b, labels, valid, beta,
          positive_lambda=0.0, pair_reduction="mean"):
   """Loss and metrics from per-unit errors and labels `[B, U]`; `valid [B, U]` marks real units.
 
-  A non-tie unit's loss is `-log sigmoid(z) + positive_lambda * max(0, e_theta(w) - e_ref(w))`
-  (the second term, DPO-Positive's (Pal et al. 2024) penalty per unit: the winner's error may
-  not rise above the reference's; 0 turns it off). A pair's loss is the mean of its non-tie
+  A non-tie unit's loss is `-log sigmoid(z - (beta / 2) positive_lambda max(0, e_theta(w) -
+  e_ref(w)))`: DPO-Positive (Pal et al. 2024) per unit, its penalty inside the sigmoid on the
+  scale of z (in flow-matching terms the winner's log-ratio is `-(beta / 2)(e_theta(w) -
+  e_ref(w))`), so the winner's error may not rise above the reference's; 0 turns it off.
+  `reward_margin` and `implicit_acc` stay those of z. A pair's loss is the mean of its non-tie
   units' losses (`pair_reduction='mean'`) or their sum ('sum': pairs with more non-tie units
   weigh more); the batch loss is the mean over pairs with a non-tie unit.
   """
@@ -87,7 +89,8 @@ def _dpo(err_theta_a, err_ref_a, err_theta_b, err_ref_b, labels, valid, beta,
   z = -(beta / 2) * s * ((err_theta_a - err_ref_a) - (err_theta_b - err_ref_b))
   win, lose = (lambda a, b: jnp.where(win_a, a, b)), (lambda a, b: jnp.where(win_a, b, a))
   positive = jax.nn.relu(win(err_theta_a, err_theta_b) - win(err_ref_a, err_ref_b))
-  unit_loss = jnp.where(nontie, -jax.nn.log_sigmoid(z) + positive_lambda * positive, 0.0)
+  unit_loss = jnp.where(nontie, -jax.nn.log_sigmoid(z - (beta / 2) * positive_lambda * positive),
+                        0.0)
 
   n_pair = nontie.sum(-1)
   has_pair = n_pair > 0

@@ -27,7 +27,7 @@ th:first-child, td:first-child { text-align: left; }
 .grid { display: grid; gap: 8px; align-items: start; }
 .cell video, .cell img { width: 100%; image-rendering: pixelated; background: #000; }
 .model { font-weight: 600; }
-.better { color: #0a6b2b; } .worse { color: #a11; }
+.above { color: #0a6b2b; } .below { color: #a11; }
 """
 
 _SCRIPT = """
@@ -74,7 +74,7 @@ def summary_table(metrics: dict, columns: list[str]) -> str:
       if d is None:
         cells.append("<td>-</td>")
         continue
-      side = "better" if d["lo"] > 0 else "worse" if d["hi"] < 0 else ""
+      side = "above" if d["lo"] > 0 else "below" if d["hi"] < 0 else ""
       cells.append(f'<td class="{side}" data-value="{d["diff"]!r}" data-lo="{d["lo"]!r}" '
                    f'data-hi="{d["hi"]!r}">{d["diff"]:+.3f} [{d["lo"]:+.3f}, {d["hi"]:+.3f}]</td>')
     rows.append(f'<tr data-diff="{html.escape(name)}"><td>{html.escape(name)} - '

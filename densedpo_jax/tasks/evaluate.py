@@ -155,9 +155,15 @@ def evaluate_models(config: ml_collections.ConfigDict, workdir: str, source, cfg
   if spec.judge == "video":
     check_video_judge(config, records[0].latent.shape[-1])
   use_vlm = bool(spec.get("vlm") and spec.vlm.enabled)
-  if use_vlm and len(models) < 2:
-    raise ValueError("config.evaluate.vlm.enabled: the VLM compares each model with the first; "
-                     f"config.evaluate.models lists {len(models)}")
+  if use_vlm:  # Checked before any model loads: the judge runs after every model sampled.
+    if len(models) < 2:
+      raise ValueError("config.evaluate.vlm.enabled: the VLM compares each model with the first; "
+                       f"config.evaluate.models lists {len(models)}")
+    check_pixels(config, records[0].latent.shape[-1], "evaluate.vlm.enabled judges")
+    for module, extra in (("openai", "vlm"), ("cv2", "metrics")):
+      if importlib.util.find_spec(module) is None:
+        raise ValueError(f"config.evaluate.vlm.enabled needs the [{extra}] extra (module "
+                         f"{module!r}): pip install -e \".[{extra}]\"")
   prompts = [r.prompt for r in records for _ in range(spec.seeds_per_prompt)]
   out_dir, write = distributed.path(workdir) / "eval", distributed.is_main()
   results, buckets, per_prompt = {}, {}, {}
@@ -194,18 +200,17 @@ def evaluate_models(config: ml_collections.ConfigDict, workdir: str, source, cfg
       export_samples(out_dir / name, pixels if decoder is not None else videos, prompts,
                      records[0].fps, config.decoder.format if decoder is not None else None)
     results.setdefault(name, {})
-    if write and spec.get("export", "") == "vbench":
+    if write and spec.get("export", "") == "vbench":  # MP4: VBench's dynamic degree reads no GIF.
       export_vbench(out_dir / "vbench" / name, pixels if decoder is not None else
-                    previews.to_uint8(videos), prompts, records[0].fps,
-                    config.decoder.format if decoder is not None else "mp4")
+                    previews.to_uint8(videos), prompts, records[0].fps, "mp4")
     logging.info("evaluate: %s (%s): %d samples in %.0f s %s", name, path, len(videos),
                  time.time() - start, results[name])
   vs_base = compare_to_base(per_prompt) if len(per_prompt) > 1 and len(records) > 1 else {}
   vlm = {}
-  if use_vlm and write:  # Process 0 alone asks (one set of calls, one cache).
+  if use_vlm:  # Process 0 alone asks (one set of calls, one cache); the others get its result.
     from densedpo_jax.tasks import vlm_judge
-    vlm = vlm_judge.judge(out_dir, list(models), spec.vlm, spec.seeds_per_prompt, records[0].fps,
-                          spec.frames_per_segment)
+    vlm = distributed.on_main(vlm_judge.judge, out_dir, list(models), spec.vlm,
+                              spec.seeds_per_prompt, records[0].fps, spec.frames_per_segment)
   if write:
     distributed.write_json(out_dir / "metrics.json", {
         "split": config.data.split, "num_prompts": len(records),
@@ -276,6 +281,9 @@ def export_vbench(model_dir, frames: np.ndarray, prompts: list[str], fps: float,
   `--prompt_file`, for prompts a file name cannot hold)."""
   from densedpo_jax.interop import video_io
   model_dir.mkdir(parents=True, exist_ok=True)
+  for old in model_dir.iterdir():  # An earlier export's files would be videos without a prompt.
+    if old.suffix.lower() in (".mp4", ".gif") or old.name == "vbench_prompts.json":
+      old.unlink()
   counts, listing = {}, {}
   for video, prompt in zip(frames, prompts):
     index = counts[prompt] = counts.get(prompt, -1) + 1

@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import dataclasses
 import json
-import math
 from typing import Any
 
 import numpy as np
@@ -37,7 +36,9 @@ class Comparison:
 
   @property
   def num_segments(self) -> int:
-    return math.ceil(self.num_frames / self.frames_per_segment)
+    """Whole segments; the last absorbs the remainder (an 81-frame clip in 16s: 5 segments, not
+    a sixth of one frame)."""
+    return max(1, self.num_frames // self.frames_per_segment)
 
 
 def _listing(eval_dir, model: str) -> list[dict]:
@@ -92,6 +93,8 @@ def judge(eval_dir, models: list[str], vlm_spec, seeds_per_prompt: int, fps: flo
   from densedpo_jax.labeling.vlm import VLMLabeler
   cache = str(eval_dir / "vlm_cache.sqlite")
   labelers = {mode: VLMLabeler(settings_of(vlm_spec, mode, cache)) for mode in MODES}
+  # One set of counts, so max_requests and max_total_tokens bound both modes together.
+  labelers["segment"].stats = labelers["whole"].stats
   # The calls and their cost, before any is made.
   questions = cached = images = 0
   asked = set()  # A question met twice (a one-segment clip's whole and segment) is asked once.
@@ -136,5 +139,5 @@ def judge(eval_dir, models: list[str], vlm_spec, seeds_per_prompt: int, fps: flo
     log(f"vlm judge: {name} vs {models[0]}: whole clips win {result['whole']['win']['mean']:.2f}"
         f" tie {result['whole']['tie']['mean']:.2f} loss {result['whole']['loss']['mean']:.2f}; "
         f"segments win {result['segment']['win']['mean']:.2f}")
-  out["stats"] = {mode: dict(labeler.stats) for mode, labeler in labelers.items()}
+  out["stats"] = dict(labelers["whole"].stats)
   return out

@@ -66,10 +66,15 @@ def training_weights(config: ml_collections.ConfigDict) -> ml_collections.Config
                      f"runs at t in [{lo}, {hi}): leave the range unset or keep it inside")
   t_range = want if want != (0.0, 1.0) else (lo, hi)
   if expert == experts.BOTH:
-    logging.info("Adapting both experts of %s: t in [%.4g, %.4g), each pair on its expert",
-                 init_from, *t_range)
-  else:
-    logging.info("Adapting the %s-noise expert %s: t in [%.4g, %.4g)", expert, folder, *t_range)
+    if want != (0.0, 1.0):
+      raise ValueError(f"config.t_sampler.range={want} with config.expert='both': both experts "
+                       "draw their own ranges; set config.t_sampler.high_share instead")
+    boundary = experts.read_pipeline(init_from).boundary_ratio
+    logging.info("Adapting both experts of %s: %.0f%% of the pairs at t >= %.4g (high-noise "
+                 "expert), the rest below, each on its expert", init_from,
+                 100 * config.t_sampler.high_share, boundary)
+    return with_overrides(config, init_from=folder, **{"t_sampler.boundary": boundary})
+  logging.info("Adapting the %s-noise expert %s: t in [%.4g, %.4g)", expert, folder, *t_range)
   return with_overrides(config, init_from=folder, **{"t_sampler.range": t_range})
 
 

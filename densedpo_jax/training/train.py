@@ -154,6 +154,8 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
   lora_trained = config.loss != "flow_matching" or cfg.lora.rank > 0
   if lora_trained and cfg.lora.rank == 0:
     raise ValueError(f"config.loss={config.loss!r} trains a LoRA adapter: set config.lora.rank > 0")
+  if pipeline is not None and not lora_trained:
+    raise ValueError("config.expert='both' adapts a LoRA on each expert: set config.lora.rank > 0")
   inputs = _sample_inputs(first_batch, cfg)
   init_vars = lambda key: model.init(key, *inputs)
 

@@ -71,9 +71,13 @@ def ema_decay(step: jax.Array, max_decay: float) -> jax.Array:
 
 
 def _t_sampler(config) -> Callable:
-  return functools.partial(flow.sample_t, kind=config.t_sampler.kind, mean=config.t_sampler.mean,
-                           std=config.t_sampler.std,
-                           t_range=tuple(config.t_sampler.get("range", (0.0, 1.0))))
+  spec = config.t_sampler
+  if spec.get("boundary", 0.0):  # Both experts of a two-expert model in one run.
+    return functools.partial(flow.sample_t_two_experts, boundary=spec.boundary,
+                             high_share=spec.get("high_share", 0.5), kind=spec.kind,
+                             mean=spec.mean, std=spec.std)
+  return functools.partial(flow.sample_t, kind=spec.kind, mean=spec.mean, std=spec.std,
+                           t_range=tuple(spec.get("range", (0.0, 1.0))))
 
 
 def to_compute_floats(batch: dict[str, Any]) -> dict[str, Any]:
