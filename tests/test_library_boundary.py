@@ -108,6 +108,7 @@ def test_no_benchmark_shares_a_module_name_with_the_library():
 # each other, except the commands users type (the top layer), which may call one another.
 LAYERS = (
     ("console", "distributed"),             # helpers with no package imports
+    ("metrics",),                           # video metrics and intervals: arrays and files
     ("model", "shapesworld"),               # the networks and their weights; the built-in world
     ("objectives",),                        # flow, losses, DPO errors, sampling
     ("data",),                              # records, segments, ArrayRecord/TFDS, pipelines
@@ -115,7 +116,7 @@ LAYERS = (
     ("previews",),                          # frames, GIFs, grids; MP4 through interop.video_io
     ("training", "labeling"),               # the train loop and step; labelers
     ("tasks", "annotate"),                  # pairs, evaluate, the arm pipeline; the label page
-    ("main", "plan", "convert", "encode", "decode", "export", "__init__"),  # commands
+    ("main", "plan", "convert", "encode", "decode", "export", "video_metrics", "__init__"),  # commands
 )
 COMMANDS = LAYERS[-1]
 

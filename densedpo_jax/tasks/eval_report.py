@@ -126,11 +126,12 @@ def prompt_blocks(metrics: dict, files: dict[str, list[dict]], columns: list[str
   return "".join(blocks)
 
 
-def render(metrics: dict, files: dict[str, list[dict]], verdicts: dict | None = None) -> str:
-  """The page for `metrics` (`metrics.json`) and each model's `prompts.json` listing."""
-  from densedpo_jax.tasks.evaluate import METRICS
+def render(metrics: dict, files: dict[str, list[dict]], verdicts: dict | None = None,
+           order: tuple[str, ...] = ()) -> str:
+  """The page for `metrics` (`metrics.json`) and each model's `prompts.json` listing; metric
+  columns in `order`, then any other in name order."""
   present = set().union(*(set(r) for r in metrics["results"].values())) if metrics["results"] else set()
-  columns = [c for c in METRICS if c in present]
+  columns = [c for c in order if c in present] + sorted(present - set(order))
   title = f"Evaluation: {', '.join(files)} on {metrics['num_prompts']} prompts"
   return ("<!doctype html><html><head><meta charset=\"utf-8\">"
           f"<title>{html.escape(title)}</title><style>{_STYLE}</style></head><body>"
@@ -143,7 +144,8 @@ def render(metrics: dict, files: dict[str, list[dict]], verdicts: dict | None = 
           f"<script>{_SCRIPT}</script></body></html>")
 
 
-def write_report(eval_dir, models: list[str], verdicts: dict | None = None) -> str:
+def write_report(eval_dir, models: list[str], verdicts: dict | None = None,
+                 order: tuple[str, ...] = ()) -> str:
   """Writes `eval_dir/report.html` from `metrics.json` and each model's `prompts.json`."""
   from densedpo_jax import distributed
   metrics = json.loads((eval_dir / "metrics.json").read_text())
@@ -153,5 +155,5 @@ def write_report(eval_dir, models: list[str], verdicts: dict | None = None) -> s
     if [e["prompt"] for e in files[m]] != expected:
       raise ValueError(f"{eval_dir / m / 'prompts.json'}: its prompts differ from "
                        f"{models[0]}'s; the report compares models on the same prompts")
-  distributed.write_text(eval_dir / REPORT, render(metrics, files, verdicts))
+  distributed.write_text(eval_dir / REPORT, render(metrics, files, verdicts, order))
   return str(eval_dir / REPORT)

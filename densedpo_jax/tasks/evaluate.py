@@ -222,7 +222,7 @@ def evaluate_models(config: ml_collections.ConfigDict, workdir: str, source, cfg
       print(table)
     verdicts = {m: v["verdicts"] for m, v in vlm.get("models", {}).items()}
     logging.info("evaluate: report page %s",
-                 eval_report.write_report(out_dir, list(models), verdicts or None))
+                 eval_report.write_report(out_dir, list(models), verdicts or None, METRICS))
   distributed.barrier("evaluate: written")
   return {name: dict(r, per_prompt=per_prompt[name]) if name in per_prompt else r
           for name, r in results.items()}

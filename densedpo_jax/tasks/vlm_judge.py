@@ -47,7 +47,7 @@ def _listing(eval_dir, model: str) -> list[dict]:
 
 def _pixels(path: str) -> np.ndarray:
   """A sample file as the labeler takes videos: `[T, H, W, 3]` in [-1, 1]."""
-  from densedpo_jax.video_metrics import read_frames
+  from densedpo_jax.metrics.video_files import read_frames
   frames, _ = read_frames(path)
   return frames.astype(np.float32) / 127.5 - 1.0
 
