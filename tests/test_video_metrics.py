@@ -227,3 +227,8 @@ def test_flow_motion_agrees_with_the_shapesworld_judge_on_base_model_samples(tmp
     rho = scipy_stats.spearmanr(speeds, [r[metric] for r in rows])[0]
     print(f"{metric}: Spearman {rho:.3f} against the judge's mean speed over {len(rows)} samples")
     assert rho >= 0.78, metric
+
+
+def test_the_evaluation_table_orders_every_video_metric():
+  from densedpo_jax.tasks import evaluate
+  assert set(temporal.METRICS) <= set(evaluate.COLUMNS)
