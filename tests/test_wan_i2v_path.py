@@ -118,8 +118,10 @@ def test_pairs_share_the_condition_and_the_trained_adapter_loads_in_diffusers(en
                      **{"data.path": str(tmp_path / "pairs"), "data.name": "labeled",
                         "data.batch_size": 4, "optim.accum_steps": 1, "data.read_threads": 0,
                         "mesh.num_devices": 1, "mesh.shape": (-1, 1, 1),
-                        "model.param_dtype": "float32"})
+                        "model.param_dtype": "float32", "optim.warmup_steps": 1})
   history = train.train_and_evaluate(c, str(tmp_path / "dense"))
+  # Step 1 runs at the warm-up's first rate, 0: log 2 (policy == reference). With a 1-step
+  # warm-up step 2 runs at the full rate, so step 3's policy differs from the reference.
   assert abs(history[1]["loss"] - np.log(2)) < 1e-3 and history[3]["loss"] != history[1]["loss"]
 
   out = str(tmp_path / "lora.safetensors")
