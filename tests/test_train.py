@@ -107,11 +107,13 @@ def _params_target(cfg):
 
 
 @pytest.mark.e2e
-def test_sharded_mesh_matches_single_device(data, tmp_path):
-  one = tiny_config("dense_dpo", data[1], total_steps=3, **{"mesh.shape": (1, 1, 1), "mesh.num_devices": 1})
-  eight = tiny_config("dense_dpo", data[1], total_steps=3, **{"mesh.shape": (2, 2, 2)})
-  # A random (non-zero) adapter start would be needed for DPO losses to differ from log 2 at
-  # step 1; steps 2-3 already differ, so compare those.
+def test_sharded_mesh_matches_single_device(data, base_workdir, tmp_path):
+  # From the trained base: a fresh model's zero-initialised output layer would give the adapter
+  # no gradient at all. Step 1 is log 2 (policy == reference); steps 2-3 differ, so compare those.
+  one = tiny_config("dense_dpo", data[1], total_steps=3, init_from=base_workdir[0],
+                    **{"mesh.shape": (1, 1, 1), "mesh.num_devices": 1})
+  eight = tiny_config("dense_dpo", data[1], total_steps=3, init_from=base_workdir[0],
+                      **{"mesh.shape": (2, 2, 2)})
   h1 = train.train_and_evaluate(one, str(tmp_path / "one"))
   h8 = train.train_and_evaluate(eight, str(tmp_path / "eight"))
   for s in (2, 3):
