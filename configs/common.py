@@ -76,6 +76,8 @@ def base() -> ml_collections.ConfigDict:
   c.dpo.pair_reduction = "mean"  # mean | sum
   # Weight of a flow-matching term on the guided pairs' ground truth (pairs.store_gt); 0: off.
   c.dpo.gt_lambda = 0.0
+  # Weight of a flow-matching term on each non-tie unit's preferred member (RPO); 0: off.
+  c.dpo.winner_lambda = 0.0
 
   # Previews: every `every` steps (0: never) sample the first prompts of the first batch.
   c.sample = ml_collections.ConfigDict({"every": 0, "num_videos": 4, "num_steps": 32,

@@ -199,10 +199,12 @@ def corrupt_segment(v, segment, kind="ghosting", severity=0.8):
 
 # DPO references (float64 NumPy, written from the formulas as loops).
 
-def dpo_units_reference(e, labels, valid, beta, positive_lambda=0.0, pair_reduction="mean"):
+def dpo_units_reference(e, labels, valid, beta, positive_lambda=0.0, pair_reduction="mean",
+                        winner_lambda=0.0):
   """Loss and metrics from per-unit errors e = (ta, ra, tb, rb) `[B, U]`, written as loops; a
   unit's z loses `beta / 2 * positive_lambda * max(0, winner's policy error - its reference
-  error)` inside the log-sigmoid (DPO-Positive), a pair's units are averaged or summed."""
+  error)` inside the log-sigmoid (DPO-Positive), a unit's loss gains `winner_lambda * winner's
+  policy error` (RPO), a pair's units are averaged or summed."""
   ta, ra, tb, rb = (np.asarray(x, np.float64) for x in e)
   pair_losses, zs, wins = [], [], []
   n_valid = 0
@@ -220,7 +222,7 @@ def dpo_units_reference(e, labels, valid, beta, positive_lambda=0.0, pair_reduct
                   else (tb[i, j], ta[i, j], rb[i, j], ra[i, j]))
       # -log sigmoid(z), DPO-Positive's hinge on the winner inside it.
       hinge = (beta / 2) * positive_lambda * max(0.0, wins[-1][0] - wins[-1][2])
-      unit_losses.append(np.logaddexp(0.0, -(z - hinge)))
+      unit_losses.append(np.logaddexp(0.0, -(z - hinge)) + winner_lambda * wins[-1][0])
       zs.append(z)
     if unit_losses:
       pair_losses.append(np.mean(unit_losses) if pair_reduction == "mean" else np.sum(unit_losses))

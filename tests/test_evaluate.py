@@ -146,7 +146,8 @@ def test_prompt_means_average_each_prompts_consecutive_samples():
   from densedpo_jax.tasks.evaluate import prompt_means
   from densedpo_jax.shapesworld import judge
   rng = np.random.default_rng()
-  keys = ("visual_quality", "temporal_consistency", "mean_speed", "text_alignment", "artifact_share")
+  keys = ("visual_quality", "temporal_consistency", "mean_speed", "text_alignment", "artifact_share",
+          "off_palette", "background_noise")
   values = {k: rng.uniform(0.2, 1.6, size=(3, 2)) for k in keys}  # 3 prompts x 2 samples
   moving = rng.random((3, 2)) < 0.5
   scores = [types.SimpleNamespace(moving=bool(moving[p, s]), **{k: float(values[k][p, s]) for k in keys})

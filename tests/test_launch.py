@@ -98,6 +98,8 @@ def test_shapesworld_scripts_print_their_jobs_and_write_nothing(fake_bin, tmp_pa
        f"--config={project}/configs/experiment.py:motion", f"--workdir={workdir}"],
       ["python", "-m", "projects.shapesworld_paper.motion_analysis", f"--workdir={workdir}",
        f"--out={project}/results/motion_analysis"],
+      ["python", "-m", "projects.shapesworld_paper.main",
+       f"--config={project}/configs/experiment.py:objective", f"--workdir={workdir}"],
       ["python", "-m", "projects.shapesworld_paper.tables", "--readme=README.md",
        f"--readme={project}/README.md"]]
 

@@ -286,15 +286,19 @@ def test_flow_matching_loss_and_per_frame_error(rng):
 
 
 @pytest.mark.parametrize("granularity", ["frame", "segment"])
-@pytest.mark.parametrize("positive_lambda,pair_reduction", [(0.7, "mean"), (0.0, "sum"), (2.0, "sum")])
+@pytest.mark.parametrize("positive_lambda,pair_reduction,winner_lambda",
+                         [(0.7, "mean", 0.0), (0.0, "sum", 0.0), (2.0, "sum", 0.0), (0.0, "mean", 1.5),
+                          (0.7, "sum", 0.4)])
 def test_objective_variants_match_the_float64_formula(rng, granularity, positive_lambda,
-                                                      pair_reduction):
-  """DPO-Positive's hinge per unit and summed pairs, against the loop reference. The hinge moves
-  a unit's z by beta / 2 * positive_lambda * (a difference of errors), rounded like the errors;
-  a sum of U units multiplies the loss's rounding by at most U."""
+                                                      pair_reduction, winner_lambda):
+  """DPO-Positive's hinge per unit, RPO's winner term and summed pairs, against the loop
+  reference. The hinge moves a unit's z by beta / 2 * positive_lambda * (a difference of errors),
+  rounded like the errors; the winner term adds winner_lambda * (an error, rounded by its
+  segment mean and the product); a sum of U units multiplies the loss's rounding by at most U."""
   b, t, beta = 4, 6, 3.0
   e, labels = random_errors(rng, (b, t)), random_labels(rng, (b, t))
-  kw = dict(positive_lambda=positive_lambda, pair_reduction=pair_reduction)
+  kw = dict(positive_lambda=positive_lambda, pair_reduction=pair_reduction,
+            winner_lambda=winner_lambda)
   if granularity == "frame":
     loss, metrics = losses.dense_dpo_loss(*e, labels, beta, **kw)
     want = dpo_units_reference(e, labels, np.ones((b, t), bool), beta, **kw)
@@ -307,7 +311,8 @@ def test_objective_variants_match_the_float64_formula(rng, granularity, positive
     want = ref_segment(e, labels, segment_ids, beta, **kw)
     per_unit = 2
   size = float(np.max([np.abs(x).max() for x in e]))
-  atol = t * (dpo_atol(e, beta, per_unit) + beta / 2 * positive_lambda * gamma(4) * size)
+  atol = t * (dpo_atol(e, beta, per_unit) + beta / 2 * positive_lambda * gamma(4) * size
+              + winner_lambda * gamma(2 + per_unit) * size + gamma(t + 4) * winner_lambda * size)
   np.testing.assert_allclose(loss, want["loss"], rtol=0, atol=atol)
   np.testing.assert_allclose(metrics["winner_worse_frac"], want["winner_worse_frac"], atol=gamma(b * t))
 
@@ -334,3 +339,17 @@ def test_bad_variant_settings_are_named():
     losses.dense_dpo_loss(*e, np.array([[1, 1]]), 1.0, pair_reduction="max")
   with pytest.raises(ValueError, match="positive_lambda=-1"):
     losses.dense_dpo_loss(*e, np.array([[1, 1]]), 1.0, positive_lambda=-1)
+  with pytest.raises(ValueError, match="winner_lambda=-0.5"):
+    losses.flow_dpo_loss(*[x[:, 0] for x in e], np.array([1]), 1.0, winner_lambda=-0.5)
+
+
+def test_rpo_term_pulls_only_the_winners_error_down():
+  """Hand-computed: a wins unit 0, b wins unit 1, beta 2, winner_lambda 0.3, policy equal to the
+  reference (z = 0). d loss / d e_theta(a) = [sigmoid(0) + 0.3, -sigmoid(0)] / 2 and
+  d loss / d e_theta(b) = [-sigmoid(0), sigmoid(0) + 0.3] / 2 (the pair's mean over 2 units)."""
+  e = [np.full((1, 2), 0.5, np.float32) for _ in range(4)]
+  labels = np.array([[1, -1]])
+  f = lambda ta, tb: losses.dense_dpo_loss(ta, e[1], tb, e[3], labels, 2.0, winner_lambda=0.3)[0]
+  ga, gb = jax.grad(f, argnums=(0, 1))(jnp.asarray(e[0]), jnp.asarray(e[2]))
+  np.testing.assert_allclose(np.asarray(ga)[0], [(0.5 + 0.3) / 2, -0.5 / 2], rtol=1e-6)
+  np.testing.assert_allclose(np.asarray(gb)[0], [-0.5 / 2, (0.5 + 0.3) / 2], rtol=1e-6)

@@ -125,7 +125,8 @@ def test_speed_and_dynamic_degree_track_true_speed():
   videos = np.stack([_scene(s)[0] for s in (0.05, 0.1, 0.5, 1.2)])
   out = judge.score_videos(videos, ["a red circle moves to the right"] * 4)
   assert set(out) == {"visual_quality", "temporal_consistency", "dynamic_degree", "fast_share",
-                      "mean_speed", "text_alignment", "artifact_share"}
+                      "mean_speed", "text_alignment", "artifact_share", "off_palette",
+                      "background_noise"}
   assert out["dynamic_degree"] == 0.5 and out["visual_quality"] > 0.95
   # Only the 1.2 px/frame clip is faster than the middle of the speed range (0.85).
   assert judge.fast_speed() == 0.5 * (0.2 + 1.5) and out["fast_share"] == 0.25
@@ -167,3 +168,84 @@ def test_artifact_rate_by_speed_buckets():
     judge.artifact_rate_by_speed(np.stack(videos), prompts, true_speeds=[1.0, 2.0])
   with pytest.raises(ValueError, match="prompts has 2 entries"):
     judge.score_videos(np.stack(videos), prompts[:2])
+
+
+def test_ground_truth_has_no_off_palette_light_or_background_noise():
+  for seed in range(8):
+    v, sc = world.generate(seed, CFG)
+    s = judge.judge_video(v, sc.prompt)
+    assert s.off_palette == 0.0  # Every pixel of a clean rendering lies on its colour's line.
+    # Only anti-aliased edge pixels below the floor that the quarter-pixel fit misses: a few
+    # hundredths of a pixel of light against a shape of pi r^2 = 28 pixels.
+    assert 0.0 <= s.background_noise < 0.005
+
+
+def test_background_noise_is_the_faint_light_beyond_the_shape_in_shape_areas():
+  v, sc = _scene(0.8)
+  clean = judge.judge_video(v, sc.prompt)
+  unit = (v.astype(np.float64) + 1.0) / 2.0
+  eps = 0.03  # Below the foreground floor, so the fit and the colour are unchanged.
+  dark = unit.max(-1) == 0.0  # [T, H, W] background pixels, far from the shape's edge
+  noisy_unit = np.where(dark[..., None], np.array([eps, 0.0, eps]), unit)  # magenta haze, max = eps
+  noisy = (2.0 * noisy_unit - 1.0).astype(np.float32)
+  s = judge.judge_video(noisy, sc.prompt)
+  want = eps * dark.sum((1, 2)) / (np.pi * CFG.radius ** 2) + clean.frame_background_noise  # [T]
+  np.testing.assert_allclose(s.frame_background_noise, want, rtol=1e-5, atol=1e-6)
+  np.testing.assert_allclose(s.frame_quality, clean.frame_quality * (1.0 - want), rtol=1e-5)
+  assert s.off_palette == clean.off_palette == 0.0  # Light below the floor is not foreground.
+
+
+def test_off_palette_is_the_share_of_foreground_light_off_the_colour_line():
+  v, sc = _scene(0.8)  # red
+  unit = (v.astype(np.float64) + 1.0) / 2.0
+  clean = judge.judge_video(v, sc.prompt)
+  a = unit.max(-1)
+  # One hue everywhere: off_palette is the old colour distance |chroma - red|.
+  tint = unit + a[..., None] * np.array([0.0, 0.3, 0.0])
+  s = judge.judge_video((2.0 * tint - 1.0).astype(np.float32), sc.prompt)
+  np.testing.assert_allclose(s.frame_off_palette, 0.3, rtol=1e-5)
+  np.testing.assert_allclose(s.frame_quality, clean.frame_quality * 0.7, rtol=1e-4)
+  # Two full pixels of green inside the shape of frame 0: each is sqrt(2) off red's line.
+  inside = np.argwhere(a[0] == 1.0)[:2]
+  spotted = unit.copy()
+  for y, x in inside:
+    spotted[0, y, x] = (0.0, 1.0, 0.0)
+  fg = a[0] >= judge.NOISE_FLOOR
+  want = 2 * np.sqrt(2.0) / a[0][fg].sum()
+  s = judge.judge_video((2.0 * spotted - 1.0).astype(np.float32), sc.prompt)
+  assert s.frame_off_palette[0] == pytest.approx(want, rel=1e-5)
+  np.testing.assert_array_equal(s.frame_off_palette[1:], 0.0)
+
+
+def test_segment_oracle_prefers_the_segment_without_haze():
+  import types
+  from densedpo_jax.labeling import oracle
+  v, sc = _scene(0.8)
+  unit = (v.astype(np.float64) + 1.0) / 2.0
+  hazy = unit.copy()
+  hazy[8:12] = np.where(unit[8:12].max(-1, keepdims=True) == 0.0, 0.04, unit[8:12])  # segment 2
+  b = (2.0 * hazy - 1.0).astype(np.float32)
+  pair = types.SimpleNamespace(id="p", prompt=sc.prompt, num_frames=16, frames_per_segment=4,
+                               num_segments=4)
+  seg, glob = oracle.SegmentOracle(tie_margin=0.014).label(pair, v, b)
+  assert seg.tolist() == [0, 0, 1, 0] and glob == 1
+
+
+def test_calibration_card_reads_clean_clips_and_ranks_speeds():
+  from densedpo_jax.shapesworld import calibration
+  truth = calibration.ground_truth_card(6)
+  assert truth["visual_quality"] > 0.95 and truth["max_off_palette"] == 0.0
+  speeds = [world.generate(k // 2, split=("train", "heldout")[k % 2])[1].speed for k in range(6)]
+  measured = [judge.judge_video(*(lambda v, sc: (v, sc.prompt))(
+      *world.generate(k // 2, split=("train", "heldout")[k % 2]))).mean_speed for k in range(6)]
+  # Spearman by hand: Pearson of the ranks (no ties among continuous speeds).
+  rank = lambda x: np.argsort(np.argsort(x)).astype(np.float64)
+  want = np.corrcoef(rank(measured), rank(speeds))[0, 1]
+  assert truth["speed_spearman"] == pytest.approx(want)
+  kinds = calibration.artifact_card(1)
+  assert set(kinds) == set(artifacts.KINDS)
+  for row in kinds.values():
+    assert np.all(np.diff(row["segment_quality"]) < 0)
+  assert "| flicker |" in calibration.card_markdown(truth, kinds)
+  with pytest.raises(ValueError, match="--clips must be >= 2"):
+    calibration.ground_truth_card(1)

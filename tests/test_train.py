@@ -219,20 +219,22 @@ def test_a_batch_larger_than_the_data_and_a_rank_above_the_width_are_said(tmp_pa
 
 
 def test_objective_variants_train_end_to_end(tmp_path):
-  """dpo.gt_lambda with pairs carrying their ground truth, with DPO-Positive and summed pairs:
-  the trainer logs the ground-truth term and the winners gone worse; at step 1 (policy ==
-  reference: LoRA B = 0) the hinge is 0 and the loss is the DPO loss plus gt_lambda times the
-  ground-truth term."""
+  """dpo.gt_lambda with pairs carrying their ground truth, with DPO-Positive, RPO's winner term
+  and summed pairs: the trainer logs the ground-truth term and the winners gone worse; at step 1
+  (policy == reference: LoRA B = 0) the hinge is 0 and the loss is the DPO loss, plus
+  winner_lambda times each unit's winner error, plus gt_lambda times the ground-truth term."""
   pairs = write_pairs(str(tmp_path / "pairs"), with_gt=True)
   config = tiny_config("dense_dpo", pairs, total_steps=2, **{
-      "dpo.gt_lambda": 0.5, "dpo.positive_lambda": 1.0, "dpo.pair_reduction": "sum"})
+      "dpo.gt_lambda": 0.5, "dpo.positive_lambda": 1.0, "dpo.pair_reduction": "sum",
+      "dpo.winner_lambda": 2.0})
   history = train.train_and_evaluate(config, str(tmp_path / "run"))
   first = history[1]
   assert first["gt_flow_loss"] > 0 and 0.0 <= first["winner_worse_frac"] <= 1.0
   # Summed over a pair's 4 latent frames, every one non-tie here: 4 log 2 (z and the hinge are
-  # only the rounding gap of the LoRA-on and LoRA-off passes), plus the ground-truth term.
+  # only the rounding gap of the LoRA-on and LoRA-off passes) plus 2.0 times the 4 winners'
+  # errors, plus the ground-truth term.
   dpo_part = first["loss"] - 0.5 * first["gt_flow_loss"]
-  np.testing.assert_allclose(dpo_part, 4 * np.log(2), rtol=1e-3)
+  np.testing.assert_allclose(dpo_part, 4 * np.log(2) + 2.0 * 4 * first["policy_err_win"], rtol=1e-3)
   plain = tiny_config("dense_dpo", write_pairs(str(tmp_path / "plain")), total_steps=1,
                       **{"dpo.gt_lambda": 0.5})
   with pytest.raises(ValueError, match=r"no 'gt_latent'"):

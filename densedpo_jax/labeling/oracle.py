@@ -32,7 +32,7 @@ from densedpo_jax.data import schema
 from densedpo_jax.shapesworld import judge
 from densedpo_jax.shapesworld.world import WorldConfig
 
-VERSION = 1
+VERSION = 2  # 2: the judge's segment quality sees off-palette light and background noise.
 KEEP_WINS = ("all", "faster", "slower")
 Decoder = Callable[[schema.PairRecord], tuple[np.ndarray, np.ndarray]]
 

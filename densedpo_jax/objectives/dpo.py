@@ -117,14 +117,15 @@ def dpo_errors(apply_fn, params, lora, batch, key, *, share_noise=True,
 
 def dpo_loss(apply_fn, params, lora, batch, key, *, beta, dense=True, granularity="frame",
              share_noise=True, t_sampler=flow.logit_normal_t, cond_kind=None,
-             positive_lambda=0.0, pair_reduction="mean", gt_lambda=0.0):
+             positive_lambda=0.0, pair_reduction="mean", gt_lambda=0.0, winner_lambda=0.0):
   """DPO loss of one step: `dpo_errors` then `dense_dpo_loss` or `flow_dpo_loss`.
 
   `batch` is as for `dpo_errors` plus `labels`: `[B, T]` latent-frame labels when `dense`, else
   `[B]` pair labels (errors averaged over T first); and `segment_ids [B, T]` for
   `granularity='segment'`. Returns `(loss, metrics)`; differentiate with respect to `lora`.
   With `cond_kind='first_frame'` (TI2V) latent frame 0 is the condition and carries no loss.
-  `positive_lambda` and `pair_reduction` are the objective's variants (`losses._dpo`);
+  `positive_lambda`, `pair_reduction` and `winner_lambda` are the objective's variants
+  (`losses._dpo`);
   `gt_lambda > 0` adds `gt_lambda` times the policy's flow-matching error on the pairs' ground
   truth (`gt_latent`; the mean over its videos and frames), logged as `gt_flow_loss`.
   """
@@ -133,8 +134,9 @@ def dpo_loss(apply_fn, params, lora, batch, key, *, beta, dense=True, granularit
   errs = dpo_errors(apply_fn, params, lora, batch, key, share_noise=share_noise,
                     t_sampler=t_sampler, cond_kind=cond_kind, with_gt=gt_lambda > 0)
   gt_err = errs.pop("err_theta_gt", None)
-  loss, metrics = _preference_loss(errs, batch, beta, dense, granularity, positive_lambda,
-                                   pair_reduction)
+  loss, metrics = _preference_loss(errs, batch, beta, dense, granularity,
+                                   dict(positive_lambda=positive_lambda,
+                                        pair_reduction=pair_reduction, winner_lambda=winner_lambda))
   if gt_err is None:
     return loss, metrics
   gt_loss = gt_err.mean()
@@ -142,7 +144,7 @@ def dpo_loss(apply_fn, params, lora, batch, key, *, beta, dense=True, granularit
                                           gt_flow_loss=gt_loss)
 
 
-def _preference_loss(errs, batch, beta, dense, granularity, positive_lambda, pair_reduction):
+def _preference_loss(errs, batch, beta, dense, granularity, variant):
   """`dense_dpo_loss` on frame labels, or `flow_dpo_loss` on pair labels, of `dpo_errors`."""
   if dense:
     frames = slice(batch["labels"].shape[-1] - errs["err_theta_a"].shape[-1], None)
@@ -150,10 +152,11 @@ def _preference_loss(errs, batch, beta, dense, granularity, positive_lambda, pai
     return losses.dense_dpo_loss(**errs, labels=batch["labels"][:, frames], beta=beta,
                                  granularity=granularity,
                                  segment_ids=None if segment_ids is None else segment_ids[:, frames],
-                                 positive_lambda=positive_lambda, pair_reduction=pair_reduction)
+                                 **variant)
   errs = {k: v.mean(-1) for k, v in errs.items()}
   return losses.flow_dpo_loss(**errs, labels=batch["labels"], beta=beta,
-                              positive_lambda=positive_lambda)
+                              positive_lambda=variant["positive_lambda"],
+                              winner_lambda=variant["winner_lambda"])
 
 
 __all__ = ["draw_noise", "dpo_errors", "dpo_loss"]

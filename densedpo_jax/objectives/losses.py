@@ -68,14 +68,17 @@ PAIR_REDUCTIONS = ("mean", "sum")
 
 
 def _dpo(err_theta_a, err_ref_a, err_theta_b, err_ref_b, labels, valid, beta,
-         positive_lambda=0.0, pair_reduction="mean"):
+         positive_lambda=0.0, pair_reduction="mean", winner_lambda=0.0):
   """Loss and metrics from per-unit errors and labels `[B, U]`; `valid [B, U]` marks real units.
 
   A non-tie unit's loss is `-log sigmoid(z - (beta / 2) positive_lambda max(0, e_theta(w) -
   e_ref(w)))`: DPO-Positive (Pal et al. 2024) per unit, its penalty inside the sigmoid on the
   scale of z (in flow-matching terms the winner's log-ratio is `-(beta / 2)(e_theta(w) -
   e_ref(w))`), so the winner's error may not rise above the reference's; 0 turns it off.
-  `reward_margin` and `implicit_acc` stay those of z. A pair's loss is the mean of its non-tie
+  `reward_margin` and `implicit_acc` stay those of z. `winner_lambda` adds
+  `winner_lambda * e_theta(w)` to every non-tie unit's loss: a flow-matching term on the
+  preferred member, the negative log-likelihood term of RPO (Pang et al. 2024, "Iterative
+  Reasoning Preference Optimization"); 0 turns it off. A pair's loss is the mean of its non-tie
   units' losses (`pair_reduction='mean'`) or their sum ('sum': pairs with more non-tie units
   weigh more); the batch loss is the mean over pairs with a non-tie unit.
   """
@@ -83,14 +86,18 @@ def _dpo(err_theta_a, err_ref_a, err_theta_b, err_ref_b, labels, valid, beta,
     raise ValueError(f"pair_reduction={pair_reduction!r}; expected one of {PAIR_REDUCTIONS}")
   if not positive_lambda >= 0:
     raise ValueError(f"positive_lambda={positive_lambda}; expected >= 0")
+  if not winner_lambda >= 0:
+    raise ValueError(f"winner_lambda={winner_lambda}; expected >= 0")
   win_a = (labels == 1) & valid
   nontie = win_a | ((labels == -1) & valid)
   s = jnp.where(win_a, 1.0, -1.0)
   z = -(beta / 2) * s * ((err_theta_a - err_ref_a) - (err_theta_b - err_ref_b))
   win, lose = (lambda a, b: jnp.where(win_a, a, b)), (lambda a, b: jnp.where(win_a, b, a))
   positive = jax.nn.relu(win(err_theta_a, err_theta_b) - win(err_ref_a, err_ref_b))
-  unit_loss = jnp.where(nontie, -jax.nn.log_sigmoid(z - (beta / 2) * positive_lambda * positive),
-                        0.0)
+  unit_loss = -jax.nn.log_sigmoid(z - (beta / 2) * positive_lambda * positive)
+  if winner_lambda:
+    unit_loss = unit_loss + winner_lambda * win(err_theta_a, err_theta_b)
+  unit_loss = jnp.where(nontie, unit_loss, 0.0)
 
   n_pair = nontie.sum(-1)
   has_pair = n_pair > 0
@@ -151,7 +158,7 @@ def per_frame_error(v_pred, v_target):
 
 
 def flow_dpo_loss(err_theta_a, err_ref_a, err_theta_b, err_ref_b, labels, beta,
-                  positive_lambda=0.0):
+                  positive_lambda=0.0, winner_lambda=0.0):
   """Flow-DPO (Eq. 5), one label per pair.
 
   Args:
@@ -159,6 +166,7 @@ def flow_dpo_loss(err_theta_a, err_ref_a, err_theta_b, err_ref_b, labels, beta,
     labels: `[B]`, +1 when a is preferred, -1 when b is (0: tie, contributes nothing).
     beta: DPO temperature.
     positive_lambda: weight of the DPO-Positive term (`_dpo`); 0: off.
+    winner_lambda: weight of the flow-matching term on the preferred member (`_dpo`); 0: off.
   Returns:
     `(loss, metrics)`: loss is the mean of `-log sigmoid(z)` over non-tie pairs.
   """
@@ -167,7 +175,8 @@ def flow_dpo_loss(err_theta_a, err_ref_a, err_theta_b, err_ref_b, labels, beta,
   _check_label_values(labels)
   errs = [_f32(e)[:, None] for e in errs]
   labels = jnp.asarray(labels)[:, None]
-  return _dpo(*errs, labels, jnp.ones(labels.shape, bool), beta, positive_lambda)
+  return _dpo(*errs, labels, jnp.ones(labels.shape, bool), beta, positive_lambda,
+              winner_lambda=winner_lambda)
 
 
 def segment_mean(values, segment_ids):
@@ -185,7 +194,7 @@ def segment_mean(values, segment_ids):
 
 def dense_dpo_loss(err_theta_a, err_ref_a, err_theta_b, err_ref_b, labels, beta,
                    granularity="frame", segment_ids=None, positive_lambda=0.0,
-                   pair_reduction="mean"):
+                   pair_reduction="mean", winner_lambda=0.0):
   """DenseDPO (Eq. 7): per-frame (or per-segment) labels and z.
 
   Args:
@@ -196,8 +205,9 @@ def dense_dpo_loss(err_theta_a, err_ref_a, err_theta_b, err_ref_b, labels, beta,
       frames first, one z per segment; a segment takes label s when all its frames have label s,
       else it is a tie).
     segment_ids: `[B, T]` ints in `[0, T)` (negative: frame in no segment); 'segment' only.
-    positive_lambda, pair_reduction: the DPO-Positive term per unit and how a pair's unit losses
-      combine ('mean' or 'sum'), as in `_dpo`; the defaults are the paper's DenseDPO.
+    positive_lambda, pair_reduction, winner_lambda: the DPO-Positive term per unit, how a pair's
+      unit losses combine ('mean' or 'sum') and the flow-matching term on the preferred member,
+      as in `_dpo`; the defaults are the paper's DenseDPO.
   Returns:
     `(loss, metrics)`: the loss of a pair is the mean of `-log sigmoid(z_j)` over its non-tie
     units; the batch loss is the mean over pairs with at least one non-tie unit.
@@ -207,7 +217,8 @@ def dense_dpo_loss(err_theta_a, err_ref_a, err_theta_b, err_ref_b, labels, beta,
   _check_label_values(labels)
   errs = [_f32(e) for e in errs]
   labels = jnp.asarray(labels)
-  variant = dict(positive_lambda=positive_lambda, pair_reduction=pair_reduction)
+  variant = dict(positive_lambda=positive_lambda, pair_reduction=pair_reduction,
+                 winner_lambda=winner_lambda)
   if granularity == "frame":
     return _dpo(*errs, labels, jnp.ones(labels.shape, bool), beta, **variant)
   if granularity != "segment":

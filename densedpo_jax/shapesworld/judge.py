@@ -7,9 +7,16 @@ Per frame (video `[T, H, W, 3]` in [-1, 1], mapped to [0, 1]):
     chroma `sum(rgb) / sum(a)` (the colour at full intensity);
   - the best clean rendering: `world.shape_mask` of each shape at the centroid (refined on a
     quarter-pixel grid) with the world's radius; `iou` = soft IoU `sum(min) / sum(max)`;
-  - `frame_quality = iou * colour_agreement` in [0, 1], where colour agreement is
-    `1 - |chroma - reference|` (clipped) against the clip's reference colour (the vocabulary
-    colour nearest the median chroma): visual quality does not read the prompt.
+  - two measures of light that is neither background nor the shape's colour:
+    `off_palette`, the share of the foreground's light off the clip's colour line,
+    `sum ||rgb - a * reference|| / sum a` over foreground pixels, against the clip's reference
+    colour (the vocabulary colour nearest the median chroma: visual quality does not read the
+    prompt); and `background_noise`, the faint light below `NOISE_FLOOR` that the clean
+    rendering does not have, `sum max(0, a - mask)` over those pixels, in units of the shape's
+    area (pi r^2). Both are 0 on a clean rendering;
+  - `frame_quality = iou * (1 - off_palette) * (1 - background_noise)` in [0, 1]. When the
+    whole shape carries one hue, `1 - off_palette` is `1 - |chroma - reference|`; pixels of
+    other hues count even where the clip's mean colour averages them away.
 A frame is clean when `frame_quality >= CLEAN_THRESHOLD`.
 
 Per clip: speed `[T-1]` (centroid displacement, px/frame; empty frames take interpolated
@@ -32,6 +39,8 @@ import numpy as np
 from densedpo_jax.shapesworld import world
 from densedpo_jax.shapesworld.world import COLOURS, DIRECTIONS, SHAPES, WorldConfig
 
+# 2: frame quality sees off-palette light and background noise (version 1 did not).
+VERSION = 2
 NOISE_FLOOR = 0.1          # coverage below this is background
 CLEAN_THRESHOLD = 0.8      # frame_quality at or above: a clean frame
 SPEED_THRESHOLD_16 = 0.2   # px/frame counted as moving at a 16-pixel frame (scaled with size)
@@ -82,13 +91,15 @@ def frame_stats(video: np.ndarray, config: Optional[WorldConfig] = None) -> dict
   Returns a dict of arrays:
     present [T] bool (foreground found), centroid [T, 2] (y, x) px (NaN when absent),
     area [T] px, chroma [T, 3] in [0, 1] (NaN when absent), iou [T, len(SHAPES)] soft IoU
-    of each shape's clean mask at its best refined centre, best_shape [T] int index into SHAPES.
+    of each shape's clean mask at its best refined centre, best_shape [T] int index into SHAPES,
+    background_noise [T] faint light (below NOISE_FLOOR) beyond the best clean mask, in shape
+    areas (0 on an empty frame: nothing to fit).
   """
   v = np.clip((_check_video(video) + 1.0) / 2.0, 0.0, 1.0)
   cfg = config_for(v, config)
   t, h, w, _ = v.shape
-  a = v.max(-1)
-  a = np.where(a >= NOISE_FLOOR, a, 0.0)
+  raw = v.max(-1)
+  a = np.where(raw >= NOISE_FLOOR, raw, 0.0)
   area = a.sum((1, 2))
   present = area >= 0.05 * math.pi * cfg.radius ** 2
   ys = np.arange(h, dtype=np.float32) + 0.5
@@ -100,19 +111,49 @@ def frame_stats(video: np.ndarray, config: Optional[WorldConfig] = None) -> dict
   chroma = (v * (a > 0)[..., None]).sum((1, 2)) / safe[:, None]
   chroma = np.where(present[:, None], np.clip(chroma, 0.0, 1.0), np.nan)
   iou = np.zeros((t, len(SHAPES)), np.float32)
+  noise = np.zeros(t, np.float32)
+  faint = np.where(raw < NOISE_FLOOR, raw, 0.0)  # [T, H, W] the light the floor drops
   for f in np.flatnonzero(present):
+    best, best_mask = -1.0, None
     for k, shape in enumerate(SHAPES):
-      iou[f, k] = max(_soft_iou(a[f], shape, (cy[f] + dy, cx[f] + dx), cfg)
-                      for dy in _REFINE for dx in _REFINE)
+      for dy in _REFINE:
+        for dx in _REFINE:
+          m = world.shape_mask(shape, (cy[f] + dy, cx[f] + dx), cfg.radius, cfg.height, cfg.width,
+                               min(cfg.supersample, 8))
+          score = _soft_iou(a[f], m)
+          iou[f, k] = max(iou[f, k], score)
+          if score > best:
+            best, best_mask = score, m
+    noise[f] = np.maximum(faint[f] - best_mask, 0.0).sum() / (math.pi * cfg.radius ** 2)
   return {"present": present, "centroid": centroid.astype(np.float32), "area": area.astype(np.float32),
-          "chroma": chroma.astype(np.float32), "iou": iou, "best_shape": iou.argmax(-1)}
+          "chroma": chroma.astype(np.float32), "iou": iou, "best_shape": iou.argmax(-1),
+          "background_noise": noise}
 
 
-def _soft_iou(a: np.ndarray, shape: str, centre, cfg: WorldConfig) -> float:
-  m = world.shape_mask(shape, centre, cfg.radius, cfg.height, cfg.width, min(cfg.supersample, 8))
-  m = np.where(m >= NOISE_FLOOR, m, 0.0)
+def _soft_iou(a: np.ndarray, mask: np.ndarray) -> float:
+  """Soft IoU `sum(min) / sum(max)` of coverage `a [H, W]` (floored) and a clean mask `[H, W]`."""
+  m = np.where(mask >= NOISE_FLOOR, mask, 0.0)
   union = np.maximum(a, m).sum()
   return float(np.minimum(a, m).sum() / union) if union > 0 else 0.0
+
+
+def off_palette(video: np.ndarray, colour: Optional[str]) -> np.ndarray:
+  """Share of each frame's foreground light off the colour line of `colour`, `[T]` in [0, 1].
+
+  `sum ||rgb - a * reference|| / sum a` over the foreground pixels (coverage `a` at or above
+  NOISE_FLOOR) of `video [T, H, W, 3]` in [-1, 1]; 1 on a frame with no foreground or when
+  `colour` is None (nothing to agree with).
+  """
+  v = np.clip((_check_video(video) + 1.0) / 2.0, 0.0, 1.0)
+  if colour is None:
+    return np.ones(v.shape[0], np.float32)
+  a = v.max(-1)
+  fg = a >= NOISE_FLOOR
+  ref = np.asarray(COLOURS[colour], np.float32)
+  dev = np.linalg.norm(v - a[..., None] * ref, axis=-1)  # [T, H, W]
+  light = np.where(fg, a, 0.0).sum((1, 2))
+  off = np.where(fg, dev, 0.0).sum((1, 2)) / np.maximum(light, 1e-12)
+  return np.where(light > 0, np.clip(off, 0.0, 1.0), 1.0).astype(np.float32)
 
 
 def nearest_colour(chroma: np.ndarray) -> str:
@@ -174,7 +215,8 @@ class VideoScore:
   """The judge's verdict on one video.
 
   Attributes:
-    frame_quality: `[T]` in [0, 1] (IoU with the best clean rendering x colour agreement).
+    frame_quality: `[T]` in [0, 1]: IoU with the best clean rendering x (1 - off_palette) x
+      (1 - background_noise).
     speed: `[T-1]` centroid displacement between consecutive frames, px/frame.
     segment_quality: `[S]` mean frame quality of each segment's frames.
     segment_artifact: `[S]` bool, segment quality below CLEAN_THRESHOLD.
@@ -184,6 +226,10 @@ class VideoScore:
     mean_speed: mean of `speed`, px/frame.
     text_alignment: share of colour, shape, direction matching the prompt, in {0, 1/3, 2/3, 1}.
     artifact_share: share of frames with quality below CLEAN_THRESHOLD.
+    frame_off_palette: `[T]` share of each frame's foreground light off the clip's colour line
+      (1 on an empty frame).
+    frame_background_noise: `[T]` faint light beyond the clean rendering, in shape areas.
+    off_palette, background_noise: their means over frames.
     detected: (colour, shape, direction) read from the pixels (direction None when static).
     components: the parts of temporal consistency (area, colour, shape, smoothness).
   """
@@ -197,6 +243,10 @@ class VideoScore:
   mean_speed: float
   text_alignment: float
   artifact_share: float
+  frame_off_palette: np.ndarray
+  frame_background_noise: np.ndarray
+  off_palette: float
+  background_noise: float
   detected: tuple = ()
   components: dict = dataclasses.field(default_factory=dict)
 
@@ -228,8 +278,10 @@ def judge_video(video: np.ndarray, prompt: str, frames_per_segment: int = 4,
   shape_idx = int(st["iou"].sum(0).argmax())
   ref = np.asarray(COLOURS[colour]) if colour else np.zeros(3)
   colour_dist = np.where(present, np.linalg.norm(np.nan_to_num(st["chroma"]) - ref, axis=-1), 1.0)
-  colour_agree = np.clip(1.0 - colour_dist, 0.0, 1.0)
-  quality = np.where(present, st["iou"].max(-1) * colour_agree, 0.0).astype(np.float32)
+  off = np.where(present, off_palette(video, colour), 1.0)
+  noise = st["background_noise"]
+  quality = np.where(present, st["iou"].max(-1) * (1.0 - off) * np.clip(1.0 - noise, 0.0, 1.0),
+                     0.0).astype(np.float32)
   path = _fill_centroids(st["centroid"], present)
   if np.isnan(path).any():
     speed = np.zeros(max(t - 1, 0), np.float32)
@@ -255,7 +307,9 @@ def judge_video(video: np.ndarray, prompt: str, frames_per_segment: int = 4,
       visual_quality=float(quality.mean()), temporal_consistency=float(np.mean(list(components.values()))),
       moving=bool(num_fast >= need), mean_speed=float(speed.mean()) if speed.size else 0.0,
       text_alignment=float(np.mean([d == w for d, w in zip(detected, want)])),
-      artifact_share=float(np.mean(quality < clean_threshold)), detected=detected, components=components)
+      artifact_share=float(np.mean(quality < clean_threshold)), frame_off_palette=off.astype(np.float32),
+      frame_background_noise=noise, off_palette=float(off.mean()), background_noise=float(noise.mean()),
+      detected=detected, components=components)
 
 
 def _smoothness(path, speed, shape, cfg) -> float:
@@ -276,8 +330,9 @@ def score_videos(videos: np.ndarray, prompts: Sequence[str], frames_per_segment:
                  config: WorldConfig = WorldConfig()) -> dict[str, float]:
   """Dataset-level scores of `videos [N, T, H, W, 3]` with their `prompts [N]`.
 
-  Returns means over videos of visual_quality, temporal_consistency, mean_speed,
-  text_alignment, artifact_share, and dynamic_degree (share of moving videos).
+  Returns `aggregate`'s means over videos (visual_quality, temporal_consistency, mean_speed,
+  text_alignment, artifact_share, off_palette, background_noise) and motion shares
+  (dynamic_degree, fast_share).
   """
   return aggregate(judge_videos(videos, prompts, frames_per_segment, config), config)
 
@@ -288,7 +343,8 @@ def fast_speed(config: WorldConfig = WorldConfig()) -> float:
 
 
 def aggregate(scores: Sequence[VideoScore], config: WorldConfig = WorldConfig()) -> dict[str, float]:
-  """Means over videos of the per-video scores, plus two motion shares:
+  """Means over videos of the per-video scores (off_palette and background_noise are each
+  video's mean over frames), plus two motion shares:
 
   dynamic_degree  share of moving videos (VBench style; every ShapesWorld clip moves, so a
                   model that keeps objects in motion saturates it at 1.0);
@@ -296,7 +352,8 @@ def aggregate(scores: Sequence[VideoScore], config: WorldConfig = WorldConfig())
                   truth): the motion measure that can show a shift towards slow clips.
   """
   out = {key: float(np.mean([getattr(s, key) for s in scores]))
-         for key in ("visual_quality", "temporal_consistency", "mean_speed", "text_alignment", "artifact_share")}
+         for key in ("visual_quality", "temporal_consistency", "mean_speed", "text_alignment", "artifact_share",
+                     "off_palette", "background_noise")}
   out["dynamic_degree"] = float(np.mean([s.moving for s in scores]))
   out["fast_share"] = float(np.mean([s.mean_speed > fast_speed(config) for s in scores]))
   return out
@@ -353,5 +410,5 @@ def speed_buckets(scores: Sequence[VideoScore], true_speeds: Optional[Sequence[f
   return out
 
 
-__all__ = ["CLEAN_THRESHOLD", "VideoScore", "aggregate", "artifact_rate_by_speed", "judge_videos", "speed_buckets", "config_for", "detect_direction",
+__all__ = ["CLEAN_THRESHOLD", "VERSION", "off_palette", "VideoScore", "aggregate", "artifact_rate_by_speed", "judge_videos", "speed_buckets", "config_for", "detect_direction",
            "frame_stats", "judge_video", "parse_prompt", "score_videos", "segment_index", "speed_threshold"]

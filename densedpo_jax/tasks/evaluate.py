@@ -39,7 +39,7 @@ from densedpo_jax.training.builders import make_source, model_config, with_overr
 from densedpo_jax.data import arrayrecord_io
 
 METRICS = ("visual_quality", "temporal_consistency", "dynamic_degree", "fast_share", "mean_speed",
-           "text_alignment", "artifact_share")  # The ShapesWorld judge's.
+           "text_alignment", "artifact_share", "off_palette", "background_noise")  # The ShapesWorld judge's.
 # The table's and report's column order: the ShapesWorld judge's, then judge='video''s
 # (metrics/temporal.py METRICS, named here so that this module needs no OpenCV).
 COLUMNS = METRICS + ("motion_px_per_frame", "peak_motion_px_per_frame", "temporal_flickering",

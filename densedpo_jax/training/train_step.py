@@ -139,7 +139,8 @@ def make_loss_fn(model, config) -> Callable:
                                  cond_kind=cond_kind(batch),
                                  positive_lambda=config.dpo.get("positive_lambda", 0.0),
                                  pair_reduction=config.dpo.get("pair_reduction", "mean"),
-                                 gt_lambda=gt_lambda)
+                                 gt_lambda=gt_lambda,
+                                 winner_lambda=config.dpo.get("winner_lambda", 0.0))
     names = DPO_METRICS + (("gt_flow_loss",) if gt_lambda > 0 else ())
     return loss, ({k: metrics[k] for k in names}, metrics["num_pairs"])
 

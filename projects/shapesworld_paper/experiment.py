@@ -53,6 +53,7 @@ from densedpo_jax.training import train
 from projects.shapesworld_paper import appendix_b, report
 from densedpo_jax.data import arrayrecord_io, summary
 from densedpo_jax.labeling import task as label_task
+from densedpo_jax.shapesworld import judge
 from densedpo_jax.tasks.arm import video_data
 from densedpo_jax.training.builders import with_overrides
 
@@ -90,7 +91,16 @@ SETTINGS = {
     "eta": ("pairs.eta_range", lambda v: tuple(float(x) for x in v.split("-")), "eta {}"),
     "fps": ("pairs.frames_per_segment", int, "{} frames a segment"),
     "wins": ("label.keep_wins", str, "only {} members' segment wins"),
+    # Objective variants that may keep the base model's motion: DPO-Positive's hinge on a
+    # winner's error, a flow-matching term on the guided pairs' ground truth or on the winner
+    # (RPO), summed units.
+    "pos": ("dpo.positive_lambda", float, "DPO-Positive lambda {}"),
+    "gt": ("dpo.gt_lambda", float, "ground-truth flow term lambda {}"),
+    "rpo": ("dpo.winner_lambda", float, "winner flow term lambda {}"),
+    "reduce": ("dpo.pair_reduction", str, "pair reduction {}"),
 }
+# Settings that need others: a ground-truth term needs pairs that store their ground truth.
+IMPLIES = {"gt": (("pairs.store_gt", True),)}
 
 
 @dataclasses.dataclass(frozen=True)
@@ -134,6 +144,7 @@ def parse_arms(spec: str) -> list[ArmSpec]:
   for key in keys:
     try:
       overrides = tuple((SETTINGS[k][0], SETTINGS[k][1](v)) for k, v in _pairs(key))
+      overrides += tuple(kv for k, _ in _pairs(key) for kv in IMPLIES.get(k, ()))
     except ValueError as e:
       raise ValueError(f"config.experiment.arms: {key!r}: {e}") from e
     arms.append(ArmSpec(key, key.split(":")[0], overrides))
@@ -237,13 +248,14 @@ def label_settings(config, arm: Arm) -> dict:
   """What shapes a label set (its name): `config.label` but paths, previews and the budget."""
   skip = _NOT_SETTINGS + ("label.max_pairs",)
   spec = _shallow(config.label.to_dict(), "label.", skip)
-  spec.update(labeler=arm.labeler, flip_prob=arm.flip_prob)
+  spec.update(labeler=arm.labeler, flip_prob=arm.flip_prob, judge=judge.VERSION)
   return spec
 
 
 def run_settings(config, arm: Arm) -> dict:
   """Everything a trained arm depends on: the whole config but `_NOT_SETTINGS` (plus the arm)."""
-  flat = dict(_settings(config.to_dict()), arm=dataclasses.asdict(arm))
+  # The judge's version labels the pairs, so it shapes what a trained arm learns.
+  flat = dict(_settings(config.to_dict()), arm=dataclasses.asdict(arm), judge=judge.VERSION)
   if arm.loss is None:  # The base model: only what it is.
     flat = {"init_from": config.init_from, "arm": flat["arm"]}
   return json.loads(json.dumps(flat))
@@ -253,7 +265,7 @@ def eval_settings(config, seed: int, early: int) -> dict:
   spec = _shallow(config.evaluate.to_dict(), "evaluate.",
                   ("evaluate.models", "evaluate.preview_prompts", "evaluate.batch_size"))
   return dict(spec, seed=seed, split=config.videos.split_eval, videos=config.videos.path,
-              early_step=early)
+              early_step=early, judge=judge.VERSION)
 
 
 def _read(path: str) -> Optional[dict]:

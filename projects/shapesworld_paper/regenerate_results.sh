@@ -8,6 +8,7 @@
 #   3. CONFIG:tune            the training-split sweep             -> R/shapesworld_tune.*
 #   4. CONFIG:motion          why DenseDPO slows clips             -> R/shapesworld_motion.*
 #      and python -m projects.shapesworld_paper.motion_analysis    -> R/motion_analysis.*
+#      and CONFIG:objective    objective variants that keep motion  -> R/shapesworld_objective.*
 #   5. the main job (configs/dense.py)                             -> results/main_job.json
 #   6. python -m projects.shapesworld_paper.tables                  (the READMEs' tables)
 #   7. the 2-process rehearsal (tests/test_multihost.py)           -> results/logs/multihost.txt
@@ -46,7 +47,8 @@ for stage in $STAGES; do
     3) experiment tune ;;
     4) experiment motion
        logged "$LOGS" motion_analysis python -m projects.shapesworld_paper.motion_analysis \
-         --workdir="$WORKDIR" --out="$PROJECT/results/motion_analysis" ;;
+         --workdir="$WORKDIR" --out="$PROJECT/results/motion_analysis"
+       experiment objective ;;
     5) logged results/logs main_job python -m densedpo_jax.main --config=configs/dense.py \
          --workdir=workdirs/main_job
        run python -m projects.shapesworld_paper.tables --main_job=workdirs/main_job \

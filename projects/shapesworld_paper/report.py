@@ -16,7 +16,8 @@ from projects.shapesworld_paper import stats
 COLUMNS = (("visual_quality", "visual quality"), ("temporal_consistency", "temporal consistency"),
            ("dynamic_degree", "dynamic degree"), ("fast_share", "fast share"),
            ("mean_speed", "mean speed (px/frame)"), ("text_alignment", "text alignment"),
-           ("artifact_share", "artifact share"))
+           ("artifact_share", "artifact share"), ("off_palette", "off-palette light"),
+           ("background_noise", "background noise"))
 DIFF_METRICS = ("visual_quality", "fast_share", "mean_speed", "artifact_share")
 SIGNALS = (("implicit_acc", "implicit accuracy"),
            ("d_err_win", "winner error vs. reference"), ("d_err_lose", "loser error vs. reference"))
@@ -53,7 +54,9 @@ def last_signals(run: dict) -> dict[str, float]:
 
 def metrics_table(arms: dict[str, str], runs: list[dict], eval_seed: str) -> str:
   by_arm = runs_by_arm(runs)
-  head = ["method", "seeds", "labeled pairs", "pairs trained on"] + [c[1] for c in COLUMNS]
+  # Results scored by the version-1 judge have no off-palette or background-noise column.
+  columns = [c for c in COLUMNS if any(c[0] in r["eval"][eval_seed] for r in runs)]
+  head = ["method", "seeds", "labeled pairs", "pairs trained on"] + [c[1] for c in columns]
   lines = ["| " + " | ".join(head) + " |", "|---" * len(head) + "|"]
   for name, title in arms.items():
     rs = by_arm.get(name, [])
@@ -62,7 +65,7 @@ def metrics_table(arms: dict[str, str], runs: list[dict], eval_seed: str) -> str
       continue
     cells = [title, str(len(rs)) if rs[0]["train"] else "–",
              str(labels["labeled"]) if labels else "–", str(labels["kept"]) if labels else "–"]
-    cells += [mean_std([r["eval"][eval_seed][key] for r in rs]) for key, _ in COLUMNS]
+    cells += [mean_std([r["eval"][eval_seed][key] for r in rs]) for key, _ in columns]
     lines.append("| " + " | ".join(cells) + " |")
   return "\n".join(lines)
 

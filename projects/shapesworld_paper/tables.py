@@ -25,7 +25,7 @@ RESULTS = os.path.join(os.path.dirname(os.path.abspath(__file__)), "results")  #
 MAIN_JOB_RESULTS = os.path.join(ROOT, "results")  # The repository's: results/main_job.json.
 BLOCK = re.compile(r"(<!-- table:(\w+) -->\n)(.*?)(<!-- /table -->)", re.S)
 MAIN_JOB_COLUMNS = ("visual_quality", "temporal_consistency", "dynamic_degree", "fast_share",
-                    "mean_speed", "text_alignment", "artifact_share")
+                    "mean_speed", "text_alignment", "artifact_share", "off_palette", "background_noise")
 
 
 def load(results_dir: str, name: str) -> dict:

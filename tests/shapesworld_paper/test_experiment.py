@@ -150,6 +150,11 @@ def test_arm_settings_parse_into_config_overrides_and_titles():
   assert dict(tuned.overrides) == {"dpo.beta": 2500.0, "total_steps": 50}
   assert tuned.title == "VanillaDPO (beta 2500, 50 steps)"
   assert dict(eta.overrides) == {"pairs.eta_range": (0.2, 0.4)}
+  [variant] = experiment.parse_arms("dense:pos=1:gt=125:reduce=sum")
+  assert dict(variant.overrides) == {"dpo.positive_lambda": 1.0, "dpo.gt_lambda": 125.0,
+                                     "dpo.pair_reduction": "sum", "pairs.store_gt": True}
+  assert variant.title == ("DenseDPO (DPO-Positive lambda 1, ground-truth flow term lambda 125, "
+                           "pair reduction sum)")
   with pytest.raises(ValueError, match="'gamma=1' is not key=value with a key of"):
     experiment.parse_arms("dense:gamma=1")
   with pytest.raises(ValueError, match="names an arm twice"):
@@ -160,7 +165,7 @@ def test_arm_settings_parse_into_config_overrides_and_titles():
 
 def test_only_the_published_calls_write_into_the_published_results():
   results = os.path.join("projects", "shapesworld_paper", "results")
-  for arg in ("shapesworld", "tuned", "tune", "motion"):
+  for arg in ("shapesworld", "tuned", "tune", "motion", "objective"):
     path = experiment_config.get_config(arg).experiment.results
     assert os.path.dirname(path) == results and path.endswith(".md"), (arg, path)
   assert experiment_config.get_config("mini").experiment.results == ""  # Its workdir's report.md.
@@ -191,17 +196,22 @@ def test_claims_hold_only_when_the_interval_excludes_zero_under_every_seed():
 def test_arm_settings_reach_the_pairs_labels_and_training(world, tmp_path):
   c = _config(world, str(tmp_path / "results" / "m.md"))
   c.unlock()
-  c.experiment.update(arms="dense:fps=1:wins=faster:eta=0.3-0.35", seeds=(0,), eval_seeds=(7,))
+  c.experiment.update(arms="dense:fps=1:wins=faster:eta=0.3-0.35:gt=5:pos=1:reduce=sum", seeds=(0,),
+                      eval_seeds=(7,))
   c.experiment.appendix_b.num_videos = 0
   c.label.tie_margin = 0.01
   out = experiment.main(c, str(tmp_path / "exp"))
   [run] = out["runs"]
-  assert run["title"] == "DenseDPO (1 frames a segment, only faster members' segment wins, eta 0.3-0.35)"
+  assert run["title"] == ("DenseDPO (1 frames a segment, only faster members' segment wins, eta 0.3-0.35, "
+                          "ground-truth flow term lambda 5, DPO-Positive lambda 1, pair reduction sum)")
+  assert (run["settings"]["dpo.gt_lambda"], run["settings"]["dpo.positive_lambda"],
+          run["settings"]["dpo.pair_reduction"], run["settings"]["pairs.store_gt"]) == (5.0, 1.0, "sum", True)
+  assert all("gt_flow_loss" in step for step in run["train"].values())
   assert run["settings"]["pairs.frames_per_segment"] == 1
   assert run["settings"]["label.keep_wins"] == "faster"
   assert run["settings"]["pairs.eta_range"] == [0.3, 0.35]
   recs = list(arrayrecord_io.iter_records(run["labels"]["path"], run["labels"]["name"]))
   assert recs and all(r.frames_per_segment == 1 and r.labeler_params["keep_wins"] == "faster"
-                      and 0.3 <= r.eta <= 0.35 for r in recs)
+                      and 0.3 <= r.eta <= 0.35 and r.gt_latent is not None for r in recs)
   assert all(len(r.segment_labels) == r.num_frames for r in recs)
   assert list(run["eval"]) == ["7"]

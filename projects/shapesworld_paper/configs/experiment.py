@@ -17,6 +17,9 @@ settings, so the calls reuse each other's pairs, labels and trained runs.
   motion                 why DenseDPO slows clips: DenseDPO on only the segments won by the
                          faster (slower) member, with other eta ranges, tie margins, a
                          per-frame granularity and beta; results/shapesworld_motion.md
+  objective              DenseDPO's objective variants that need no motion information
+                         (DPO-Positive, a ground-truth flow term, summed units), 3 seeds;
+                         results/shapesworld_objective.md
   mini                   2 seeds, a few pairs and steps: checks that every arm runs; its
                          report goes to the workdir (report.md)
 Every model is scored under two independent sets of evaluation noise (`eval_seeds`). Every DPO
@@ -30,12 +33,20 @@ from configs import dpo_common
 from projects.shapesworld_paper.experiment import ARMS
 
 
-ARGS = ("shapesworld", "tuned", "tune", "motion", "mini")
+ARGS = ("shapesworld", "tuned", "tune", "motion", "objective", "mini")
 # DenseDPO with one setting changed at a time (eta range of the guided pairs, segment tie margin,
 # one frame a segment, beta): which of them keeps the base model's motion.
 # wins=faster / slower: only the segment labels won by the faster / slower member (the rest tie).
 MOTION_ARMS = ("pretrained,dense,dense:wins=faster,dense:wins=slower,dense:eta=0.2-0.4,"
                "dense:eta=0.7-0.9,dense:tie=0.0,dense:fps=1,dense:beta=2500")
+# DenseDPO's objective variants, none of which uses motion information: DPO-Positive (pos: its
+# hinge on the winner's error rise, on the scale of the DPO margin: 1 doubles the cost of that
+# rise), a flow-matching term on each guided pair's ground truth (gt: lambda against the DPO
+# term's gradient on an error, beta / 4 = 125 at the margin 0), the same term on each non-tie
+# unit's preferred member (rpo: RPO, Pang et al. 2024), and a pair's units summed. Listed so
+# that the first candidates finish first; VanillaDPO for the quality comparison.
+OBJECTIVE_ARMS = ("pretrained,dense,dense:pos=1,dense:gt=125,dense:rpo=125,dense:reduce=sum,"
+                  "dense:pos=5,vanilla,dense:gt=25,dense:rpo=25")
 
 
 def get_config(arg=None):
@@ -74,11 +85,15 @@ def get_config(arg=None):
     c.videos.split_eval = "train"
     c.evaluate.max_prompts = 18  # As many as the held-out split has.
     e.results = "projects/shapesworld_paper/results/shapesworld_tune.md"
+  if arg == "objective":
+    e.arms = OBJECTIVE_ARMS
+    e.early_step = 0  # Final checkpoints only: half the sampling.
+    e.results = "projects/shapesworld_paper/results/shapesworld_objective.md"
   if arg == "motion":
     e.arms = MOTION_ARMS
     e.seeds = (0,)  # One training seed an arm (2 CPU cores); both evaluation noise sets.
     e.results = "projects/shapesworld_paper/results/shapesworld_motion.md"
-  if arg in ("tuned", "tune", "motion"):
+  if arg in ("tuned", "tune", "motion", "objective"):
     e.appendix_b.num_videos = 0  # The main call has it.
   if arg == "mini":
     e.results = ""  # report.md in the workdir: a check never overwrites the published results.
