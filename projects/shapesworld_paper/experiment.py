@@ -50,7 +50,7 @@ from absl import logging
 from densedpo_jax import distributed
 from densedpo_jax.tasks import evaluate, pairs
 from densedpo_jax.training import train
-from projects.shapesworld_paper import appendix_b, report
+from projects.shapesworld_paper import appendix_b, report, tradeoff
 from densedpo_jax.data import arrayrecord_io, summary
 from densedpo_jax.labeling import task as label_task
 from densedpo_jax.shapesworld import judge
@@ -450,6 +450,13 @@ def write_report(results: dict, workdir: str, report_path: str,
   figure = distributed.path(f"{stem}_appendix_b.png")
   if appendix_figure:
     figure.write_bytes(distributed.path(appendix_figure).read_bytes())
-  text = report.render(results, figure=figure.name)
+  by_arm = report.runs_by_arm(results["runs"])
+  tradeoff_figure = ""
+  if "pretrained" in by_arm and len(by_arm) > 1:  # The trade-off picture, beside the report.
+    tradeoff_figure = f"{stem}_tradeoff.png"
+    tradeoff.save_figure(tradeoff_figure, tradeoff.tradeoff_points(
+        results["arms"], by_arm, [str(s) for s in results["config"]["eval_seeds"]]))
+  text = report.render(results, figure=figure.name,
+                       tradeoff_figure=os.path.basename(tradeoff_figure))
   distributed.write_text(report_path, text)
   print(text)

@@ -115,7 +115,9 @@ def appendix_table(a: dict) -> str:
   return "\n".join(lines)
 
 
-def render(results: dict, figure: str) -> str:
+def render(results: dict, figure: str, tradeoff_figure: str = "") -> str:
+  """The Markdown report; `figure` is the Appendix B figure's file name and `tradeoff_figure`
+  the trade-off picture's (tradeoff.py; '' leaves its section out)."""
   c = results["config"]
   arms, runs = results["arms"], results["runs"]
   by_arm = runs_by_arm(runs)
@@ -148,6 +150,17 @@ def render(results: dict, figure: str) -> str:
   if "pretrained" in by_arm and len(by_arm) > 1:
     parts.append("## Against the pretrained model (paired, per prompt)\n\n" +
                  stats.difference_table(arms, by_arm, "pretrained", DIFF_METRICS, seeds))
+  candidates = [a for a in arms if a.startswith("dense")]
+  adoption = stats.adoption_table(arms, by_arm, seeds, candidates)
+  if adoption.count("\n") > 1:
+    parts.append("## Does a DenseDPO variant keep motion and quality?\n\n" + adoption + "\n\n"
+                 "A variant meets the bar when, under every noise set, its fast share and mean "
+                 "speed intervals against the pretrained model reach 0 or above and its visual "
+                 "quality intervals against the pretrained model and VanillaDPO lie above 0.")
+  if tradeoff_figure:
+    parts.append("## The trade-off\n\nEach arm minus the pretrained model (the origin): fast "
+                 "share across, visual quality up, with 95% paired bootstrap intervals.\n\n"
+                 f"![quality against motion]({tradeoff_figure})")
   claims = stats.claims_table(by_arm, seeds)
   if claims.count("\n") > 1:
     parts.append("## The paper's claims\n\n" + claims + "\n\nA claim holds under one noise "
@@ -186,8 +199,10 @@ def main(argv: Sequence[str]) -> None:
     with open(path) as f:
       results = json.load(f)
     stem = os.path.splitext(path)[0]
+    tradeoff = stem + "_tradeoff.png"
     with open(stem + ".md", "w") as f:
-      f.write(render(results, figure=os.path.basename(stem) + "_appendix_b.png"))
+      f.write(render(results, figure=os.path.basename(stem) + "_appendix_b.png",
+                     tradeoff_figure=os.path.basename(tradeoff) if os.path.exists(tradeoff) else ""))
     print(f"wrote {stem}.md")
 
 

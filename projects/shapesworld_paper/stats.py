@@ -118,3 +118,50 @@ def difference_table(arms: dict[str, str], by_arm: dict[str, list[dict]], refere
                                       prompt_means(by_arm[reference], m, s))) for m in metrics]
       lines.append(f"| {title} | {s} | " + " | ".join(cells) + " |")
   return "\n".join(lines)
+
+
+# What a default objective must do (the motion experiment's bar): keep the base model's motion
+# (fast share and mean speed intervals against it reach 0 or above) while its visual quality
+# still beats the base model and VanillaDPO (intervals above 0), under every evaluation seed.
+ADOPTION = (("fast_share", "pretrained", ">="), ("mean_speed", "pretrained", ">="),
+            ("visual_quality", "pretrained", ">"), ("visual_quality", "vanilla", ">"))
+
+
+def adoption_results(by_arm: dict[str, list[dict]], eval_seeds: Sequence[str],
+                     candidates: Sequence[str]) -> list[tuple]:
+  """(arm, {(metric, other): [(mean, lo, hi, met)] per seed}, meets the bar under every seed)
+  for every candidate that ran, when the pretrained and vanilla arms ran too."""
+  if "pretrained" not in by_arm or "vanilla" not in by_arm:
+    return []
+  out = []
+  for arm in candidates:
+    if arm not in by_arm:
+      continue
+    cells, ok = {}, True
+    for metric, other, relation in ADOPTION:
+      check = Claim("", arm, other, metric, relation)
+      per_seed = []
+      for s in eval_seeds:
+        mean, lo, hi = bootstrap_diff(prompt_means(by_arm[arm], metric, s),
+                                      prompt_means(by_arm[other], metric, s))
+        per_seed.append((mean, lo, hi, check.holds(lo, hi)))
+        ok &= per_seed[-1][3]
+      cells[(metric, other)] = per_seed
+    out.append((arm, cells, ok))
+  return out
+
+
+def adoption_table(arms: dict[str, str], by_arm: dict[str, list[dict]], eval_seeds: Sequence[str],
+                   candidates: Sequence[str]) -> str:
+  """One row per candidate and evaluation seed: each condition of ADOPTION as mean [95% CI]
+  with holds / fails, and whether the candidate meets every condition under every seed."""
+  head = (["method", "eval seed"] + [f"{m}: minus {o} ({r} 0)" for m, o, r in ADOPTION]
+          + ["meets the bar"])
+  lines = ["| " + " | ".join(head) + " |", "|---" * len(head) + "|"]
+  for arm, cells, ok in adoption_results(by_arm, eval_seeds, candidates):
+    for i, s in enumerate(eval_seeds):
+      row = [fmt_ci(*cells[(m, o)][i][:3]) + (" holds" if cells[(m, o)][i][3] else " fails")
+             for m, o, _ in ADOPTION]
+      lines.append(f"| {arms.get(arm, arm)} | {s} | " + " | ".join(row)
+                   + f" | {('yes' if ok else 'no') if i == 0 else ''} |")
+  return "\n".join(lines)

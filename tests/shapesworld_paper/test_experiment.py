@@ -99,6 +99,9 @@ def test_every_arm_runs_and_the_report_has_every_column(world, tmp_path):
   assert "## The paper's claims" in text and "## Against the pretrained model" in text
   assert os.path.exists(os.path.join(os.path.dirname(results_md), "sw_appendix_b.png"))
   assert "![Appendix B](sw_appendix_b.png)" in text
+  assert "![quality against motion](sw_tradeoff.png)" in text
+  assert os.path.exists(os.path.join(os.path.dirname(results_md), "sw_tradeoff.png"))
+  assert "## Does a DenseDPO variant keep motion and quality?" in text
   saved = json.load(open(os.path.join(os.path.dirname(results_md), "sw.json")))
   assert saved["label_bias"]["vanilla"]["labeled"] == 3 * n
 
