@@ -13,8 +13,9 @@ Prints, as Markdown:
 """
 from __future__ import annotations
 
+import argparse
+
 import numpy as np
-from absl import app, flags
 
 from densedpo_jax.shapesworld import artifacts, judge, world
 
@@ -77,14 +78,14 @@ def card_markdown(truth: dict, kinds: dict[str, dict]) -> str:
   return "\n".join(lines)
 
 
-_CLIPS = flags.DEFINE_integer("clips", 200, "Ground-truth clips to judge.")
-_ARTIFACT_CLIPS = flags.DEFINE_integer("artifact_clips", 3, "Clips corrupted at each kind and severity.")
-
-
-def main(argv):
-  del argv
-  print(card_markdown(ground_truth_card(_CLIPS.value), artifact_card(_ARTIFACT_CLIPS.value)))
+def main(argv=None) -> None:
+  parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+  parser.add_argument("--clips", type=int, default=200, help="ground-truth clips to judge")
+  parser.add_argument("--artifact_clips", type=int, default=3,
+                      help="clips corrupted at each artifact kind and severity")
+  args = parser.parse_args(argv)
+  print(card_markdown(ground_truth_card(args.clips), artifact_card(args.artifact_clips)))
 
 
 if __name__ == "__main__":
-  app.run(main)
+  main()
