@@ -100,6 +100,8 @@ def test_shapesworld_scripts_print_their_jobs_and_write_nothing(fake_bin, tmp_pa
        f"--out={project}/results/motion_analysis"],
       ["python", "-m", "projects.shapesworld_paper.main",
        f"--config={project}/configs/experiment.py:objective", f"--workdir={workdir}"],
+      ["python", "-m", "projects.shapesworld_paper.segment_speed", f"--workdir={workdir}",
+       "--arms=dense,dense:pos=1", f"--out={project}/results/segment_speed"],
       ["python", "-m", "projects.shapesworld_paper.tables", "--readme=README.md",
        f"--readme={project}/README.md"]]
 

@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # Regenerates every result of this project and the repository's published records from the code
-# at HEAD (about 2.5 hours on 2 CPU cores; a rerun resumes: finished runs are read from the
+# at HEAD (about 3.5 hours on 2 CPU cores; a rerun resumes: finished runs are read from the
 # workdir, and a run whose settings changed gets its own folder). R is
 # projects/shapesworld_paper/results, CONFIG projects/shapesworld_paper/configs/experiment.py:
 #   1. CONFIG                 all arms, 3 seeds, beta 500          -> R/shapesworld.*
@@ -9,6 +9,7 @@
 #   4. CONFIG:motion          why DenseDPO slows clips             -> R/shapesworld_motion.*
 #      and python -m projects.shapesworld_paper.motion_analysis    -> R/motion_analysis.*
 #      and CONFIG:objective    objective variants that keep motion  -> R/shapesworld_objective.*
+#      and python -m projects.shapesworld_paper.segment_speed      -> R/segment_speed.*
 #   5. the main job (configs/dense.py)                             -> results/main_job.json
 #   6. python -m projects.shapesworld_paper.tables                  (the READMEs' tables)
 #   7. the 2-process rehearsal (tests/test_multihost.py)           -> results/logs/multihost.txt
@@ -48,7 +49,9 @@ for stage in $STAGES; do
     4) experiment motion
        logged "$LOGS" motion_analysis python -m projects.shapesworld_paper.motion_analysis \
          --workdir="$WORKDIR" --out="$PROJECT/results/motion_analysis"
-       experiment objective ;;
+       experiment objective
+       logged "$LOGS" segment_speed python -m projects.shapesworld_paper.segment_speed \
+         --workdir="$WORKDIR" --arms=dense,dense:pos=1 --out="$PROJECT/results/segment_speed" ;;
     5) logged results/logs main_job python -m densedpo_jax.main --config=configs/dense.py \
          --workdir=workdirs/main_job
        run python -m projects.shapesworld_paper.tables --main_job=workdirs/main_job \

@@ -165,3 +165,16 @@ def adoption_table(arms: dict[str, str], by_arm: dict[str, list[dict]], eval_see
       lines.append(f"| {arms.get(arm, arm)} | {s} | " + " | ".join(row)
                    + f" | {('yes' if ok else 'no') if i == 0 else ''} |")
   return "\n".join(lines)
+
+
+def adoption_verdicts(arms: dict[str, str], by_arm: dict[str, list[dict]],
+                      eval_seeds: Sequence[str], candidates: Sequence[str]) -> str:
+  """The adoption table as sentences, one a candidate: which conditions fail, and the means."""
+  lines = []
+  for i, (arm, cells, ok) in enumerate(adoption_results(by_arm, eval_seeds, candidates), 1):
+    failed = [f"{m} vs. {o}" for m, o, _ in ADOPTION if not all(p[3] for p in cells[(m, o)])]
+    verdict = "meets the bar" if ok else "does not meet the bar (" + ", ".join(failed) + ")"
+    means = "; ".join(f"{m} vs. {o} " + " / ".join(f"{p[0]:+.3f}" for p in cells[(m, o)])
+                      for m, o, _ in ADOPTION)
+    lines.append(f"{i}. **{arms.get(arm, arm)}: {verdict}.** {means}.")
+  return "\n".join(lines)

@@ -18,7 +18,7 @@ from typing import Callable, Sequence
 
 from absl import app, flags
 
-from projects.shapesworld_paper import report, stats
+from projects.shapesworld_paper import report, segment_speed, stats
 
 ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 RESULTS = os.path.join(os.path.dirname(os.path.abspath(__file__)), "results")  # This project's.
@@ -113,6 +113,32 @@ def motion_table(d: str) -> str:
                                             "artifact_share"), _seeds(r))
 
 
+def objective_table(d: str) -> str:
+  """The adoption bar for every DenseDPO variant of the objective call."""
+  r = load(d, "shapesworld_objective.json")
+  by_arm = report.runs_by_arm(r["runs"])
+  return stats.adoption_table(r["arms"], by_arm, _seeds(r), [a for a in r["arms"] if a.startswith("dense")])
+
+
+def objective_verdicts_table(d: str) -> str:
+  """The adoption bar as one generated sentence per DenseDPO variant."""
+  r = load(d, "shapesworld_objective.json")
+  return stats.adoption_verdicts(r["arms"], report.runs_by_arm(r["runs"]), _seeds(r),
+                                 [a for a in r["arms"] if a.startswith("dense")])
+
+
+def objective_diff_table(d: str) -> str:
+  """Every arm of the objective call minus the pretrained model, with the judge's haze measures."""
+  r = load(d, "shapesworld_objective.json")
+  return stats.difference_table(r["arms"], report.runs_by_arm(r["runs"]), "pretrained",
+                                ("visual_quality", "fast_share", "mean_speed", "background_noise",
+                                 "off_palette"), _seeds(r))
+
+
+def segment_speed_table(d: str) -> str:
+  return segment_speed.markdown(load(d, "segment_speed.json"))
+
+
 def motion_segments_table(d: str) -> str:
   a = load(d, "motion_analysis.json")
   lines = ["| pair set (eta) | labels | non-tie segments | winner is the slower member | "
@@ -147,7 +173,10 @@ def main_job_table(d: str) -> str:
 TABLES: dict[str, Callable[[str], str]] = {
     "main": main_table, "claims": claims_table, "verdicts": verdicts_table, "early": early_table, "tune": tune_table,
     "tuned": tuned_table, "motion": motion_table, "motion_segments": motion_segments_table,
-    "bias": bias_table, "appendix_b": appendix_b_table, "main_job": main_job_table}
+    "bias": bias_table, "appendix_b": appendix_b_table, "main_job": main_job_table,
+    "objective": objective_table, "objective_diff": objective_diff_table,
+    "objective_verdicts": objective_verdicts_table,
+    "segment_speed": segment_speed_table}
 
 
 def fill(text: str, results_dir: str = RESULTS, main_job_dir: str = MAIN_JOB_RESULTS) -> str:

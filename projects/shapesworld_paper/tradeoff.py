@@ -59,7 +59,7 @@ class Axes:
   """Data (x, y) -> pixel (px, py) inside a plot box of `size` with `margin` (left, top, right,
   bottom), y up; the ranges span every bar and the origin with a tenth of padding."""
 
-  def __init__(self, points: Sequence[dict], size=(760, 520), margin=(80, 30, 250, 60)):
+  def __init__(self, points: Sequence[dict], size=(860, 520), margin=(80, 30, 350, 60)):
     xs = [v for p in points for v in p["x"]] + [0.0]
     ys = [v for p in points for v in p["y"]] + [0.0]
     pad = lambda a, b: (a - 0.1 * max(b - a, 1e-3), b + 0.1 * max(b - a, 1e-3))
@@ -126,6 +126,6 @@ def save_figure(path: str, points: Sequence[dict]) -> Axes:
   for i, (arm, colour) in enumerate(colours.items()):
     y = ly + 40 + 16 * i
     d.ellipse([lx, y + 2, lx + 8, y + 10], fill=colour)
-    d.text((lx + 14, y), titles[arm][:36], fill=black)
+    d.text((lx + 14, y), titles[arm][:52], fill=black)
   img.save(path)
   return ax

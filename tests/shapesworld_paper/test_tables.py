@@ -17,7 +17,8 @@ NUMBER = re.compile(r"[-+]?\d+\.\d+")
 PROJECT_README = os.path.join(ROOT, "projects", "shapesworld_paper", "README.md")
 # Blocks each README must have: the project's results, and the main job's record in the
 # repository's README.
-WANT = {PROJECT_README: {"main", "claims", "verdicts", "tune", "tuned", "motion", "appendix_b"},
+WANT = {PROJECT_README: {"main", "claims", "verdicts", "tune", "tuned", "motion", "appendix_b",
+                         "objective", "objective_diff", "objective_verdicts", "segment_speed"},
         os.path.join(ROOT, "README.md"): {"main_job"}}
 # Words of a verdict on a claim: only the generated blocks may use them.
 VERDICT = re.compile(r"\b(reproduc(e|es|ed|ing)|holds?|fails?)\b", re.I)

@@ -67,3 +67,8 @@ def test_only_a_variant_that_keeps_motion_and_quality_meets_the_bar():
   [slows] = [line for line in text.splitlines() if line.startswith("| DenseDPO | 1 |")]
   assert slows.endswith("| no |") and slows.count("fails") == 2  # fast share and mean speed
   assert stats.adoption_results({"dense": SLOWS, "pretrained": BASE}, ["1"], ["dense"]) == []
+  verdicts = stats.adoption_verdicts(ARMS, BY_ARM, ["1", "2"], ["dense", "dense:pos=1"]).splitlines()
+  assert verdicts[0].startswith("1. **DenseDPO: does not meet the bar (fast_share vs. pretrained, "
+                                "mean_speed vs. pretrained).**")
+  assert verdicts[1].startswith("2. **DenseDPO (DPO-Positive lambda 1): meets the bar.**")
+  assert "visual_quality vs. pretrained +0.035 / +0.035" in verdicts[1]  # 0.835 - 0.80
