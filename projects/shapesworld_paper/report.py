@@ -150,8 +150,7 @@ def render(results: dict, figure: str, tradeoff_figure: str = "") -> str:
   if "pretrained" in by_arm and len(by_arm) > 1:
     parts.append("## Against the pretrained model (paired, per prompt)\n\n" +
                  stats.difference_table(arms, by_arm, "pretrained", DIFF_METRICS, seeds))
-  candidates = [a for a in arms if a.startswith("dense")]
-  adoption = stats.adoption_table(arms, by_arm, seeds, candidates)
+  adoption = stats.adoption_table(arms, by_arm, seeds, stats.dense_variants(arms))
   if adoption.count("\n") > 1:
     parts.append("## Does a DenseDPO variant keep motion and quality?\n\n" + adoption + "\n\n"
                  "A variant meets the bar when, under every noise set, its fast share and mean "

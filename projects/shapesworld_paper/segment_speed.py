@@ -91,16 +91,22 @@ def segment_changes(records, base: tuple[np.ndarray, np.ndarray],
   return out
 
 
-def analyse_run(record: dict, base_params, model, num_steps: int) -> dict[str, list[float]]:
-  """`segment_changes` of one trained run (its `train.json` record) on its labeled pairs."""
-  labels = record["labels"]
+def base_remake(labels: dict, base_params, model, num_steps: int):
+  """The labeled pairs of `labels` ({'path', 'name'}) and the base model's remake of them,
+  `(records, (a, b))`, after checking that it equals the stored pairs."""
   records = list(arrayrecord_io.iter_records(labels["path"], labels["name"]))
-  trained_params = sampling.load_exported_params(record["model"], model.cfg)
   base = remake_pairs(base_params, model, records, num_steps)
   for r, a, b in zip(records, *base):  # The base model remakes the stored pair exactly.
     if not (np.allclose(a, r.latent_a, atol=1e-4) and np.allclose(b, r.latent_b, atol=1e-4)):
       raise ValueError(f"pair {r.id!r} of {labels['path']}/{labels['name']}: the base model "
                        "does not remake it (other sampling settings or base model?)")
+  return records, base
+
+
+def analyse_run(record: dict, records, base, model, num_steps: int) -> dict[str, list[float]]:
+  """`segment_changes` of one trained run (its `train.json` record) on its labeled pairs
+  `records`, against the base model's remake `base` (`base_remake`)."""
+  trained_params = sampling.load_exported_params(record["model"], model.cfg)
   return segment_changes(records, base, remake_pairs(trained_params, model, records, num_steps))
 
 
@@ -126,6 +132,7 @@ def markdown(results: dict) -> str:
 def main_runs(workdir: str, arms: Sequence[str]) -> dict:
   results = {"workdir": workdir, "arms": {}}
   model = cfg = base_params = None
+  remakes = {}  # (path, name, steps) -> base_remake: the seeds of an arm share their labels.
   for arm in arms:
     folder = arm.replace(":", "_").replace("=", "")
     paths = sorted(glob.glob(os.path.join(workdir, "runs", folder, "*", "seed*", "train.json")))
@@ -142,7 +149,11 @@ def main_runs(workdir: str, arms: Sequence[str]) -> dict:
         cfg = model_config(config)
         model = build(cfg.replace(lora=LoRAConfig()))
         base_params = sampling.load_exported_params(config.init_from, cfg)
-      changes = analyse_run(record, base_params, model, int(record["settings"]["pairs.num_steps"]))
+      steps = int(record["settings"]["pairs.num_steps"])
+      key = (record["labels"]["path"], record["labels"]["name"], steps)
+      if key not in remakes:
+        remakes[key] = base_remake(record["labels"], base_params, model, steps)
+      changes = analyse_run(record, *remakes[key], model, steps)
       for g in GROUPS:
         pooled[g] += changes[g]
       print(f"segment_speed: {arm} {os.path.dirname(path)}: "

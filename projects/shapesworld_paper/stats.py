@@ -127,6 +127,11 @@ ADOPTION = (("fast_share", "pretrained", ">="), ("mean_speed", "pretrained", ">=
             ("visual_quality", "pretrained", ">"), ("visual_quality", "vanilla", ">"))
 
 
+def dense_variants(arms) -> list[str]:
+  """The DenseDPO arms of a call (`dense` and its `dense:key=value` variants), in its order."""
+  return [a for a in arms if a == "dense" or a.startswith("dense:")]
+
+
 def adoption_results(by_arm: dict[str, list[dict]], eval_seeds: Sequence[str],
                      candidates: Sequence[str]) -> list[tuple]:
   """(arm, {(metric, other): [(mean, lo, hi, met)] per seed}, meets the bar under every seed)

@@ -117,14 +117,14 @@ def objective_table(d: str) -> str:
   """The adoption bar for every DenseDPO variant of the objective call."""
   r = load(d, "shapesworld_objective.json")
   by_arm = report.runs_by_arm(r["runs"])
-  return stats.adoption_table(r["arms"], by_arm, _seeds(r), [a for a in r["arms"] if a.startswith("dense")])
+  return stats.adoption_table(r["arms"], by_arm, _seeds(r), stats.dense_variants(r["arms"]))
 
 
 def objective_verdicts_table(d: str) -> str:
   """The adoption bar as one generated sentence per DenseDPO variant."""
   r = load(d, "shapesworld_objective.json")
   return stats.adoption_verdicts(r["arms"], report.runs_by_arm(r["runs"]), _seeds(r),
-                                 [a for a in r["arms"] if a.startswith("dense")])
+                                 stats.dense_variants(r["arms"]))
 
 
 def objective_diff_table(d: str) -> str:
