@@ -133,12 +133,27 @@ def makedirs(p: str | os.PathLike) -> epath.Path:
 
 
 def write_text(p: str | os.PathLike, text: str) -> None:
-  """Writes `text` to `p` through a temporary name (readers never see half a file)."""
+  """Writes `text` to `p` through a temporary name: readers never see half a file, and a failed
+  write (a full disk) leaves `p` as it was and no temporary behind. Local files are synced to
+  disk before the rename."""
   out = path(p)
   out.parent.mkdir(parents=True, exist_ok=True)
   tmp = out.parent / f".{out.name}.tmp-{os.getpid()}-{uuid.uuid4().hex[:8]}"
-  tmp.write_text(text)
-  tmp.replace(out)
+  try:
+    if "://" in os.fspath(tmp):
+      tmp.write_text(text)
+    else:
+      with open(tmp, "w", encoding="utf-8") as f:
+        f.write(text)
+        f.flush()
+        os.fsync(f.fileno())
+    tmp.replace(out)
+  except BaseException:
+    try:
+      tmp.unlink(missing_ok=True)
+    except OSError:
+      pass
+    raise
 
 
 def write_json(p: str | os.PathLike, value: Any) -> None:

@@ -1,13 +1,17 @@
 """Memory plan of a training config: per-device bytes, planned and compiled.
 
     python -m densedpo_jax.plan --config=configs/dense.py:wan1.3b [--devices=8 --device_memory=80G]
-        [--latent=21,60,104 --text_len=512] [--compiled] [--config.x=y ...]
+        [--latent=21,60,104 --text_len=512] [--compiled [--condition=first_frame]]
+        [--config.x=y ...]
 
 `plan` is an analytic count over `jax.eval_shape` shapes: parameters (frozen base), LoRA (or the
 trained params), optimiser state (AdamW: two moments, plus EMA), gradients, and activations with
 the remat policy. `compiled` AOT-lowers and compiles the real train step with abstract inputs
 (`jax.ShapeDtypeStruct`) on a mesh of that many devices (fake CPU devices here) and reports XLA's
-`memory_analysis()`: the truth for that backend's buffer assignment.
+`memory_analysis()`: the truth for that backend's buffer assignment. Image-to-video models that
+concatenate a condition (Wan 2.1 I2V, Wan 2.2 I2V) get it from their channels; Wan 2.2 TI2V trains
+text-to-video or, on records encoded with `--condition=first_frame`, image-to-video:
+`--condition=first_frame` compiles that step.
 """
 from __future__ import annotations
 
@@ -76,8 +80,11 @@ def plan(config, cfg, latent: tuple[int, int, int], text_len: int, mesh_shape: d
   return out
 
 
-def compiled(config, latent: tuple[int, int, int], text_len: int, num_devices: int):
-  """XLA's memory analysis of the real train step, lowered with abstract inputs on a mesh."""
+def compiled(config, latent: tuple[int, int, int], text_len: int, num_devices: int,
+             condition: str | None = None):
+  """XLA's memory analysis of the real train step, lowered with abstract inputs on a mesh.
+  `condition='first_frame'`: the batch carries a one-frame `cond_latent [B, 1, h, w, C]` (TI2V's
+  image-to-video); a concat model's condition is always included."""
   import flax.linen as nn
   import jax
   import jax.numpy as jnp
@@ -116,8 +123,12 @@ def compiled(config, latent: tuple[int, int, int], text_len: int, num_devices: i
              "segment_ids": spec((t_lat,), jnp.int32)}
   batch.update(text_emb=spec((text_len, cfg.text_dim), jnp.bfloat16),
                text_mask=spec((text_len,), jnp.bool_))
+  if condition not in (None, "first_frame"):
+    raise ValueError(f"plan: condition={condition!r}; expected first_frame or none")
   if cfg.in_channels != c:  # Image-to-video (concat): the records' first-frame condition.
     batch["cond_latent"] = spec(latent + (c,), jnp.bfloat16)
+  elif condition == "first_frame":  # TI2V: frame 0 is the condition, at noise level 0.
+    batch["cond_latent"] = spec((1,) + latent[1:] + (c,), jnp.bfloat16)
     if getattr(cfg, "image_dim", 0):
       batch["image_emb"] = spec((IMAGE_TOKENS, cfg.image_dim), jnp.bfloat16)
   shards = mesh.shape["data"] * mesh.shape["fsdp"]
@@ -147,6 +158,8 @@ def main(argv=None) -> None:
   parser.add_argument("--latent", default="", help="T,H,W of one latent (default: the preset's)")
   parser.add_argument("--text_len", type=int, default=0)
   parser.add_argument("--compiled", action="store_true", help="also AOT-compile the step")
+  parser.add_argument("--condition", choices=("none", "first_frame"), default="none",
+                      help="with --compiled: first_frame compiles TI2V's image-to-video step")
   args, overrides = parser.parse_known_args(argv)
   if args.compiled and "--xla_force_host_platform_device_count" not in os.environ.get("XLA_FLAGS", ""):
     os.environ["XLA_FLAGS"] = (os.environ.get("XLA_FLAGS", "") +
@@ -178,7 +191,12 @@ def main(argv=None) -> None:
       check_platform(cfg.attention_impl)
     except ValueError as e:
       raise SystemExit(f"plan --compiled: {e}") from None
-    m = compiled(config, latent, text_len, args.devices)
+    if args.condition == "first_frame" and cfg.in_channels != cfg.latent_channels:
+      raise SystemExit(f"plan --condition=first_frame: {config.model.preset} concatenates its "
+                       "condition over channels (always compiled); first_frame is Wan 2.2 "
+                       "TI2V's image-to-video")
+    m = compiled(config, latent, text_len, args.devices,
+                 None if args.condition == "none" else args.condition)
     total = m.argument_size_in_bytes + m.output_size_in_bytes + m.temp_size_in_bytes - \
         m.alias_size_in_bytes
     print(f"  compiled arguments {m.argument_size_in_bytes / GIB:.2f} GiB, temp "

@@ -240,3 +240,22 @@ def test_a_checkpoint_that_cannot_be_written_ends_the_run_with_one_line(tmp_path
   log = (workdir / "logs" / "log.txt").read_text()
   assert "Traceback" in log and "File too large" in log
   assert not any(d.isdigit() for d in _checkpoint_dirs(str(workdir)))  # Nothing looks complete.
+
+
+def test_a_text_write_that_fails_keeps_the_old_file_and_leaves_no_temporary(tmp_path,
+                                                                             monkeypatch):
+  """A full disk mid-write (ENOSPC from the sync) must leave the previous sidecar readable and
+  whole, and no hidden temporary beside it."""
+  import errno
+  from densedpo_jax import distributed
+  target = tmp_path / "pairs.json"
+  distributed.write_text(target, '{"records": 3}')
+
+  def full_disk(fd):
+    raise OSError(errno.ENOSPC, "No space left on device")
+
+  monkeypatch.setattr(os, "fsync", full_disk)
+  with pytest.raises(OSError, match="No space left"):
+    distributed.write_text(target, '{"records": 300}')
+  assert json.loads(target.read_text()) == {"records": 3}
+  assert sorted(p.name for p in tmp_path.iterdir()) == ["pairs.json"]

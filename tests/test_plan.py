@@ -40,3 +40,22 @@ def test_a_gpu_only_attention_is_named_in_one_line_on_other_machines(capsys):
     plan.main(["--config=configs/dense.py", "--compiled", "--config.model.preset=small",
                "--config.model.attention_impl=cudnn"])
   assert "planned" in capsys.readouterr().out  # The analytic plan still printed first.
+
+
+def test_the_ti2v_first_frame_condition_is_compiled_into_the_step():
+  """TI2V trains text-to-video or image-to-video by its records: `condition='first_frame'`
+  lowers the step with a one-frame condition, whose bf16 bytes (its share per device) are the
+  only argument the compiled step gains."""
+  config = with_overrides(dense.get_config(), **{
+      "data.batch_size": 8, "mesh.shape": (8, 1, 1, 1), "model.family": "wan",
+      "model.preset": "wan2.2-ti2v-5b", "model.width": 32, "model.depth": 1,
+      "model.num_heads": 2, "model.ffn_dim": 64, "model.text_dim": 16, "model.text_len": 8,
+      "model.in_channels": 8, "model.patch_size": (1, 2, 2), "model.scan_layers": True,
+      "model.remat_policy": "full", "model.attention_impl": "xla"})
+  latent = (3, 8, 8)
+  t2v = plan.compiled(config, latent, 8, 8)
+  i2v = plan.compiled(config, latent, 8, 8, condition="first_frame")
+  cond_bytes = 8 * 1 * 8 * 8 * 8 * 2 // 8  # [B=8, 1, 8, 8, C=8] bf16 over 8 data shards.
+  assert i2v.argument_size_in_bytes - t2v.argument_size_in_bytes == cond_bytes
+  with pytest.raises(ValueError, match="condition='last_frame'; expected first_frame or none"):
+    plan.compiled(config, latent, 8, 8, condition="last_frame")

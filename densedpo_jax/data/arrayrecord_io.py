@@ -35,6 +35,7 @@ from array_record.python import array_record_data_source
 from array_record.python import array_record_module
 from absl import logging
 
+from densedpo_jax import distributed
 from densedpo_jax.data import codec
 from densedpo_jax.data import schema
 
@@ -58,15 +59,6 @@ def check_local(directory: str) -> str:
     raise ValueError(f"{directory}: ArrayRecord datasets are read and written on local paths "
                      "only; mount the bucket (e.g. gcsfuse) and pass the mounted path")
   return directory
-
-
-def _atomic_write_text(path: str, text: str) -> None:
-  tmp = os.path.join(os.path.dirname(path), f".{os.path.basename(path)}.tmp-{uuid.uuid4().hex[:8]}")
-  with open(tmp, "w", encoding="utf-8") as f:
-    f.write(text)
-    f.flush()
-    os.fsync(f.fileno())
-  os.replace(tmp, path)
 
 
 class ShardedWriter:
@@ -157,7 +149,7 @@ class ShardedWriter:
           os.remove(os.path.join(self.directory, f))
     for tmp, f in zip(self._tmp, self.files):
       os.replace(tmp, os.path.join(self.directory, f))
-    _atomic_write_text(old, json.dumps(sidecar, indent=1))
+    distributed.write_text(old, json.dumps(sidecar, indent=1))
     self.sidecar = sidecar
     return sidecar
 
@@ -220,7 +212,7 @@ def merge_datasets(parts: Sequence[tuple[str, str]], directory: str, name: str,
   sidecar = dict(sides[0], name=name, num_records=sum(s["num_records"] for s in shards),
                  num_shards=len(shards), shards=shards, metadata=dict(metadata or {}))
   os.makedirs(directory, exist_ok=True)
-  _atomic_write_text(sidecar_path(directory, name), json.dumps(sidecar, indent=1))
+  distributed.write_text(sidecar_path(directory, name), json.dumps(sidecar, indent=1))
   return sidecar
 
 

@@ -44,9 +44,13 @@ MOTION_ARMS = ("pretrained,dense,dense:wins=faster,dense:wins=slower,dense:eta=0
 # rise), a flow-matching term on each guided pair's ground truth (gt: lambda against the DPO
 # term's gradient on an error, beta / 4 = 125 at the margin 0), the same term on each non-tie
 # unit's preferred member (rpo: RPO, Pang et al. 2024), and a pair's units summed. Listed so
-# that the first candidates finish first; VanillaDPO for the quality comparison.
+# that the first candidates finish first; VanillaDPO for the quality comparison. Then the
+# DPO-Positive frontier: a weaker lambda, lambda 1 trained twice as long (does the quality it
+# gives up come back with steps?), and VanillaDPO under the same hinge (is DenseDPO's motion
+# advantage over VanillaDPO still there when both keep the winner's error down?).
 OBJECTIVE_ARMS = ("pretrained,dense,dense:pos=1,dense:gt=125,dense:rpo=125,dense:reduce=sum,"
-                  "dense:pos=5,vanilla,dense:gt=25,dense:rpo=25")
+                  "dense:pos=5,vanilla,dense:gt=25,dense:rpo=25,dense:pos=0.25,"
+                  "dense:pos=1:steps=200,vanilla:pos=1")
 
 
 def get_config(arg=None):
