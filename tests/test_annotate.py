@@ -68,7 +68,8 @@ def test_annotators_get_different_pairs_and_a_restart_resumes(
   b = call(f"{url}/api/next?annotator=bob")[1]["pair"]
   assert a != b and call(f"{url}/api/next?annotator=alice")[1]["pair"] == a  # Still hers.
   call(f"{url}/api/label", {"annotator": "alice", "pair": a, "segments": ["left", "right"]})
-  # A new server over the same file: alice resumes at her first unlabeled pair, never `a` again.
+  # A new server over the same file: alice resumes at her first unlabeled pair, never `a` again,
+  # and never `b`, which bob still holds.
   store2, url2 = annotation_server()
   seen = set()
   while True:
@@ -77,16 +78,19 @@ def test_annotators_get_different_pairs_and_a_restart_resumes(
       break
     seen.add(nxt["pair"])
     call(f"{url2}/api/label", {"annotator": "alice", "pair": nxt["pair"], "segments": ["left", "right"]})
-  assert a not in seen and len(seen) == 5
-  # A second submission of the same pair is refused, and nothing is written twice (ids on the wire
-  # are keyed per run: the new server knows `a` by another id).
+  assert a not in seen and b not in seen and len(seen) == 4
+  # A second submission of the same pair is refused, and nothing is written twice (through
+  # either server: the session's id key survives the restart, so both know `a` by one id).
   a2 = store2.public[store.by_public[a]]
+  assert a2 == a
   assert call(f"{url}/api/label", {"annotator": "alice", "pair": a,
                                    "segments": ["left", "left"]})[0] == 409
   assert call(f"{url2}/api/label", {"annotator": "alice", "pair": a2,
                                     "segments": ["left", "left"]})[0] == 409
   # With every pair shown to two people, bob gets pairs alice already did; their two lines import
   # as one label per pair: kept where they agree, a tie where they differ.
+  assert call(f"{url2}/api/label", {"annotator": "bob", "pair": b,
+                                    "segments": ["tie", "tie"]})[0] == 200  # Bob returns b.
   store3, url3 = annotation_server(double_share=1.0)
   nxt = call(f"{url3}/api/next?annotator=bob")[1]
   pid = store3.by_public[nxt["pair"]]
@@ -99,6 +103,33 @@ def test_annotators_get_different_pairs_and_a_restart_resumes(
                                     "segments": [choice[v] for v in screen]})[0] == 200
   parsed = labels_io.parse_labels(str(tmp_path / "labels.jsonl"), {p: 2 for p in store3.items})
   assert parsed[pid]["segment_labels"].tolist() == [alice[0], 0]
+
+
+def test_a_restart_keeps_each_pair_with_the_annotator_holding_it(annotation_server, tmp_path):
+  """The server restarts while alice and bob each hold a pair: each gets the same pair back under
+  the same id, submits it, and nobody else is handed it meanwhile (one label wanted a pair)."""
+  clock = [0.0]
+  _, url = annotation_server(clock=lambda: clock[0])
+  held = {who: call(f"{url}/api/next?annotator={who}")[1]["pair"] for who in ("alice", "bob")}
+  clock[0] = 60.0  # A minute on: the leases are live.
+  store2, url2 = annotation_server(clock=lambda: clock[0])
+  carol = set()
+  while not (nxt := call(f"{url2}/api/next?annotator=carol")[1])["done"]:
+    carol.add(nxt["pair"])
+    assert call(f"{url2}/api/label", {"annotator": "carol", "pair": nxt["pair"],
+                                      "segments": ["tie", "tie"]})[0] == 200
+  assert carol.isdisjoint(held.values()) and len(carol) == 4
+  for who, pid in held.items():
+    assert call(f"{url2}/api/next?annotator={who}")[1]["pair"] == pid
+    assert call(f"{url2}/api/label", {"annotator": who, "pair": pid,
+                                      "segments": ["left", "right"]})[0] == 200
+  lines = [json.loads(line) for line in open(tmp_path / "labels.jsonl")]
+  assert sorted(d["id"] for d in lines) == sorted(store2.items)  # Six pairs, one line each.
+  # A session file that cannot be read is named; the labels still resume from the label file.
+  (tmp_path / "labels.jsonl.session.json").write_text("{not json")
+  store3, _ = annotation_server()
+  assert any("labels.jsonl.session.json: unreadable" in n for n in store3.notes)
+  assert all(len(d) == 1 for d in store3.done.values())
 
 
 def test_a_token_is_required_off_loopback_and_no_path_escapes(annotation_pairs, tmp_path):

@@ -67,6 +67,31 @@ def test_a_full_disk_mid_line_loses_no_accepted_label(annotation_pairs, tmp_path
   assert sorted(parsed) == sorted(d["id"] for d in lines)
 
 
+def test_a_full_disk_still_serves_the_frames_and_caches_no_fragment(annotation_pairs, tmp_path):
+  """The frame cache cannot be written (the disk is full from the start): the page still gets
+  the very PNG a writable cache serves, the server says so in one line, and the cache folder
+  holds no partial file."""
+  out = str(tmp_path / "labels.jsonl")
+  proc = subprocess.Popen([sys.executable, "-c", SERVER, annotation_pairs, out],
+                          stdout=subprocess.PIPE, text=True, cwd=os.getcwd())
+  try:
+    url = f"http://127.0.0.1:{proc.stdout.readline().strip()}"
+    pid = call(f"{url}/api/next?annotator=ann")[1]["pair"]
+    hard = resource.getrlimit(resource.RLIMIT_FSIZE)[1]
+    resource.prlimit(proc.pid, resource.RLIMIT_FSIZE, (16, hard))
+    status, full_png = call(f"{url}/api/frames?pair={pid}&side=left&annotator=ann")
+    assert status == 200 and full_png.startswith(b"\x89PNG")
+    assert os.listdir(out + ".frames") == []  # Nothing half-written stays.
+    resource.prlimit(proc.pid, resource.RLIMIT_FSIZE, (hard, hard))
+    status, cached_png = call(f"{url}/api/frames?pair={pid}&side=left&annotator=ann")
+    assert status == 200 and cached_png == full_png
+    assert len(os.listdir(out + ".frames")) == 1  # Space is back: now it is cached.
+  finally:
+    proc.kill()
+    out_text = proc.communicate()[0]
+  assert "frame cache" in out_text and "serving the frames from memory" in out_text
+
+
 def test_a_cut_short_last_line_is_set_aside_at_start_and_the_server_starts(
     annotation_server, tmp_path):
   out = tmp_path / "labels.jsonl"

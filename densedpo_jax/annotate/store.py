@@ -6,13 +6,16 @@ corrupted with `shapesworld.artifacts`: the clean member wins it). Labels are ap
 file in `data/labels_io.py`'s import format the moment they arrive (gold answers to
 `<out>.gold.jsonl`, which the import never sees), one whole line at a time (`data/jsonl.py`: a
 failed write leaves no fragment); a restart sets aside a cut-short last line, reads both files back
-and resumes.
+and resumes. The session's leases and its id key live in `<out>.session.json`, so a restart keeps
+every pair with the annotator who holds it and the ids an open page shows stay valid.
 """
 from __future__ import annotations
 
 import dataclasses
 import hashlib
 import hmac
+import io
+import json
 import os
 import secrets
 import threading
@@ -23,7 +26,7 @@ from typing import Any, Callable, Optional
 import numpy as np
 from PIL import Image
 
-from densedpo_jax import previews
+from densedpo_jax import distributed, previews
 from densedpo_jax.data import arrayrecord_io, jsonl, schema
 
 LEASE_SECONDS = 600  # A pair handed out and not submitted goes back to the pool after this.
@@ -92,10 +95,12 @@ class Store:
     self.leases: dict[str, dict[str, float]] = {i: {} for i in self.items}
     # Ids on the wire: an HMAC of the real id under a key made per run, so no id (a gold pair's
     # included) tells its answer or can be guessed; the label file keeps the real ids.
-    key = secrets.token_bytes(16)
+    self.session_path = out + ".session.json"
+    self.notes = []  # One line per label file whose cut-short last line was set aside.
+    session = self._read_session()
+    key = bytes.fromhex(session["key"]) if session else secrets.token_bytes(16)
     self.public = {i: hmac.new(key, i.encode(), "sha256").hexdigest()[:20] for i in self.items}
     self.by_public = {v: k for k, v in self.public.items()}
-    self.notes = []  # One line per label file whose cut-short last line was set aside.
     for path in (out, self.gold_out):
       if os.path.exists(path):
         if note := jsonl.set_aside_partial_line(path):
@@ -103,6 +108,45 @@ class Store:
         for _, d in jsonl.read_objects(path):
           if d.get("id") in self.done:
             self.done[d["id"]].add(d.get("annotator", ""))
+    for pid, held in (session or {}).get("leases", {}).items():  # Leases of the last run.
+      if pid in self.leases:
+        self.leases[pid].update({a: float(t) for a, t in held.items() if a not in self.done[pid]})
+    self._key = key.hex()
+    with self.lock:
+      self._save_session()
+
+  def _read_session(self) -> Optional[dict]:
+    """The last run's key and leases, or None (first run; an unreadable file is named and a new
+    session begins: the label files, not this one, hold every label)."""
+    if not os.path.exists(self.session_path):
+      return None
+    try:
+      with open(self.session_path, encoding="utf-8") as f:
+        session = json.load(f)
+      bytes.fromhex(session["key"])
+      leases = session.get("leases", {})
+      if not (isinstance(leases, dict) and all(
+          isinstance(h, dict) and all(isinstance(t, (int, float)) for t in h.values())
+          for h in leases.values())):
+        raise ValueError("leases: expected {pair: {annotator: time}}")
+      return session
+    except (OSError, ValueError, KeyError, TypeError) as e:
+      self.notes.append(f"{self.session_path}: unreadable ({e}); a new session begins (pairs "
+                        "handed out before the restart go back to the pool)")
+      return None
+
+  def _save_session(self) -> None:
+    """Writes the key and live leases (the caller holds the lock); a failed write (a full disk)
+    is one warning line: leases matter only across a restart."""
+    now = self.clock()
+    leases = {pid: {a: t for a, t in held.items() if now - t < LEASE_SECONDS}
+              for pid, held in self.leases.items()}
+    try:
+      distributed.write_text(self.session_path, json.dumps(
+          {"key": self._key, "leases": {p: h for p, h in leases.items() if h}}))
+    except OSError as e:
+      print(f"annotate: WARNING {self.session_path} not written ({e.strerror}); a restart "
+            "would hand out the pairs now held again", flush=True)
 
   def wanted(self, pair_id: str) -> int:
     return 2 if pair_id in self.double else 1
@@ -116,6 +160,7 @@ class Store:
         if (annotator not in self.done[pid] and len(self.done[pid]) < self.wanted(pid)
             and now - self.leases[pid].get(annotator, -1e18) < LEASE_SECONDS):
           self.leases[pid][annotator] = now
+          self._save_session()
           return self.items[pid]
       for pid in self.order:
         if annotator in self.done[pid]:
@@ -123,6 +168,7 @@ class Store:
         others = sum(now - t < LEASE_SECONDS for a, t in self.leases[pid].items() if a != annotator)
         if len(self.done[pid]) + others < self.wanted(pid):
           self.leases[pid][annotator] = now
+          self._save_session()
           return self.items[pid]
     return None
 
@@ -153,21 +199,37 @@ class Store:
       jsonl.append(path, line)
       self.done[pair_id].add(annotator)
       self.leases[pair_id].pop(annotator, None)
+      self._save_session()
     return True
 
   def sprite(self, pair_id: str, member: str, min_side: int = 256) -> bytes:
-    """PNG of every frame of a member side by side, scaled up (rendered once, then cached)."""
+    """PNG of every frame of a member side by side, scaled up (rendered once, then cached).
+    When the cache cannot be written (a full disk), the sheet is served from memory, with one
+    warning line naming the cache folder, and no partial file is left behind."""
     frames = self.items[pair_id].frames[0 if member == "a" else 1]
     digest = hashlib.sha1(pair_id.encode() + frames.tobytes()).hexdigest()[:20]
     path = os.path.join(self.cache_dir, f"{digest}-{member}-{min_side}.png")
-    if not os.path.exists(path):
-      sheet = np.concatenate(list(previews.upscale(frames, min_side)), axis=1)
+    if os.path.exists(path):
+      with open(path, "rb") as f:
+        return f.read()
+    sheet = np.concatenate(list(previews.upscale(frames, min_side)), axis=1)
+    buffer = io.BytesIO()
+    Image.fromarray(sheet).save(buffer, format="PNG")
+    png = buffer.getvalue()
+    tmp = path + f".{threading.get_ident()}.tmp"
+    try:
       os.makedirs(self.cache_dir, exist_ok=True)
-      tmp = path + f".{threading.get_ident()}.tmp"
-      Image.fromarray(sheet).save(tmp, format="PNG")
+      with open(tmp, "wb") as f:
+        f.write(png)
       os.replace(tmp, path)
-    with open(path, "rb") as f:
-      return f.read()
+    except OSError as e:
+      try:
+        os.remove(tmp)
+      except OSError:
+        pass
+      print(f"annotate: WARNING frame cache {self.cache_dir} not written ({e.strerror}); "
+            "serving the frames from memory", flush=True)
+    return png
 
 
 def items_from_dataset(directory: str, name: str, decoder=None) -> list[Item]:
