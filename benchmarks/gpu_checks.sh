@@ -13,6 +13,19 @@
 #                    against the memory planner
 #   attention_32k    cuDNN and blockwise attention at Wan 2.1's heads, 32,760 tokens
 #   vs_pytorch_f32   vs_pytorch in float32 (TF32 matmuls in both, as JAX's default)
+#   peer_check       benchmarks.wan_peer --check: the PyTorch peer computes our step (tiny)
+#   wan_peer         the same 1.3B step at 81 x 480 x 832 as a PyTorch user runs it: diffusers
+#                    + PEFT LoRA 128, SDPA, gradient checkpointing, bf16 autocast, AdamW; eager
+#                    and torch.compile (compare with scaled_step: same GPU, same run)
+#   scaled_ti2v      the Wan 2.2 TI2V-5B step at its native 121 x 704 x 1280 (31 x 44 x 80 latent)
+#   scaled_14b       the Wan 2.1 14B step (bf16 base) at 81 x 480 x 832 on one GPU; the planner
+#                    says 107 GiB, over 80 GB: it may run out of memory there, which is a result
+#
+# The speed issue's run, within 8 minutes on an H100 or H200:
+#   bash benchmarks/gpu_checks.sh OUT peer_check scaled_step wan_peer scaled_ti2v scaled_14b
+# The peer needs diffusers and PEFT: where the machine reaches no package index, make their
+# wheels here first (`python -m benchmarks.peer_wheels --out=wheels/peer`, 46 MiB) and carry
+# wheels/peer; this script installs what is missing from them (pip --no-index).
 #
 # Needs jax with CUDA, torch with CUDA and the project's core packages (`pip install -e .` or,
 # on an image that has jax, flax, optax and torch, wheels of ml_collections, clu, grain and
@@ -43,6 +56,10 @@ if [ $dry = 0 ]; then
   mkdir -p "$out"
   nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv,noheader
   python3 -c "import jax, torch; print('jax', jax.__version__, jax.devices(), 'torch', torch.__version__)"
+  if [ -d wheels/peer ] && ! python3 -c "import diffusers, peft" 2>/dev/null; then
+    pins=$(cd wheels/peer && ls diffusers-*.whl peft-*.whl | sed -E 's/^([a-z]+)-([^-]+)-.*/\1==\2/')
+    python3 -m pip install -q --no-index --find-links wheels/peer $pins 2>&1 | tail -3
+  fi
 fi
 for check in $checks; do
   case $check in
@@ -60,6 +77,12 @@ for check in $checks; do
     scaled_step) run "$check" 180 python3 -m benchmarks.scaled_step --attention cudnn --steps 3 ;;
     attention_32k) run "$check" 150 python3 -m benchmarks.attention_impls --tokens 32760 \
       --impls cudnn blockwise ;;
+    peer_check) run "$check" 60 python3 -m benchmarks.wan_peer --check ;;
+    wan_peer) run "$check" 200 python3 -m benchmarks.wan_peer --modes eager compiled --steps 3 ;;
+    scaled_ti2v) run "$check" 120 python3 -m benchmarks.scaled_step --model wan2.2-ti2v-5b \
+      --latent 31,44,80 --attention cudnn --steps 2 ;;
+    scaled_14b) run "$check" 150 python3 -m benchmarks.scaled_step --model wan14b \
+      --attention cudnn --steps 2 ;;
     *) echo "unknown check $check" >&2; exit 2 ;;
   esac
 done
