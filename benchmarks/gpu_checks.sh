@@ -18,11 +18,15 @@
 #                    + PEFT LoRA 128, SDPA, gradient checkpointing, bf16 autocast, AdamW; eager
 #                    and torch.compile (compare with scaled_step: same GPU, same run)
 #   scaled_ti2v      the Wan 2.2 TI2V-5B step at its native 121 x 704 x 1280 (31 x 44 x 80 latent)
+#   wan_pairs        guided pairs of Wan 2.1 1.3B at 81 x 480 x 832, CFG 5: our sampler against
+#                    diffusers' WanPipeline, seconds a pair and pairs an hour
+#   wan_encode       encode's Wan 2.1 VAE and umT5-XXL (random weights) at 81 x 480 x 832, bf16
 #   scaled_14b       the Wan 2.1 14B step (bf16 base) at 81 x 480 x 832 on one GPU; the planner
 #                    says 107 GiB, over 80 GB: it may run out of memory there, which is a result
 #
 # The speed issue's run, within 8 minutes on an H100 or H200:
-#   bash benchmarks/gpu_checks.sh OUT peer_check scaled_step wan_peer scaled_ti2v scaled_14b
+#   bash benchmarks/gpu_checks.sh OUT peer_check scaled_step wan_peer wan_pairs wan_encode \
+#     scaled_ti2v scaled_14b
 # The peer needs diffusers and PEFT: where the machine reaches no package index, make their
 # wheels here first (`python -m benchmarks.peer_wheels --out=wheels/peer`, 46 MiB) and carry
 # wheels/peer; this script installs what is missing from them (pip --no-index).
@@ -74,14 +78,16 @@ for check in $checks; do
       --steps 10 ;;
     objectives_bf16) run "$check" 120 python3 -m benchmarks.step_objectives --presets tiny \
       --dtype bfloat16 --steps 20 ;;
-    scaled_step) run "$check" 180 python3 -m benchmarks.scaled_step --attention cudnn --steps 3 ;;
+    scaled_step) run "$check" 120 python3 -m benchmarks.scaled_step --attention cudnn --steps 3 ;;
     attention_32k) run "$check" 150 python3 -m benchmarks.attention_impls --tokens 32760 \
       --impls cudnn blockwise ;;
     peer_check) run "$check" 60 python3 -m benchmarks.wan_peer --check ;;
-    wan_peer) run "$check" 200 python3 -m benchmarks.wan_peer --modes eager compiled --steps 3 ;;
-    scaled_ti2v) run "$check" 120 python3 -m benchmarks.scaled_step --model wan2.2-ti2v-5b \
+    wan_peer) run "$check" 180 python3 -m benchmarks.wan_peer --modes eager compiled --steps 3 ;;
+    wan_pairs) run "$check" 150 python3 -m benchmarks.wan_pairs --cfg_scale 5 --calls 4 ;;
+    wan_encode) run "$check" 90 python3 -m benchmarks.wan_encode ;;
+    scaled_ti2v) run "$check" 100 python3 -m benchmarks.scaled_step --model wan2.2-ti2v-5b \
       --latent 31,44,80 --attention cudnn --steps 2 ;;
-    scaled_14b) run "$check" 150 python3 -m benchmarks.scaled_step --model wan14b \
+    scaled_14b) run "$check" 120 python3 -m benchmarks.scaled_step --model wan14b \
       --attention cudnn --steps 2 ;;
     *) echo "unknown check $check" >&2; exit 2 ;;
   esac
