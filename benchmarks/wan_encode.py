@@ -72,7 +72,7 @@ def main(argv=None) -> None:
     encoders = WanEncoders(folder, text=False, device=device, dtype=args.dtype)
     latents = encoders.encode_videos(videos)
     vae_s = _median_seconds(lambda: encoders.encode_videos(videos), args.runs, sync)
-    del encoders
+    encoders.vae = None  # Frees the VAE's memory for umT5.
   with torch.device(device):
     text_encoder = UMT5EncoderModel(UMT5Config(**(UMT5_TINY if args.tiny else UMT5_XXL)))
   text_encoder = text_encoder.to(dtype).eval()

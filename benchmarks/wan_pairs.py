@@ -22,10 +22,6 @@ import argparse
 import statistics
 import time
 
-import numpy as np
-
-GIB = 2 ** 30
-
 
 def time_ours(cfg, spec, args, eta: float) -> float:
   """Median seconds of one batch of `args.pairs` pairs through our sampler at `eta`."""
