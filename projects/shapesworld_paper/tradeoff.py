@@ -22,6 +22,8 @@ X_METRIC, Y_METRIC = "fast_share", "visual_quality"
 # Colour-blind-safe (Okabe-Ito) then greys: one colour an arm, in the order of the call.
 PALETTE = ((0, 114, 178), (213, 94, 0), (0, 158, 115), (204, 121, 167), (230, 159, 0),
            (86, 180, 233), (240, 228, 66), (120, 120, 120), (60, 60, 60), (170, 170, 170))
+# More arms than colours: the colours come round again with the next shape.
+SHAPES = ("disc", "square", "diamond", "triangle")
 STEPS = (0.001, 0.002, 0.0025, 0.005, 0.01, 0.02, 0.025, 0.05, 0.1, 0.2, 0.25, 0.5)
 
 
@@ -55,6 +57,25 @@ def nice_ticks(lo: float, hi: float, max_ticks: int = 8) -> list[float]:
   return ticks
 
 
+def arm_style(index: int) -> tuple[tuple[int, int, int], str]:
+  """The colour and marker shape of the `index`-th arm of a figure: every arm its own pair."""
+  return PALETTE[index % len(PALETTE)], SHAPES[index // len(PALETTE) % len(SHAPES)]
+
+
+def draw_marker(d: ImageDraw.ImageDraw, shape: str, px: float, py: float, r: float, colour,
+                filled: bool) -> None:
+  """One marker of `shape` centred at (px, py), filled or as an outline."""
+  if shape == "disc":
+    box = [px - r, py - r, px + r, py + r]
+    d.ellipse(box, fill=colour) if filled else d.ellipse(box, outline=colour, width=2)
+    return
+  corners = {"square": [(-r, -r), (r, -r), (r, r), (-r, r)],
+             "diamond": [(0, -1.3 * r), (1.3 * r, 0), (0, 1.3 * r), (-1.3 * r, 0)],
+             "triangle": [(0, -1.3 * r), (1.2 * r, r), (-1.2 * r, r)]}[shape]
+  poly = [(px + dx, py + dy) for dx, dy in corners]
+  d.polygon(poly, fill=colour) if filled else d.polygon(poly, outline=colour, width=2)
+
+
 class Axes:
   """Data (x, y) -> pixel (px, py) inside a plot box of `size` with `margin` (left, top, right,
   bottom), y up; the ranges span every bar and the origin with a tenth of padding."""
@@ -77,8 +98,8 @@ class Axes:
 def save_figure(path: str, points: Sequence[dict]) -> Axes:
   """Draws `points` (tradeoff_points) as a PNG at `path`; returns its Axes (data -> pixels).
 
-  A filled disc is the first evaluation seed, a ring the others; the legend on the right names
-  each arm's colour."""
+  A filled marker is the first evaluation seed, an outline the others; each arm has its own
+  colour and shape (`arm_style`), which the legend on the right names."""
   if not points:
     raise ValueError("no trained arm to draw: the trade-off figure needs at least one")
   ax = Axes(points)
@@ -104,28 +125,24 @@ def save_figure(path: str, points: Sequence[dict]) -> Axes:
   d.text((x0, 8), "visual quality minus the base model's (up: better); bars: 95% paired "
          "bootstrap intervals over prompts", fill=black)
   seeds = sorted({p["seed"] for p in points}, key=[p["seed"] for p in points].index)
-  colours = {}
+  styles = {}
   for p in points:
-    colour = colours.setdefault(p["arm"], PALETTE[len(colours) % len(PALETTE)])
+    colour, shape = styles.setdefault(p["arm"], arm_style(len(styles)))
     (xm, xlo, xhi), (ym, ylo, yhi) = p["x"], p["y"]
     px, py = ax(xm, ym)
     d.line([ax(xlo, ym), ax(xhi, ym)], fill=colour, width=2)
     d.line([ax(xm, ylo), ax(xm, yhi)], fill=colour, width=2)
-    r = 5
-    if p["seed"] == seeds[0]:
-      d.ellipse([px - r, py - r, px + r, py + r], fill=colour)
-    else:
-      d.ellipse([px - r, py - r, px + r, py + r], outline=colour, width=2)
+    draw_marker(d, shape, px, py, 5, colour, filled=p["seed"] == seeds[0])
   d.line([(ox - 7, oy - 7), (ox + 7, oy + 7)], fill=black, width=3)
   d.line([(ox - 7, oy + 7), (ox + 7, oy - 7)], fill=black, width=3)
   lx, ly = x1 + 16, y0
   d.text((lx, ly), "x  base model (origin)", fill=black)
   d.text((lx, ly + 16), "filled: eval seed " + seeds[0]
-         + ("; ring: " + ", ".join(seeds[1:]) if len(seeds) > 1 else ""), fill=black)
+         + ("; outline: " + ", ".join(seeds[1:]) if len(seeds) > 1 else ""), fill=black)
   titles = {p["arm"]: p["title"] for p in points}
-  for i, (arm, colour) in enumerate(colours.items()):
+  for i, (arm, (colour, shape)) in enumerate(styles.items()):
     y = ly + 40 + 16 * i
-    d.ellipse([lx, y + 2, lx + 8, y + 10], fill=colour)
+    draw_marker(d, shape, lx + 4, y + 6, 4, colour, filled=True)
     d.text((lx + 14, y), titles[arm][:52], fill=black)
   img.save(path)
   return ax

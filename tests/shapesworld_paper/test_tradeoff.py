@@ -1,7 +1,7 @@
 """The trade-off picture and the adoption bar, on hand-made per-prompt results."""
 import numpy as np
 import pytest
-from PIL import Image
+from PIL import Image, ImageDraw
 
 from densedpo_jax.metrics.bootstrap import bootstrap_diff
 from projects.shapesworld_paper import stats, tradeoff
@@ -46,6 +46,7 @@ def test_figure_marks_the_origin_and_draws_each_point_where_its_values_are(tmp_p
   for i, p in enumerate(points[::2]):  # The first seed's filled discs, in the arms' colours.
     px, py = ax(p["x"][0], p["y"][0])
     assert tuple(img[round(py), round(px)]) == tradeoff.PALETTE[i]
+    assert tradeoff.arm_style(i) == (tradeoff.PALETTE[i], "disc")
   lo, hi = ax(ax.xlim[0], ax.ylim[0]), ax(ax.xlim[1], ax.ylim[1])
   assert lo == (ax.box[0], ax.box[3]) and hi == (ax.box[2], ax.box[1])
   with pytest.raises(ValueError, match="no trained arm"):
@@ -72,3 +73,17 @@ def test_only_a_variant_that_keeps_motion_and_quality_meets_the_bar():
                                 "mean_speed vs. pretrained).**")
   assert verdicts[1].startswith("2. **DenseDPO (DPO-Positive lambda 1): meets the bar.**")
   assert "visual_quality vs. pretrained +0.035 / +0.035" in verdicts[1]  # 0.835 - 0.80
+
+
+def test_more_arms_than_colours_get_a_shape_each():
+  """Arm 10 has arm 0's colour: it is drawn as a filled square, whose corner a disc of the same
+  radius leaves white."""
+  styles = [tradeoff.arm_style(i) for i in range(2 * len(tradeoff.PALETTE) + 1)]
+  assert len(set(styles)) == len(styles)
+  assert styles[len(tradeoff.PALETTE)] == (tradeoff.PALETTE[0], "square")
+  img = Image.new("RGB", (40, 40), "white")
+  d = ImageDraw.Draw(img)
+  tradeoff.draw_marker(d, "square", 10, 10, 5, (0, 114, 178), filled=True)
+  tradeoff.draw_marker(d, "disc", 30, 30, 5, (0, 114, 178), filled=True)
+  px = np.asarray(img)
+  assert tuple(px[6, 6]) == (0, 114, 178) and tuple(px[26, 26]) == (255, 255, 255)
