@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # Regenerates every result of this project and the repository's published records from the code
-# at HEAD (about 3.5 hours on 2 CPU cores; a rerun resumes: finished runs are read from the
+# at HEAD (about 4 hours on 2 CPU cores; a rerun resumes: finished runs are read from the
 # workdir, and a run whose settings changed gets its own folder). R is
 # projects/shapesworld_paper/results, CONFIG projects/shapesworld_paper/configs/experiment.py:
 #   1. CONFIG                 all arms, 3 seeds, beta 500          -> R/shapesworld.*
