@@ -25,9 +25,8 @@ import time
 
 import flax.linen as nn
 import jax
-import jax.numpy as jnp
 
-from benchmarks.timing import matmul_ceiling, median_seconds
+from benchmarks.timing import dense_batch, matmul_ceiling, median_seconds, random_like
 from configs import common
 from densedpo_jax import plan
 from densedpo_jax.training import train_step
@@ -36,35 +35,6 @@ from densedpo_jax.model import build, forward_flops
 from densedpo_jax.model.registry import abstract_variables
 
 GIB = 2 ** 30
-
-
-def random_like(tree, key):
-  """Random device arrays shaped like `tree` (ShapeDtypeStructs): scales 1, others N(0, 0.02)."""
-  leaves, treedef = jax.tree_util.tree_flatten_with_path(tree)
-  keys = jax.random.split(key, len(leaves))
-
-  def fill(path, leaf, k):
-    if "scale" in jax.tree_util.keystr(path):
-      return jnp.ones(leaf.shape, leaf.dtype)
-    return (0.02 * jax.random.normal(k, leaf.shape, jnp.float32)).astype(leaf.dtype)
-
-  arrays = [jax.jit(fill, static_argnums=(0, 1))(p, l, k) for (p, l), k in zip(leaves, keys)]
-  return jax.tree_util.tree_unflatten(treedef, arrays)
-
-
-def make_batch(pairs: int, latent, channels: int, text_len: int, text_dim: int, key) -> dict:
-  """A DenseDPO batch in stored dtypes: bf16 latents and text, int8 labels."""
-  ka, kb, kt = jax.random.split(key, 3)
-  shape = (pairs,) + tuple(latent) + (channels,)
-  t = latent[0]
-  labels = jnp.tile(jnp.array([1, -1, 0], jnp.int8), t)[:t]
-  return {"latent_a": jax.random.normal(ka, shape, jnp.bfloat16),
-          "latent_b": jax.random.normal(kb, shape, jnp.bfloat16),
-          "text_emb": jax.random.normal(kt, (pairs, text_len, text_dim), jnp.bfloat16),
-          "text_mask": jnp.arange(text_len)[None].repeat(pairs, 0) < 120,
-          "labels": jnp.tile(labels[None], (pairs, 1)),
-          "global_label": jnp.ones((pairs,), jnp.int8),
-          "segment_ids": jnp.tile((jnp.arange(t, dtype=jnp.int32) // 3)[None], (pairs, 1))}
 
 
 def bench(args, impl: str, key) -> dict:
@@ -80,7 +50,7 @@ def bench(args, impl: str, key) -> dict:
   variables = nn.unbox(abstract_variables(cfg))
   frozen = random_like(variables["params"], key)
   state = train_step.init_state(random_like(variables["lora"], key), tx, use_ema=False)
-  batch = make_batch(args.pairs, args.latent, cfg.in_channels, args.text_len, cfg.text_dim, key)
+  batch = dense_batch(args.pairs, args.latent, cfg.in_channels, args.text_len, cfg.text_dim, key)
   step = jax.jit(train_step.make_train_step(model, c, tx), donate_argnums=0)
 
   start = time.perf_counter()

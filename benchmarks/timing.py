@@ -152,3 +152,33 @@ def step_flops(cfg, loss: str, latent, text, batch: int) -> float:
   if loss == "flow_matching":
     return 3 * fwd(batch, False)
   return 2 * fwd(2 * batch, True) + fwd(2 * batch, False)
+
+
+def random_like(tree, key):
+  """Random device arrays shaped like `tree` (ShapeDtypeStructs): scales 1, others N(0, 0.02)."""
+  leaves, treedef = jax.tree_util.tree_flatten_with_path(tree)
+  keys = jax.random.split(key, len(leaves))
+
+  def fill(path, leaf, k):
+    if "scale" in jax.tree_util.keystr(path):
+      return jnp.ones(leaf.shape, leaf.dtype)
+    return (0.02 * jax.random.normal(k, leaf.shape, jnp.float32)).astype(leaf.dtype)
+
+  arrays = [jax.jit(fill, static_argnums=(0, 1))(p, l, k) for (p, l), k in zip(leaves, keys)]
+  return jax.tree_util.tree_unflatten(treedef, arrays)
+
+
+def dense_batch(pairs: int, latent, channels: int, text_len: int, text_dim: int, key) -> dict:
+  """A DenseDPO batch of random Wan-sized latents in stored dtypes: bf16 latents and text, int8
+  labels +1, -1, 0 by latent frame, segments of 3 frames (the scaled tools' batch)."""
+  ka, kb, kt = jax.random.split(key, 3)
+  shape = (pairs,) + tuple(latent) + (channels,)
+  t = latent[0]
+  labels = jnp.tile(jnp.array([1, -1, 0], jnp.int8), t)[:t]
+  return {"latent_a": jax.random.normal(ka, shape, jnp.bfloat16),
+          "latent_b": jax.random.normal(kb, shape, jnp.bfloat16),
+          "text_emb": jax.random.normal(kt, (pairs, text_len, text_dim), jnp.bfloat16),
+          "text_mask": jnp.arange(text_len)[None].repeat(pairs, 0) < 120,
+          "labels": jnp.tile(labels[None], (pairs, 1)),
+          "global_label": jnp.ones((pairs,), jnp.int8),
+          "segment_ids": jnp.tile((jnp.arange(t, dtype=jnp.int32) // 3)[None], (pairs, 1))}

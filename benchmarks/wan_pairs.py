@@ -29,7 +29,7 @@ def time_ours(cfg, spec, args, eta: float) -> float:
   import jax.numpy as jnp
   import flax.linen as nn
   import ml_collections
-  from benchmarks.scaled_step import random_like
+  from benchmarks.timing import random_like
   from benchmarks.timing import median_seconds
   from densedpo_jax.model import LoRAConfig, build
   from densedpo_jax.model.registry import abstract_variables

@@ -13,7 +13,7 @@ and adapter, gradient clipping at 1 and AdamW on the adapter; `compiled` adds `t
 of the transformer. One step: t and one noise shared by both members (as ours), the policy on
 the 2B videos `[a; b]`, the reference on the same, per-frame errors, the dense segment DPO loss
 of `densedpo_jax.objectives.losses.dense_dpo_loss` (segment granularity, its defaults), backward,
-clip, AdamW. The batch is `scaled_step.make_batch`'s: labels +1, -1, 0 by latent frame in
+clip, AdamW. The batch is `timing.dense_batch`'s: labels +1, -1, 0 by latent frame in
 segments of 3 frames.
 
 `--check` gives ours and the peer the same tiny model: the same base weights
@@ -117,7 +117,7 @@ def _wide(x):
 
 
 def torch_batch(batch, cfg, device):
-  """`scaled_step.make_batch`'s batch (JAX arrays) as the peer's torch tensors."""
+  """`timing.dense_batch`'s batch (JAX arrays) as the peer's torch tensors."""
   import torch
   f = lambda x: torch.from_numpy(np.array(x, np.float32)).to(device)
   mask = np.asarray(batch["text_mask"])
@@ -140,7 +140,7 @@ def check(seed: int = 0) -> dict:
   import jax
   import jax.numpy as jnp
   import torch
-  from benchmarks.scaled_step import make_batch
+  from benchmarks.timing import dense_batch
   from densedpo_jax.model import LoRAConfig, build, get_model_config, wan_weights
   from densedpo_jax.model.registry import abstract_variables
   from densedpo_jax.objectives import dpo, flow
@@ -151,7 +151,7 @@ def check(seed: int = 0) -> dict:
   variables = jax.tree_util.tree_unflatten(treedef, [
       0.1 * jax.random.normal(k, leaf.shape) for k, leaf in zip(jax.random.split(key, len(leaves)),
                                                                  leaves)])
-  batch = make_batch(2, (6, 4, 6), cfg.in_channels, 5, cfg.text_dim, key)
+  batch = dense_batch(2, (6, 4, 6), cfg.in_channels, 5, cfg.text_dim, key)
   batch = {k: (v.astype(jnp.float32) if v.dtype == jnp.bfloat16 else v) for k, v in batch.items()}
   # Segments of 3 frames with one label each (a segment whose frames disagree is a tie).
   batch["labels"] = jnp.array([[1, 1, 1, -1, -1, -1], [0, 0, 0, -1, -1, -1]], jnp.int8)
@@ -208,7 +208,7 @@ def time_peer(args, mode: str) -> dict:
   """Median step seconds and peak memory of the peer in `mode` ('eager' | 'compiled')."""
   import jax
   import torch
-  from benchmarks.scaled_step import make_batch
+  from benchmarks.timing import dense_batch
   from configs import common
   from densedpo_jax.training.builders import model_config
   device = "cuda" if torch.cuda.is_available() else "cpu"
@@ -221,7 +221,7 @@ def time_peer(args, mode: str) -> dict:
     c.lora.rank, c.lora.alpha = 16, 16.0
   cfg = model_config(c).replace(text_len=args.text_len)
   model, forward, optimizer = build_peer(cfg, device, compiled=mode == "compiled")
-  batch = make_batch(args.pairs, args.latent, cfg.in_channels, args.text_len, cfg.text_dim,
+  batch = dense_batch(args.pairs, args.latent, cfg.in_channels, args.text_len, cfg.text_dim,
                      jax.random.key(0))
   tb = torch_batch(batch, cfg, device)
   # configs/common.py's DenseDPO granularity, as scaled_step runs ours: one unit a frame.

@@ -1,6 +1,5 @@
-"""`benchmarks/wan_pairs.py` and `benchmarks/wan_encode.py` run end to end on tiny models (the
-GPU runs them at full size, once: a broken tool there costs the whole run) and print their
-tables."""
+"""`benchmarks/wan_pairs.py` runs end to end on a tiny model (the GPU runs it at full size, once: a
+broken tool there costs the whole run) and times both samplers over the same steps."""
 import re
 
 import pytest
@@ -8,7 +7,9 @@ import pytest
 pytest.importorskip("torch")
 pytest.importorskip("diffusers")
 
-from benchmarks import wan_encode, wan_pairs  # noqa: E402
+from benchmarks import wan_pairs  # noqa: E402
+
+pytestmark = pytest.mark.e2e  # A whole run of the tool (a diffusers pipeline).
 
 
 def _rows(out: str, first: str) -> list[list[str]]:
@@ -27,12 +28,3 @@ def test_pairs_time_both_samplers_for_the_same_steps(capsys):
   assert len(rows) == 2 and all(float(r[1]) >= 0 and float(r[2].replace(",", "")) > 0
                                 for r in rows), out
   assert "time a pair, ours / diffusers:" in out
-
-
-def test_encode_times_the_vae_and_umt5(capsys):
-  wan_encode.main(["--tiny", "--frames", "5", "--height", "32", "--width", "32", "--dtype",
-                   "float32", "--prompts", "2", "--runs", "1"])
-  out = capsys.readouterr().out
-  assert "latent [2, 4, 4, 16]" in out, out  # 5 frames -> 1 + 4/4 latent frames, 8x spatial.
-  rows = _rows(out, "VAE") + _rows(out, "umT5") + _rows(out, "both")
-  assert len(rows) == 3 and all(float(r[1]) > 0 for r in rows), out
