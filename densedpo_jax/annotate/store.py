@@ -93,9 +93,10 @@ class Store:
     # Pair -> {annotator: when it was handed out}. Only a holder may submit; a lease older than
     # LEASE_SECONDS no longer blocks others from getting the pair.
     self.leases: dict[str, dict[str, float]] = {i: {} for i in self.items}
-    # Ids on the wire: an HMAC of the real id under a key made per run, so no id (a gold pair's
-    # included) tells its answer or can be guessed; the label file keeps the real ids.
-    self.session_path = out + ".session.json"
+    # Ids on the wire: an HMAC of the real id under a key made at the first start (kept in the
+    # session file), so no id (a gold pair's included) tells its answer or can be guessed; the
+    # label file keeps the real ids.
+    self.session_path, self._session_warned = out + ".session.json", False
     self.notes = []  # One line per label file whose cut-short last line was set aside.
     session = self._read_session()
     key = bytes.fromhex(session["key"]) if session else secrets.token_bytes(16)
@@ -144,9 +145,12 @@ class Store:
     try:
       distributed.write_text(self.session_path, json.dumps(
           {"key": self._key, "leases": {p: h for p, h in leases.items() if h}}))
+      self._session_warned = False
     except OSError as e:
-      print(f"annotate: WARNING {self.session_path} not written ({e.strerror}); a restart "
-            "would hand out the pairs now held again", flush=True)
+      if not self._session_warned:  # Once until a write succeeds again, not once a request.
+        print(f"annotate: WARNING {self.session_path} not written ({e.strerror}); a restart "
+              "would hand out the pairs now held again", flush=True)
+      self._session_warned = True
 
   def wanted(self, pair_id: str) -> int:
     return 2 if pair_id in self.double else 1
