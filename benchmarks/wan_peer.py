@@ -178,8 +178,10 @@ def check(seed: int = 0) -> dict:
           for k, v in wan_weights.to_diffusers(variables["params"], cfg).items()}
   model, forward, _ = build_peer(cfg, "cpu", compiled=False, checkpointing=False, base=base)
   params = dict(model.named_parameters())
-  peft_name = lambda name: "{}.lora_{}.default.weight".format(
-      *(lambda m, f: (m, f.split(".")[0]))(*name.lstrip(".").rsplit(".lora_", 1)))
+
+  def peft_name(name: str) -> str:  # '.blocks.0.attn1.to_q.lora_A.weight' -> the PEFT parameter.
+    module, factor = name.lstrip(".").rsplit(".lora_", 1)
+    return f"{module}.lora_{factor.split('.')[0]}.default.weight"
   with torch.no_grad():
     for name, value in wan_weights.lora_to_peft(variables["lora"], cfg, prefix="")[0].items():
       params[peft_name(name)].copy_(torch.from_numpy(np.array(value)))

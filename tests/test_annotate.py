@@ -80,7 +80,7 @@ def test_annotators_get_different_pairs_and_a_restart_resumes(
     call(f"{url2}/api/label", {"annotator": "alice", "pair": nxt["pair"], "segments": ["left", "right"]})
   assert a not in seen and b not in seen and len(seen) == 4
   # A second submission of the same pair is refused, and nothing is written twice (through
-  # either server: the session's id key survives the restart, so both know `a` by one id).
+  # either server: the id key survives the restart, so both know `a` by one id).
   a2 = store2.public[store.by_public[a]]
   assert a2 == a
   assert call(f"{url}/api/label", {"annotator": "alice", "pair": a,
@@ -125,10 +125,10 @@ def test_a_restart_keeps_each_pair_with_the_annotator_holding_it(annotation_serv
                                       "segments": ["left", "right"]})[0] == 200
   lines = [json.loads(line) for line in open(tmp_path / "labels.jsonl")]
   assert sorted(d["id"] for d in lines) == sorted(store2.items)  # Six pairs, one line each.
-  # A session file that cannot be read is named; the labels still resume from the label file.
-  (tmp_path / "labels.jsonl.session.json").write_text("{not json")
+  # A leases file that cannot be read is named; the labels still resume from the label file.
+  (tmp_path / "labels.jsonl.leases.json").write_text("{not json")
   store3, _ = annotation_server()
-  assert any("labels.jsonl.session.json: unreadable" in n for n in store3.notes)
+  assert any("labels.jsonl.leases.json: unreadable" in n for n in store3.notes)
   assert all(len(d) == 1 for d in store3.done.values())
 
 

@@ -215,7 +215,7 @@ def test_slow_and_malformed_clients_get_a_400_or_are_dropped(annotation_server, 
   assert label(url, "ann")[0] == 200  # Still serving.
 
 
-def test_a_session_file_that_cannot_be_written_is_said_once(annotation_pairs, tmp_path,
+def test_a_leases_file_that_cannot_be_written_is_said_once(annotation_pairs, tmp_path,
                                                            monkeypatch, capsys):
   """Leases still work in memory when the disk is full; the server says so once, not once a
   request, and again only after a write has succeeded in between."""
@@ -230,4 +230,4 @@ def test_a_session_file_that_cannot_be_written_is_said_once(annotation_pairs, tm
   monkeypatch.setattr(distributed, "write_text", full)
   held = [store.next_pair(who).id for who in ("ann", "bob", "ann")]
   assert held[0] == held[2] != held[1]  # The leases work without the file.
-  assert capsys.readouterr().out.count("labels.jsonl.session.json not written") == 1
+  assert capsys.readouterr().out.count("labels.jsonl.leases.json not written") == 1

@@ -6,8 +6,8 @@ corrupted with `shapesworld.artifacts`: the clean member wins it). Labels are ap
 file in `data/labels_io.py`'s import format the moment they arrive (gold answers to
 `<out>.gold.jsonl`, which the import never sees), one whole line at a time (`data/jsonl.py`: a
 failed write leaves no fragment); a restart sets aside a cut-short last line, reads both files back
-and resumes. The session's leases and its id key live in `<out>.session.json`, so a restart keeps
-every pair with the annotator who holds it and the ids an open page shows stay valid.
+and resumes. The leases and the id key live in `<out>.leases.json`, so a restart keeps every pair
+with the annotator who holds it and the ids an open page shows stay valid.
 """
 from __future__ import annotations
 
@@ -94,12 +94,12 @@ class Store:
     # LEASE_SECONDS no longer blocks others from getting the pair.
     self.leases: dict[str, dict[str, float]] = {i: {} for i in self.items}
     # Ids on the wire: an HMAC of the real id under a key made at the first start (kept in the
-    # session file), so no id (a gold pair's included) tells its answer or can be guessed; the
+    # leases file), so no id (a gold pair's included) tells its answer or can be guessed; the
     # label file keeps the real ids.
-    self.session_path, self._session_warned = out + ".session.json", False
+    self.leases_path, self._leases_warned = out + ".leases.json", False
     self.notes = []  # One line per label file whose cut-short last line was set aside.
-    session = self._read_session()
-    key = bytes.fromhex(session["key"]) if session else secrets.token_bytes(16)
+    saved = self._read_leases()
+    key = bytes.fromhex(saved["key"]) if saved else secrets.token_bytes(16)
     self.public = {i: hmac.new(key, i.encode(), "sha256").hexdigest()[:20] for i in self.items}
     self.by_public = {v: k for k, v in self.public.items()}
     for path in (out, self.gold_out):
@@ -109,48 +109,48 @@ class Store:
         for _, d in jsonl.read_objects(path):
           if d.get("id") in self.done:
             self.done[d["id"]].add(d.get("annotator", ""))
-    for pid, held in (session or {}).get("leases", {}).items():  # Leases of the last run.
+    for pid, held in (saved or {}).get("leases", {}).items():  # Leases of the last run.
       if pid in self.leases:
         self.leases[pid].update({a: float(t) for a, t in held.items() if a not in self.done[pid]})
     self._key = key.hex()
     with self.lock:
-      self._save_session()
+      self._save_leases()
 
-  def _read_session(self) -> Optional[dict]:
+  def _read_leases(self) -> Optional[dict]:
     """The last run's key and leases, or None (first run; an unreadable file is named and a new
-    session begins: the label files, not this one, hold every label)."""
-    if not os.path.exists(self.session_path):
+    key is made: the label files, not this one, hold every label)."""
+    if not os.path.exists(self.leases_path):
       return None
     try:
-      with open(self.session_path, encoding="utf-8") as f:
-        session = json.load(f)
-      bytes.fromhex(session["key"])
-      leases = session.get("leases", {})
+      with open(self.leases_path, encoding="utf-8") as f:
+        saved = json.load(f)
+      bytes.fromhex(saved["key"])
+      leases = saved.get("leases", {})
       if not (isinstance(leases, dict) and all(
           isinstance(h, dict) and all(isinstance(t, (int, float)) for t in h.values())
           for h in leases.values())):
         raise ValueError("leases: expected {pair: {annotator: time}}")
-      return session
+      return saved
     except (OSError, ValueError, KeyError, TypeError) as e:
-      self.notes.append(f"{self.session_path}: unreadable ({e}); a new session begins (pairs "
-                        "handed out before the restart go back to the pool)")
+      self.notes.append(f"{self.leases_path}: unreadable ({e}); a new id key is made and pairs "
+                        "handed out before the restart go back to the pool")
       return None
 
-  def _save_session(self) -> None:
+  def _save_leases(self) -> None:
     """Writes the key and live leases (the caller holds the lock); a failed write (a full disk)
     is one warning line: leases matter only across a restart."""
     now = self.clock()
     leases = {pid: {a: t for a, t in held.items() if now - t < LEASE_SECONDS}
               for pid, held in self.leases.items()}
     try:
-      distributed.write_text(self.session_path, json.dumps(
+      distributed.write_text(self.leases_path, json.dumps(
           {"key": self._key, "leases": {p: h for p, h in leases.items() if h}}))
-      self._session_warned = False
+      self._leases_warned = False
     except OSError as e:
-      if not self._session_warned:  # Once until a write succeeds again, not once a request.
-        print(f"annotate: WARNING {self.session_path} not written ({e.strerror}); a restart "
+      if not self._leases_warned:  # Once until a write succeeds again, not once a request.
+        print(f"annotate: WARNING {self.leases_path} not written ({e.strerror}); a restart "
               "would hand out the pairs now held again", flush=True)
-      self._session_warned = True
+      self._leases_warned = True
 
   def wanted(self, pair_id: str) -> int:
     return 2 if pair_id in self.double else 1
@@ -163,8 +163,7 @@ class Store:
       for pid in self.order:
         if (annotator not in self.done[pid] and len(self.done[pid]) < self.wanted(pid)
             and now - self.leases[pid].get(annotator, -1e18) < LEASE_SECONDS):
-          self.leases[pid][annotator] = now
-          self._save_session()
+          self.leases[pid][annotator] = now  # A refresh: the file keeps the grant's time.
           return self.items[pid]
       for pid in self.order:
         if annotator in self.done[pid]:
@@ -172,7 +171,7 @@ class Store:
         others = sum(now - t < LEASE_SECONDS for a, t in self.leases[pid].items() if a != annotator)
         if len(self.done[pid]) + others < self.wanted(pid):
           self.leases[pid][annotator] = now
-          self._save_session()
+          self._save_leases()
           return self.items[pid]
     return None
 
@@ -203,7 +202,7 @@ class Store:
       jsonl.append(path, line)
       self.done[pair_id].add(annotator)
       self.leases[pair_id].pop(annotator, None)
-      self._save_session()
+      self._save_leases()
     return True
 
   def sprite(self, pair_id: str, member: str, min_side: int = 256) -> bytes:

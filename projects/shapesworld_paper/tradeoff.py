@@ -65,15 +65,14 @@ def arm_style(index: int) -> tuple[tuple[int, int, int], str]:
 def draw_marker(d: ImageDraw.ImageDraw, shape: str, px: float, py: float, r: float, colour,
                 filled: bool) -> None:
   """One marker of `shape` centred at (px, py), filled or as an outline."""
+  paint = {"fill": colour} if filled else {"outline": colour, "width": 2}
   if shape == "disc":
-    box = [px - r, py - r, px + r, py + r]
-    d.ellipse(box, fill=colour) if filled else d.ellipse(box, outline=colour, width=2)
+    d.ellipse([px - r, py - r, px + r, py + r], **paint)
     return
   corners = {"square": [(-r, -r), (r, -r), (r, r), (-r, r)],
              "diamond": [(0, -1.3 * r), (1.3 * r, 0), (0, 1.3 * r), (-1.3 * r, 0)],
              "triangle": [(0, -1.3 * r), (1.2 * r, r), (-1.2 * r, r)]}[shape]
-  poly = [(px + dx, py + dy) for dx, dy in corners]
-  d.polygon(poly, fill=colour) if filled else d.polygon(poly, outline=colour, width=2)
+  d.polygon([(px + dx, py + dy) for dx, dy in corners], **paint)
 
 
 class Axes:
